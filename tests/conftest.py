@@ -92,10 +92,16 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
     client = s3_server.client
     if client.bucket_exists(bucket_name=name):
         objects = client.list_objects(bucket_name=name, recursive=True)
-        errors = list(client.remove_objects(bucket_name=name, delete_object_list=(DeleteObject(o.object_name) for o in objects)))
+        errors = list(
+            client.remove_objects(
+                bucket_name=name, delete_object_list=(DeleteObject(o.object_name) for o in objects)
+            )
+        )
         assert not errors, errors
         for upload in client._list_multipart_uploads(bucket_name=name).uploads:
-            client._abort_multipart_upload(bucket_name=name, object_name=upload.object_name, upload_id=upload.upload_id)
+            client._abort_multipart_upload(
+                bucket_name=name, object_name=upload.object_name, upload_id=upload.upload_id
+            )
         client.remove_bucket(bucket_name=name)
 
 

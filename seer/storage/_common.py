@@ -91,12 +91,15 @@ def parse(uri: UriLike) -> Location:
 
 def join(base: UriLike, *parts: str) -> str:
     """Join `parts` onto `base` with '/', keeping the scheme; slashes around each part are ignored."""
-    out = os.fspath(base)
+    text = os.fspath(base)
+    match = _SCHEME_RE.match(text)
+    head = match.group(0) if match else ""
+    body = text[len(head) :]
     for part in parts:
         piece = os.fspath(part).strip("/")
         if piece:
-            out = f"{out.rstrip('/')}/{piece}"
-    return out
+            body = f"{body.rstrip('/')}/{piece}" if body else piece
+    return head + body
 
 
 class AtomicWriter(io.BufferedIOBase):

@@ -422,7 +422,7 @@ class S3Store:
 
     def copy(self, src: Location, dst: Location) -> None:
         """Server-side copy (same endpoint); objects over 5 GiB are copied part by part."""
-        _need_key(src)
+        self.stat(src)  # so that a missing source is reported as the source
         _need_key(dst)
         self.call(
             f"copy {src.uri} to",
