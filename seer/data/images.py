@@ -1,0 +1,183 @@
+"""Decode, validate and normalise one input image into the RGB JPEG that goes into a shard.
+
+Conversion rules (every accepted image ends up 8-bit RGB):
+
+- EXIF orientation is applied, then the orientation tag no longer matters (the output has no EXIF).
+- Animated images (GIF, APNG, WebP) keep their first frame.
+- Alpha (RGBA, LA, PA, palette or grey/RGB images with a transparency key) is composited over
+  **white**: most transparent web images are logos and cut-outs drawn for a white page.
+- CMYK, YCbCr, LAB, HSV, 1-bit and palette images are converted with Pillow's converters.
+- 16-bit and 32-bit grey images (``I;16*``, ``I``) keep their high byte (linear rescale to 0..255);
+  float images (``F``) are clipped to 0..255.
+
+Rejection reasons (the strings the manifest counts): ``empty``, ``not_an_image``, ``truncated``,
+``decompression_bomb``, ``corrupt``, ``unreadable`` (the latter set by the caller when bytes cannot
+be read at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Files whose names look like images; anything else in a folder or tar is ignored, not rejected.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default (Image.MAX_IMAGE_PIXELS)
+_ORIENTATION = 0x0112  # EXIF tag
+REJECT_REASONS = ("empty", "not_an_image", "truncated", "decompression_bomb", "corrupt", "unreadable")
+
+
+class ImageRejected(Exception):
+    """An input cannot become a sample; ``reason`` is one of REJECT_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """A normalised sample: JPEG bytes plus what the manifest and sidecar record about it."""
+
+    jpeg: bytes
+    pixel_sha256: str  # sha256 of the final RGB pixels and size: the exact-dedup key
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+    source_format: str
+    source_mode: str
+    converted: tuple[str, ...]  # conversions applied, e.g. ("exif_orientation", "alpha_over_white")
+
+
+def has_image_extension(name: str) -> bool:
+    """True when ``name`` ends with one of IMAGE_EXTENSIONS (case-insensitive)."""
+    dot = name.rfind(".")
+    return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageRejected("empty", "zero-byte file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as err:
+            raise ImageRejected("decompression_bomb", str(err)) from None
+        except UnidentifiedImageError:
+            raise ImageRejected("not_an_image", "Pillow cannot identify the bytes as an image") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageRejected("corrupt", f"header unreadable: {err}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("corrupt", f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            "decompression_bomb", f"{width}x{height} = {width * height} pixels > limit {max_pixels}"
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image, converted: list[str]) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" or (mode in ("L", "RGB") and "transparency" in image.info):
+        if "transparency" in image.info:
+            image = image.convert("RGBA")
+        else:
+            converted.append("palette")
+            return image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        converted.append("alpha_over_white")
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        converted.append("16bit")
+        pixels = np.asarray(image).astype(np.int64)
+        if mode == "I" and pixels.max(initial=0) <= 255:
+            pixels = np.clip(pixels, 0, 255)
+        else:
+            pixels = np.clip(pixels, 0, 65535) >> 8
+        return Image.fromarray(pixels.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        converted.append("float")
+        pixels = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels, "L").convert("RGB")
+    converted.append(mode.lower())
+    return image.convert("RGB")
+
+
+def _draft_for_short_side(image: Image.Image, max_short_side: int | None) -> None:
+    """Let libjpeg decode at a reduced power-of-two scale that still keeps the short side >= target."""
+    if max_short_side is None or image.format != "JPEG":
+        return
+    width, height = image.size
+    short = min(width, height)
+    if short <= max_short_side * 2:
+        return
+    scale = max_short_side / short
+    image.draft(image.mode, (max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))))
+
+
+def encode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_short_side: int | None = None,
+    quality: int = 90,
+) -> EncodedImage:
+    """Decode ``data``, normalise to RGB (see module doc), downscale, re-encode as JPEG.
+
+    Raises ImageRejected with a reason from REJECT_REASONS when the bytes cannot become a sample.
+    """
+    image = _open(data, max_pixels)
+    source_format = image.format or "unknown"
+    source_mode = image.mode
+    source_width, source_height = image.size
+    converted: list[str] = []
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            converted.append("first_frame")
+            image.seek(0)
+        _draft_for_short_side(image, max_short_side)
+        image.load()
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            converted.append("exif_orientation")
+            image = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(image, converted)
+        if max_short_side is not None and min(rgb.size) > max_short_side:
+            scale = max_short_side / min(rgb.size)
+            size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+            converted.append("downscaled")
+    except OSError as err:
+        reason = "truncated" if "truncated" in str(err) or "broken data stream" in str(err) else "corrupt"
+        raise ImageRejected(reason, f"decoding failed: {err}") from None
+    except (SyntaxError, ValueError, EOFError, IndexError) as err:
+        raise ImageRejected("corrupt", f"decoding failed: {err}") from None
+    pixels = rgb.tobytes()
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + pixels).hexdigest()
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=quality)
+    return EncodedImage(
+        jpeg=out.getvalue(),
+        pixel_sha256=digest,
+        width=rgb.width,
+        height=rgb.height,
+        source_width=source_width,
+        source_height=source_height,
+        source_format=source_format,
+        source_mode=source_mode,
+        converted=tuple(converted),
+    )
