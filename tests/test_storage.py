@@ -313,6 +313,10 @@ def test_bad_uris_raise_storage_errors(s3_bucket: str) -> None:
         storage.write_bytes(f"s3://{s3_bucket}", b"x")
     with pytest.raises(StorageError, match="not an object"):
         storage.write_bytes(f"s3://{s3_bucket}/folder/", b"x")
+    with pytest.raises(StorageError, match="invalid S3 location"):
+        storage.stat("s3://bad..name/x")
+    with pytest.raises(NotFoundError, match="no such file"):
+        storage.put("/no/such/source.bin", f"s3://{s3_bucket}/x")
     with pytest.raises(StorageError, match="use 'rb' or 'wb'"):
         storage.open(f"s3://{s3_bucket}/x", "r")
     with pytest.raises(StorageError, match="not valid JSON"):
@@ -576,3 +580,23 @@ def test_forked_child_gets_its_own_client(s3_bucket: str) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert storage.read_json(f"s3://{s3_bucket}/child.json") == {"child": 1}
     assert _s3.store() is parent_store
+
+
+def test_failed_part_upload_aborts_everything(
+    s3_server, s3_bucket: str, small_parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEER_S3_RETRY_SECONDS", "0.3")
+    client = _s3.store().client
+    real = client._upload_part
+
+    def second_part_fails(**kwargs):
+        if kwargs["part_number"] == 2:
+            raise ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(client, "_upload_part", second_part_fails)
+    uri = f"s3://{s3_bucket}/parts.bin"
+    with pytest.raises(StorageError, match=r"upload part 2 of .*parts\.bin failed"):
+        storage.write_bytes(uri, os.urandom(16 * MIB))
+    assert not storage.exists(uri)
+    assert _pending_uploads(s3_server, uri) == []

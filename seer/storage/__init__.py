@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from seer.errors import StorageError
+from seer.errors import NotFoundError, StorageError
 from seer.storage import _local, _s3
 from seer.storage._common import AtomicWriter, Location, ObjectInfo, UriLike, copy_stream, join, parse
 
@@ -111,9 +111,11 @@ def put(src: UriLike | bytes | bytearray | memoryview | BinaryIO, uri: UriLike) 
         with _open_write(loc) as writer:
             copy_stream(src, writer, None, f"upload {loc.uri}")  # type: ignore[arg-type]
         return
-    path = Path(os.fspath(src))  # type: ignore[arg-type]
+    path = Path(os.fspath(src)).expanduser()  # type: ignore[arg-type]
+    if not path.exists():
+        raise NotFoundError(f"cannot upload {path} to {loc.uri}: no such file; check the source path")
     if not path.is_file():
-        raise StorageError(f"cannot upload {path} to {loc.uri}: {path} is not a file")
+        raise StorageError(f"cannot upload {path} to {loc.uri}: it is not a file; upload the files inside it")
     size = path.stat().st_size
     with builtins.open(path, "rb") as source, _open_write(loc, size) as writer:
         copy_stream(source, writer, size, f"upload {path.name}")

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -69,7 +69,7 @@ CA_VARS = ("SEER_S3_CA_BUNDLE", "AWS_CA_BUNDLE", "SSL_CERT_FILE")
 DEFAULT_REGION = "us-east-1"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRY_S = 120.0
-DEFAULT_PART_SIZE = 64 * MIB
+DEFAULT_PART_SIZE = 32 * MIB
 DEFAULT_CONCURRENCY = 4
 
 TRANSIENT_CODES = frozenset(
@@ -104,8 +104,8 @@ class S3Settings:
     endpoint: str  # host[:port], no scheme
     secure: bool
     access_key: str | None
-    secret_key: str | None
-    session_token: str | None
+    secret_key: str | None = field(repr=False)
+    session_token: str | None = field(repr=False)
     region: str
     ca_bundle: str
     verify: bool
@@ -299,7 +299,10 @@ class S3Store:
                 return result
             except Exception as exc:
                 if not is_transient(exc):
-                    raise self.translate(exc, what, loc) from exc
+                    translated = self.translate(exc, what, loc)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StorageError(
@@ -582,11 +585,14 @@ class S3Writer(AtomicWriter):
         self._parts: list[Future[str]] = []
 
     def _write(self, data: memoryview) -> None:
-        self._buf += data
-        while len(self._buf) >= self._part_size:
-            part = bytes(self._buf[: self._part_size])
-            del self._buf[: self._part_size]
-            self._submit(part)
+        while data:
+            room = self._part_size - len(self._buf)
+            self._buf += data[:room]
+            data = data[room:]
+            if len(self._buf) == self._part_size:
+                part = bytes(self._buf)
+                self._buf.clear()
+                self._submit(part)
 
     def _submit(self, part: bytes) -> None:
         s3, loc = self._s3, self._loc
