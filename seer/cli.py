@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "seer.config_cli",
     "seer.models.cli",
+    "seer.data.cli",
     "seer.launch.cli",
 ]
 

@@ -1,0 +1,132 @@
+"""`seer shard` and `seer synth` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from seer import storage
+from seer.errors import ConfigError
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from seer.data.shard import ShardSettings, shard
+
+    settings = ShardSettings(
+        shard_size_mb=args.shard_size_mb,
+        max_samples_per_shard=args.max_samples_per_shard,
+        max_short_side=args.max_short_side,
+        quality=args.quality,
+        max_pixels=args.max_pixels,
+        dedup=not args.no_dedup,
+        write_json=not args.no_json,
+    )
+    shard(
+        args.inputs, args.output, settings, workers=args.workers, overwrite=args.overwrite, command=sys.argv
+    )
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from seer.data.synthetic import generate_corpus, generate_nasty_corpus
+
+    if storage.is_remote(args.output):
+        raise ConfigError(
+            f"seer synth writes to a local folder, got {args.output}: generate locally, then shard it into S3"
+        )
+    out = storage.local_path(args.output)
+    paths = generate_corpus(
+        out,
+        args.count,
+        args.seed,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+    )
+    print(f"wrote {len(paths)} images to {out}")
+    if args.nasty:
+        cases = generate_nasty_corpus(out / "nasty", seed=args.seed)
+        print(f"wrote {len(cases)} bad-input cases to {out / 'nasty'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `shard` and `synth` to the `seer` command."""
+    from seer.data.images import DEFAULT_MAX_PIXELS
+
+    p = subparsers.add_parser(
+        "shard",
+        help="turn images (folders, lists, tars, s3 prefixes) into tar shards + manifest.json",
+        description="Decode, validate, convert to RGB JPEG, deduplicate and pack images into "
+        "webdataset-style tar shards. Re-running the same command resumes an interrupted run.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a folder or s3:// prefix (all images below it), a .tar file, a .txt/.csv list of paths "
+        "or URIs (relative entries are relative to the list), or one image file",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="prefix (local folder or s3://bucket/key) for shards and manifest.json",
+    )
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPU cores)")
+    p.add_argument(
+        "--shard-size-mb",
+        type=float,
+        default=256.0,
+        help="close a shard before it exceeds this size (default 256)",
+    )
+    p.add_argument(
+        "--max-samples-per-shard",
+        type=int,
+        default=10_000,
+        help="close a shard at this many samples (default 10000)",
+    )
+    p.add_argument(
+        "--max-short-side",
+        type=int,
+        default=None,
+        help="downscale so the short side is at most N pixels (default: keep size)",
+    )
+    p.add_argument(
+        "--quality", type=int, default=90, help="JPEG quality of the re-encoded samples, 1-100 (default 90)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"reject images with more pixels as decompression bombs (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument(
+        "--no-dedup", action="store_true", help="keep exact duplicates (default: drop them, first one wins)"
+    )
+    p.add_argument(
+        "--no-json", action="store_true", help="do not write the <key>.json sidecar with source and size info"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete shards/manifest a different command left under --output first",
+    )
+    p.set_defaults(func=_shard)
+
+    s = subparsers.add_parser(
+        "synth",
+        help="write a procedural image corpus (demo and tests)",
+        description="Write varied procedural images (shapes, textures, gradients, noise) in several sizes and formats.",
+    )
+    s.add_argument("--output", required=True, help="local folder to write class_k/img_NNNNNN.<fmt> into")
+    s.add_argument("--count", type=int, required=True, help="number of images")
+    s.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed writes the same files (default 0)"
+    )
+    s.add_argument("--min-size", type=int, default=48, help="smallest side length in pixels (default 48)")
+    s.add_argument("--max-size", type=int, default=512, help="largest side length in pixels (default 512)")
+    s.add_argument(
+        "--formats", default="jpg,png,webp,bmp", help="comma-separated formats to cycle through (default all)"
+    )
+    s.add_argument("--nasty", action="store_true", help="also write the bad-input corpus into OUTPUT/nasty")
+    s.set_defaults(func=_synth)
