@@ -22,11 +22,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
-from minio import Minio
-from minio.deleteobjects import DeleteObject
-from moto.server import ThreadedMotoServer
+
+if TYPE_CHECKING:  # imported lazily: moto takes over a second to import
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
 
 S3_TEST_ENV = {
     "SEER_S3_ACCESS_KEY": "seer-test",
@@ -47,6 +49,8 @@ class S3Server:
     client: Minio = field(init=False)
 
     def __post_init__(self) -> None:
+        from minio import Minio
+
         self.client = Minio(
             endpoint=f"{self.host}:{self.port}",
             access_key=S3_TEST_ENV["SEER_S3_ACCESS_KEY"],
@@ -64,12 +68,16 @@ class S3Server:
         self.server.stop()
 
     def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
         self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self.server.start()
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
+    from moto.server import ThreadedMotoServer
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -86,6 +94,8 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture
 def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    from minio.deleteobjects import DeleteObject
+
     name = f"seer-test-{uuid.uuid4().hex[:16]}"
     s3_server.client.make_bucket(bucket_name=name)
     yield name

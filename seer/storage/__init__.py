@@ -18,11 +18,14 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from seer.errors import NotFoundError, StorageError
-from seer.storage import _local, _s3
+from seer.storage import _local
 from seer.storage._common import AtomicWriter, Location, ObjectInfo, UriLike, copy_stream, join, parse
+
+if TYPE_CHECKING:
+    from seer.storage._s3 import S3Store
 
 __all__ = [
     "AtomicWriter",
@@ -61,7 +64,7 @@ def local_path(uri: UriLike) -> Path | None:
 def stat(uri: UriLike) -> ObjectInfo:
     """Size, mtime and etag of one object; NotFoundError if it does not exist."""
     loc = parse(uri)
-    return _local.stat(loc) if loc.is_local else _s3.store().stat(loc)
+    return _local.stat(loc) if loc.is_local else _s3_store().stat(loc)
 
 
 def exists(uri: UriLike) -> bool:
@@ -71,7 +74,7 @@ def exists(uri: UriLike) -> bool:
     mistaken for "not written yet".
     """
     loc = parse(uri)
-    return _local.exists(loc) if loc.is_local else _s3.store().exists(loc)
+    return _local.exists(loc) if loc.is_local else _s3_store().exists(loc)
 
 
 def open(uri: UriLike, mode: str = "rb") -> BinaryIO:
@@ -83,7 +86,7 @@ def open(uri: UriLike, mode: str = "rb") -> BinaryIO:
     """
     loc = parse(uri)
     if mode == "rb":
-        return _local.open_read(loc) if loc.is_local else _s3.store().open_read(loc)
+        return _local.open_read(loc) if loc.is_local else _s3_store().open_read(loc)
     if mode == "wb":
         return _open_write(loc)
     raise StorageError(
@@ -93,7 +96,7 @@ def open(uri: UriLike, mode: str = "rb") -> BinaryIO:
 
 
 def _open_write(loc: Location, size_hint: int | None = None) -> AtomicWriter:
-    return _local.LocalWriter(loc) if loc.is_local else _s3.store().open_write(loc, size_hint)
+    return _local.LocalWriter(loc) if loc.is_local else _s3_store().open_write(loc, size_hint)
 
 
 def put(src: UriLike | bytes | bytearray | memoryview | BinaryIO, uri: UriLike) -> None:
@@ -140,7 +143,7 @@ def copy(src_uri: UriLike, dst_uri: UriLike) -> None:
     """Copy one object, within a backend or across backends (S3 to S3 copies server-side)."""
     src, dst = parse(src_uri), parse(dst_uri)
     if not src.is_local and not dst.is_local:
-        _s3.store().copy(src, dst)
+        _s3_store().copy(src, dst)
         return
     with open(src.uri, "rb") as source:
         size = _size_of(source)
@@ -155,7 +158,7 @@ def list(prefix: UriLike, recursive: bool = True) -> builtins.list[ObjectInfo]:
     sub-folders as `ObjectInfo(is_dir=True)`. A folder that does not exist lists as empty.
     """
     loc = parse(prefix)
-    return _local.list_objects(loc, recursive) if loc.is_local else _s3.store().list(loc, recursive)
+    return _local.list_objects(loc, recursive) if loc.is_local else _s3_store().list(loc, recursive)
 
 
 def delete(uri: UriLike) -> None:
@@ -164,13 +167,13 @@ def delete(uri: UriLike) -> None:
     if loc.is_local:
         _local.delete(loc)
     else:
-        _s3.store().delete(loc)
+        _s3_store().delete(loc)
 
 
 def delete_prefix(prefix: UriLike) -> int:
     """Delete every object under the folder `prefix`; returns how many were deleted."""
     loc = parse(prefix)
-    return _local.delete_prefix(loc) if loc.is_local else _s3.store().delete_prefix(loc)
+    return _local.delete_prefix(loc) if loc.is_local else _s3_store().delete_prefix(loc)
 
 
 def read_bytes(uri: UriLike) -> bytes:
@@ -210,10 +213,16 @@ def write_json(uri: UriLike, obj: Any, indent: int | None = 2) -> None:
     write_text(uri, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def _s3_store() -> S3Store:
+    """The S3 backend for the current environment (imported on first use: local-only runs skip minio)."""
+    from seer.storage import _s3
+
+    return _s3.store()
+
+
 def _size_of(stream: BinaryIO) -> int | None:
     raw = getattr(stream, "raw", stream)
-    if isinstance(raw, _s3.S3Reader):
-        return raw.size
     if isinstance(raw, io.FileIO):
         return os.fstat(raw.fileno()).st_size
-    return None
+    size = getattr(raw, "size", None)  # S3Reader knows its object's size
+    return size if isinstance(size, int) else None

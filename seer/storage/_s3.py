@@ -376,7 +376,7 @@ class S3Store:
         try:
             self.stat(loc)
         except NotFoundError:
-            if loc.bucket in self._buckets_seen:
+            if self.bucket_exists(loc.bucket):
                 return False
             raise
         return True
@@ -649,6 +649,7 @@ class S3Writer(AtomicWriter):
                     object_name=loc.key,
                     data=io.BytesIO(data),
                     length=len(data),
+                    part_size=max(MIN_PART, len(data)),  # one PUT, not minio's own multipart
                     content_type=self._content_type,
                 ),
             )
