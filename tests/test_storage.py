@@ -600,3 +600,24 @@ def test_failed_part_upload_aborts_everything(
         storage.write_bytes(uri, os.urandom(16 * MIB))
     assert not storage.exists(uri)
     assert _pending_uploads(s3_server, uri) == []
+
+
+def test_threads_share_the_client(storage_root: str) -> None:
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            uri = storage.join(storage_root, f"t/{i}.bin")
+            payload = os.urandom(50_000 + i)
+            storage.write_bytes(uri, payload)
+            assert storage.read_bytes(uri) == payload
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(storage.list(storage.join(storage_root, "t"))) == 8
