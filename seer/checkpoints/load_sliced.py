@@ -1,0 +1,87 @@
+"""Load a sliced checkpoint into a model, FSDP unit by FSDP unit, without materialising the whole model.
+
+For an FSDP2-sharded model (`fully_shard`), every rank walks the FSDP units in module order; for
+each unit it reads only the slices of the parameters and buffers the unit owns directly, takes its
+local shard of each (`distribute_tensor(..., src_data_rank=None)`: no communication) and copies it
+into the local DTensor shard. Peak memory per rank ≈ the largest tensor plus its shard. An
+unsharded model loads the same way, tensor by tensor.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+from tqdm import tqdm
+
+from seer.checkpoints.mapping import ArchitectureMismatchError
+from seer.checkpoints.slice import SlicedIndex, open_sliced, read_slice
+
+
+def _fsdp_units(model: nn.Module) -> dict[str, str]:
+    """Module name → name of the FSDP unit that owns its direct tensors ("" = root / unsharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    owner: dict[str, str] = {}
+    for name, module in model.named_modules():
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        inherited = owner.get(parent, "") if name else ""
+        owner[name] = name if isinstance(module, FSDPModule) else inherited
+    return owner
+
+
+def _names_in_index(model: nn.Module, index: SlicedIndex) -> tuple[str, dict[str, str]]:
+    """The prefix that maps model names to index names ("" for SwAVModel, "trunk." for a bare trunk)."""
+    names = [n for n, _ in model.named_parameters()]
+    prefix = "" if any(n.startswith(("trunk.", "head.")) for n in names) else "trunk."
+    return prefix, {k[len(prefix) :]: k for k in index.entries if k.startswith(prefix)}
+
+
+@torch.no_grad()
+def load_sliced_into_(model: nn.Module, index_uri: str, strict: bool = True) -> nn.Module:
+    """Copy the tensors of a sliced checkpoint (seer index or VISSL slice_list) into `model` in place.
+
+    `model` is a SwAVModel (names `trunk.…`/`head.…`) or a bare trunk, sharded with `fully_shard` or
+    not, with materialised (non-meta) tensors. `strict`: every model parameter/buffer must have a
+    slice and (for the loaded part) every slice a tensor. Slices are checked (shape, dtype, sha256).
+    """
+    index = open_sliced(index_uri)
+    _, wanted = _names_in_index(model, index)
+    owner = _fsdp_units(model)
+    by_unit: dict[str, list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    for mod_name, module in model.named_modules():
+        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for local, tensor in tensors:
+            if tensor is None:
+                continue
+            fqn = f"{mod_name}.{local}" if mod_name else local
+            by_unit[owner[mod_name]].append((fqn, tensor))
+    model_names = {fqn for items in by_unit.values() for fqn, _ in items}
+    missing = sorted(model_names - set(wanted))
+    unexpected = sorted(set(wanted) - model_names)
+    if strict and (missing or unexpected):
+        raise ArchitectureMismatchError(
+            f"{index.uri} does not match the model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); build the model from the checkpoint's preset "
+            f"({index.preset}) or pass strict=False"
+        )
+    for unit in tqdm(list(by_unit), desc="load slices", unit="unit", disable=None, leave=False):
+        for fqn, tensor in by_unit[unit]:
+            if fqn not in wanted:
+                continue
+            entry = index.entries[wanted[fqn]]
+            full = read_slice(entry)
+            if tuple(full.shape) != tuple(tensor.shape) or full.dtype != tensor.dtype:
+                raise ArchitectureMismatchError(
+                    f"{fqn}: slice {entry.uri} holds {full.dtype} {list(full.shape)}, the model has "
+                    f"{tensor.dtype} {list(tensor.shape)}; build the model from the checkpoint's preset ({index.preset})"
+                )
+            if isinstance(tensor, DTensor):
+                local = distribute_tensor(full, tensor.device_mesh, tensor.placements, src_data_rank=None)
+                tensor.to_local().copy_(local.to_local())
+            else:
+                tensor.copy_(full)
+            del full
+    return model

@@ -1,0 +1,249 @@
+"""Interop with VISSL / ClassyVision checkpoints (seer_spec §1.6, §4).
+
+VISSL keeps weights under `classy_state_dict.base_model.model.{trunk, heads}`:
+
+- trunk `_feature_blocks.conv1.stem.{0,1}`, `_feature_blocks.res{S+1}.block{S}-{i}.{f.a.0/1, f.b.0/1,
+  f.se.excitation.0/2, f.c, f.final_bn, proj, bn}`; the 10B FSDP trunk adds a group level
+  `block{S}-part{g}.` before `block{S}-{i}` (block index i counts from the stage start); FSDP
+  wrapper names `_fsdp_wrapped_module` / `_fpw_module` may appear anywhere;
+- heads `{h}.projection_head.{k}.*` (same indices as our `SwAVHead`), `{h}.prototypes{k}.weight`,
+  fine-tuned classifiers `{h}.clf.0.*`. Only head 0 is supported.
+
+Checkpoint types: `consolidated` (or no type), `shard_list` + per-rank `shard` files (fairscale FSDP;
+consolidated with `FullyShardedDataParallel.consolidate_shard_weights`), `slice_list` (see slice.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+import seer.storage as storage
+from seer.checkpoints.consolidate import (
+    TensorSource,
+    consolidated_tensors,
+    open_consolidated,
+    write_consolidated,
+)
+from seer.checkpoints.io import ArchiveReader, CheckpointError, LazyTensor, open_archive, tensor_bytes
+from seer.checkpoints.mapping import CLASSIFIER, UnknownKeyError, check_names_and_shapes, expected_shapes
+
+_WRAPPERS = re.compile(r"(^|\.)(_fsdp_wrapped_module|_fpw_module)(?=\.|$)")
+_PART = re.compile(r"\.block(\d+)-part\d+(?=\.)")
+_BLOCK_TO_VISSL = {
+    "f.a.0": "f.a.0",
+    "f.a.1": "f.a.1",
+    "f.b.0": "f.b.0",
+    "f.b.1": "f.b.1",
+    "f.se.fc1": "f.se.excitation.0",
+    "f.se.fc2": "f.se.excitation.2",
+    "f.c.0": "f.c",
+    "f.c.1": "f.final_bn",
+    "proj.0": "proj",
+    "proj.1": "bn",
+}
+_VISSL_TO_BLOCK = {v: k for k, v in _BLOCK_TO_VISSL.items()}
+
+
+def strip_fsdp(name: str) -> str:
+    """Remove FSDP wrapper components (`_fsdp_wrapped_module`, `_fpw_module`) from a dotted name."""
+    return _WRAPPERS.sub("", name).lstrip(".")
+
+
+def _map_tail(tail: str, table: dict[str, str]) -> str | None:
+    for src in sorted(table, key=len, reverse=True):
+        if tail.startswith(src + "."):
+            return f"{table[src]}.{tail[len(src) + 1 :]}"
+    return None
+
+
+def vissl_to_seer_trunk(name: str) -> str:
+    """VISSL trunk key (wrappers, `trunk.` prefix and 10B `-part` levels allowed) → seer trunk name."""
+    clean = _PART.sub("", strip_fsdp(name)).removeprefix("trunk.")
+    if clean.startswith("_feature_blocks.conv1.stem."):
+        return "stem." + clean[len("_feature_blocks.conv1.stem.") :]
+    m = re.fullmatch(r"_feature_blocks\.res(\d+)\.block(\d+)-(\d+)\.(.+)", clean)
+    if m and int(m[1]) == int(m[2]) + 1 and (tail := _map_tail(m[4], _VISSL_TO_BLOCK)):
+        return f"trunk_output.block{m[2]}.block{m[2]}-{m[3]}.{tail}"
+    raise UnknownKeyError(f"VISSL trunk key {name!r} is not a RegNetY (regnet / regnet_fsdp) tensor name")
+
+
+def seer_to_vissl_trunk(name: str, parts: list[list[range]] | None = None) -> str:
+    """seer trunk name → VISSL key; with `parts` (per stage, block ranges) add the 10B `-part{g}` level."""
+    if name.startswith("stem."):
+        return "_feature_blocks.conv1." + name
+    m = re.fullmatch(r"trunk_output\.block(\d+)\.block\1-(\d+)\.(.+)", name)
+    tail = _map_tail(m[3], _BLOCK_TO_VISSL) if m else None
+    if not m or tail is None:
+        raise UnknownKeyError(f"cannot map {name!r} to VISSL: not a RegNetY trunk tensor name")
+    stage, block = int(m[1]), int(m[2])
+    part = ""
+    if parts:
+        groups = parts[stage - 1] or [range(0, block + 1)]
+        g = next((g for g, r in enumerate(groups) if block in r), len(groups) - 1)
+        part = f"block{stage}-part{g}."
+    return f"_feature_blocks.res{stage + 1}.{part}block{stage}-{block}.{tail}"
+
+
+def vissl_to_seer_head(name: str) -> str:
+    """VISSL head key `0.projection_head.*` / `0.prototypes{k}.weight` / `0.clf.0.*` → seer head name."""
+    clean = strip_fsdp(name).removeprefix("heads.")
+    m = re.fullmatch(r"(\d+)\.(.+)", clean)
+    if not m or m[1] != "0":
+        raise UnknownKeyError(f"VISSL head key {name!r}: expected '0.<param>' (only head 0 is supported)")
+    rest = m[2]
+    if p := re.fullmatch(r"prototypes(\d+)\.(weight|bias)", rest):
+        return f"prototypes.{p[1]}.{p[2]}"
+    if rest.startswith(("projection_head.", "clf.")):
+        return rest
+    raise UnknownKeyError(f"VISSL head key {name!r} is not a SwAV projection, prototype or clf tensor")
+
+
+def seer_to_vissl_head(name: str) -> str:
+    """Inverse of `vissl_to_seer_head` (head index 0)."""
+    if p := re.fullmatch(r"prototypes\.(\d+)\.(weight|bias)", name):
+        return f"0.prototypes{p[1]}.{p[2]}"
+    return f"0.{name}"
+
+
+def _model_dict(obj: Any, uri: str) -> dict[str, Any]:
+    try:
+        model = obj["classy_state_dict"]["base_model"]["model"]
+    except (KeyError, TypeError):
+        raise CheckpointError(
+            f"{uri} has no classy_state_dict.base_model.model: not a VISSL checkpoint; "
+            "use `seer ckpt convert` for timm/torchvision files"
+        ) from None
+    return model
+
+
+def _check(preset: str, trunk: dict[str, tuple], heads: dict[str, tuple], uri: str) -> None:
+    check_names_and_shapes(expected_shapes(preset, "trunk"), trunk, f"{uri} trunk (preset {preset})")
+    swav_heads = {k: v for k, v in heads.items() if k not in CLASSIFIER}
+    if swav_heads:
+        check_names_and_shapes(expected_shapes(preset, "heads"), swav_heads, f"{uri} heads (preset {preset})")
+
+
+def _lazy_sources(reader: ArchiveReader, trunk: dict, heads: dict) -> Iterator[TensorSource]:
+    for group, items in (("trunk", trunk), ("heads", heads)):
+        for name, t in items.items():
+            yield TensorSource(group, name, t.dtype, t.shape, reader.iter_chunks(t))
+
+
+def _mapped(model: dict[str, Any], uri: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    trunk = {vissl_to_seer_trunk(k): v for k, v in (model.get("trunk") or {}).items()}
+    heads = {vissl_to_seer_head(k): v for k, v in (model.get("heads") or {}).items()}
+    if not trunk:
+        raise CheckpointError(f"{uri} has no trunk weights under classy_state_dict.base_model.model.trunk")
+    return trunk, heads
+
+
+def import_vissl(input_uri: str, output_uri: str, preset: str) -> dict[str, Any]:
+    """VISSL checkpoint (consolidated, shard_list or slice_list) → seer consolidated file; returns its sidecar."""
+    with open_archive(input_uri) as reader:
+        kind = reader.obj.get("type", "consolidated") if isinstance(reader.obj, dict) else None
+        iteration = reader.obj.get("iteration") if isinstance(reader.obj, dict) else None
+        if kind == "shard_list":
+            trunk, heads = consolidate_vissl_shards(input_uri, reader.obj)
+            _check(
+                preset,
+                {k: tuple(v.shape) for k, v in trunk.items()},
+                {k: tuple(v.shape) for k, v in heads.items()},
+                input_uri,
+            )
+            sources = [
+                TensorSource(g, k, v.dtype, tuple(v.shape), [tensor_bytes(v)])
+                for g, items in (("trunk", trunk), ("heads", heads))
+                for k, v in items.items()
+            ]
+            return write_consolidated(output_uri, preset, iteration, None, sources, source=input_uri)
+        if kind == "slice_list":
+            from seer.checkpoints.slice import vissl_slices_to_consolidated
+
+            return vissl_slices_to_consolidated(input_uri, output_uri, preset, iteration)
+        if kind != "consolidated":
+            raise CheckpointError(
+                f"{input_uri} has VISSL type {kind!r}; import a consolidated, shard_list or slice_list checkpoint"
+            )
+        trunk, heads = _mapped(_model_dict(reader.obj, input_uri), input_uri)
+        for name, t in {**trunk, **heads}.items():
+            if not isinstance(t, LazyTensor):
+                raise CheckpointError(f"{input_uri}: {name} is not a tensor; the checkpoint is corrupt")
+        _check(
+            preset, {k: v.shape for k, v in trunk.items()}, {k: v.shape for k, v in heads.items()}, input_uri
+        )
+        return write_consolidated(
+            output_uri, preset, iteration, None, _lazy_sources(reader, trunk, heads), source=input_uri
+        )
+
+
+def consolidate_vissl_shards(list_uri: str, shard_list: dict[str, Any]) -> tuple[dict, dict]:
+    """Consolidate a VISSL `shard_list` checkpoint with fairscale; returns seer-named (trunk, heads).
+
+    Needs memory for the whole model (fairscale reassembles every parameter at once).
+    """
+    from fairscale.nn.data_parallel import FullyShardedDataParallel
+
+    base = list_uri.rsplit("/", 1)[0] if "/" in list_uri else "."
+    shards = []
+    for name in shard_list.get("shards", []):
+        uri = name if name.startswith(("/", "s3://", "minio://", "file://")) else storage.join(base, name)
+        if not storage.exists(uri):
+            uri = storage.join(base, name.rsplit("/", 1)[-1])
+        if not storage.exists(uri):
+            raise CheckpointError(
+                f"shard {name} listed in {list_uri} is missing; copy all shard files next to it"
+            )
+        with storage.open(uri, "rb") as f:
+            shard = torch.load(f, map_location="cpu", weights_only=True)
+        if not isinstance(shard, dict) or shard.get("type") != "shard":
+            raise CheckpointError(f"{uri} is not a VISSL shard file (type {shard.get('type')!r})")
+        shards.append(shard["classy_state_dict"]["base_model"])
+    if not shards:
+        raise CheckpointError(f"{list_uri} lists no shards; it is not a complete shard_list checkpoint")
+    out: dict[str, dict[str, torch.Tensor]] = {"trunk": {}, "heads": {}}
+    for part in ("trunk", "heads"):
+        if not shards[0]["meta"].get(part):
+            continue
+        weights = [s["model"][part] for s in shards]
+        metadata = [s["meta"][part] for s in shards]
+        try:
+            full = FullyShardedDataParallel.consolidate_shard_weights(weights, metadata)
+        except (KeyError, AssertionError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{list_uri}: the {part} shards do not fit their metadata ({err!r}); the shard set is incomplete or mixed"
+            ) from None
+        out[part] = full
+    trunk, heads = _mapped(out, list_uri)
+    return {k: v.clone() for k, v in trunk.items()}, {k: v.clone() for k, v in heads.items()}
+
+
+def export_vissl(consolidated_uri: str, output_uri: str, with_parts: bool = False) -> None:
+    """seer consolidated file → VISSL consolidated checkpoint (`type: consolidated`), streamed.
+
+    `with_parts` writes the 10B FSDP trunk names (`block{S}-part{g}`) from the preset's
+    activation-checkpoint groups.
+    """
+    from seer.checkpoints.io import save_streamed
+    from seer.models.presets import get_preset
+
+    reader = open_consolidated(consolidated_uri)
+    with reader:
+        preset = reader.obj.get("preset")
+        parts = get_preset(preset).checkpoint_groups() if with_parts and preset else None
+
+        def build(writer: Any) -> dict[str, Any]:
+            model: dict[str, dict[str, Any]] = {"trunk": {}, "heads": {}}
+            for group, name, t in consolidated_tensors(reader):
+                key = seer_to_vissl_trunk(name, parts) if group == "trunk" else seer_to_vissl_head(name)
+                model[group][key] = writer.write_stream(t.dtype, t.shape, reader.iter_chunks(t))
+            return {
+                "type": "consolidated",
+                "iteration": reader.obj.get("iteration"),
+                "classy_state_dict": {"base_model": {"model": model}},
+            }
+
+        save_streamed(output_uri, build, archive="vissl")
