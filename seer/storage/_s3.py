@@ -501,7 +501,8 @@ class S3Reader(io.RawIOBase):
         self._etag: str | None = None
         self._resp: HTTPResponse | None = None
         self._resp = s3.call("read", loc, self._request)
-        self.size = int(self._resp.headers.get("Content-Length", 0))
+        length = self._resp.headers.get("Content-Length")
+        self.size = int(length) if length is not None else s3.stat(loc).size
         self._etag = self._resp.headers.get("ETag")
 
     def _request(self) -> HTTPResponse:
