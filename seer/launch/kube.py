@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import threading
@@ -222,7 +223,8 @@ def load_api_client(kube_context: str | None = None) -> Any:
     except config.ConfigException:
         pass
     try:
-        return config.new_client_from_config(context=kube_context)
+        # The client reads $KUBECONFIG once, at import; read it now so a changed environment is honoured.
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"), context=kube_context)
     except (config.ConfigException, OSError) as err:
         raise LaunchError(
             f"no Kubernetes credentials ({err}); run inside a pod with a service account, "

@@ -1,0 +1,94 @@
+"""`seer launch render|submit|cancel` through the real `seer` entry point; submit/cancel talk to the
+fake Kubernetes API (tests/fake_kube.py) through a kubeconfig, as a user's would."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from seer.cli import main
+from tests.fake_kube import FakeKube, Pod, Step, running
+
+JOB_ARGS = [
+    "--preset",
+    "rg-tiny",
+    "--image",
+    "registry.example.com/seer/trainer:0.1.0",
+    "--output",
+    "s3://seer/runs/cli",
+]
+
+
+@pytest.fixture
+def kube(tmp_path, monkeypatch):
+    with FakeKube() as fake:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            "current-context": "fake",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield fake
+
+
+def test_render_prints_the_job_yaml(capsys) -> None:
+    rc = main(
+        [
+            "launch",
+            "render",
+            "seer-cli",
+            "--preset",
+            "rg10b",
+            *JOB_ARGS[2:],
+            "--gang-scheduler",
+            "volcano",
+            "--toleration",
+            "nvidia.com/gpu:NoSchedule",
+            "--node-selector",
+            "pool=gpu",
+            "--set",
+            "train.lr=0.2",
+        ]
+    )
+    assert rc == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    assert job["kind"] == "PyTorchJob" and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 61
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == {"pool": "gpu"} and "train.lr=0.2" in pod["containers"][0]["command"]
+
+
+def test_render_bad_flag_is_a_one_line_error(capsys) -> None:
+    assert main(["launch", "render", "seer-cli", *JOB_ARGS, "--toleration", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KEY[=VALUE]:EFFECT" in err
+
+
+def test_submit_watches_to_success(kube, capsys) -> None:
+    kube.script(
+        "seer-cli", [running(0, logs=["hello from rank 0"]), Step("Succeeded", pods=[Pod(phase="Succeeded")])]
+    )
+    assert main(["launch", "submit", "seer-cli", *JOB_ARGS, "--poll-interval", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "created job seer/seer-cli" in out and "[master] hello from rank 0" in out
+    assert "job seer/seer-cli Succeeded" in out
+
+
+def test_submit_failure_exits_nonzero_with_reason(kube, capsys) -> None:
+    kube.script("seer-cli", [Step("Failed", "PyTorchJobFailed", "master exited 1")])
+    assert main(["launch", "submit", "seer-cli", *JOB_ARGS, "--poll-interval", "0.01"]) == 2
+    assert "PyTorchJobFailed: master exited 1" in capsys.readouterr().err
+
+
+def test_detach_then_cancel(kube, capsys) -> None:
+    assert main(["launch", "submit", "seer-cli", *JOB_ARGS, "--detach"]) == 0
+    assert main(["launch", "cancel", "seer-cli"]) == 0
+    assert main(["launch", "cancel", "seer-cli"]) == 0
+    out = capsys.readouterr().out
+    assert "created job seer/seer-cli" in out and "deleted job seer/seer-cli" in out and "no such job" in out
+    assert kube.deleted == ["seer-cli"]
