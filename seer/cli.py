@@ -12,6 +12,7 @@ COMMAND_MODULES: list[str] = [
     "seer.models.cli",
     "seer.data.cli",
     "seer.launch.cli",
+    "seer.registry",
     "seer.checkpoints.cli",
 ]
 
