@@ -1,0 +1,76 @@
+"""Trunk + SwAV head with VISSL's multi-resolution forward.
+
+Parameter names: `trunk.*` (see `seer.models.regnet`), `head.projection_head.*`,
+`head.prototypes.{k}.weight` (see `seer.models.heads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from seer.errors import ConfigError
+from seer.models.heads import SwAVHead
+from seer.models.init import materialize_
+from seer.models.presets import get_preset
+from seer.models.regnet import SeerRegNet
+
+
+class SwAVModel(nn.Module):
+    """`trunk` followed by `head`.
+
+    `forward(crops)` takes a list of B×3×H×W batches (one per crop, crop-major as the multi-crop
+    collate produces them), runs the trunk once per run of consecutive same-size crops, and the
+    head once on all features. Returns `(embedding, [scores per prototype head])` with rows in
+    crop-major order: rows `c·B … (c+1)·B − 1` belong to crop c.
+    """
+
+    def __init__(self, trunk: SeerRegNet, head: SwAVHead) -> None:
+        super().__init__()
+        if trunk.feature_dim != head.in_dim:
+            raise ConfigError(
+                f"trunk features are {trunk.feature_dim}-d but the head expects {head.in_dim}-d; "
+                "build the trunk and head from the same preset"
+            )
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, crops: Sequence[Tensor] | Tensor) -> tuple[Tensor, list[Tensor]]:
+        if isinstance(crops, Tensor):
+            crops = [crops]
+        if len(crops) == 0:
+            raise ConfigError("SwAVModel got an empty crop list; pass at least one B×3×H×W batch")
+        feats = []
+        start = 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            run = crops[start:end]
+            feats.append(self.trunk(run[0] if len(run) == 1 else torch.cat(list(run))))
+            start = end
+        return self.head(feats[0] if len(feats) == 1 else torch.cat(feats))
+
+
+def build_head(name: str) -> SwAVHead:
+    """The SwAV head of preset `name`, on torch's current default device with SEER init."""
+    preset = get_preset(name)
+    return SwAVHead(preset.head_dims, preset.head_use_bn, preset.num_prototypes)
+
+
+def build_swav_model(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVModel:
+    """Trunk + SwAV head of preset `name`, built on the meta device and materialised on `device`.
+
+    `device="meta"` allocates nothing; `device=None` means torch's current default device.
+    Initialisation depends only on `seed` and parameter names (see `seer.models.init`).
+    """
+    preset = get_preset(name)
+    block_params = preset.block_params()
+    with torch.device("meta"):
+        model = SwAVModel(SeerRegNet(block_params, stem_width=preset.stem_width), build_head(name))
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if target.type != "meta":
+        materialize_(model, target, seed=seed)
+    return model
