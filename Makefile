@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast lint demo compile pretrain-10b schedule-reeval images push clean
+.PHONY: help install test test-fast lint demo compile pretrain-10b schedule-reeval images push clean docker-check
 
 help:  ## list targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,3 +35,22 @@ demo: install  ## run the whole seer-pretrain DAG locally (kfp.local, CPU, rg-ti
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache demo-output
+
+# -- container images (images/) -----------------------------------------------------------------
+IMAGE_REGISTRY ?= registry.example.com/seer
+IMAGE_TAG ?= 0.1.0
+DOCKER ?= docker
+IMAGES := trainer component
+
+docker-check:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make: '$(DOCKER)' not found: install Docker (or set DOCKER=podman) to build images" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make: cannot reach the Docker daemon ($(DOCKER) info failed): start it or set DOCKER_HOST" >&2; exit 1; }
+
+images: docker-check  ## build images/trainer (CUDA) and images/component (CPU) as IMAGE_REGISTRY/NAME:IMAGE_TAG
+	@for name in $(IMAGES); do \
+	  echo "building $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG)"; \
+	  $(DOCKER) build -f images/$$name/Dockerfile -t $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) . || exit 1; \
+	done
+
+push: images  ## push both images to IMAGE_REGISTRY (set IMAGE_REGISTRY, IMAGE_TAG)
+	@for name in $(IMAGES); do $(DOCKER) push $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) || exit 1; done
