@@ -7,7 +7,8 @@ shapes the real API returns:
 - POST/GET/DELETE `/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs[/{name}]` (409 on duplicates,
   404 when missing);
 - GET `/api/v1/namespaces/{ns}/pods?labelSelector=k=v,...`;
-- GET `/api/v1/namespaces/{ns}/pods/{name}/log?container=&tailLines=&timestamps=`.
+- GET `/api/v1/namespaces/{ns}/pods/{name}/log?container=&tailLines=&timestamps=`;
+- GET `/api/v1/namespaces/{ns}/events?fieldSelector=type=Warning`.
 
 Job behaviour is scripted, not simulated: `FakeKube.script(name, [Step, ...])` gives the states a job
 goes through; each GET of the job advances it one step (the last step sticks), so tests are
@@ -50,6 +51,7 @@ class Step:
     message: str = ""
     pods: list[Pod] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
+    warnings: list[tuple[str, str, str]] = field(default_factory=list)  # (object name, reason, message)
 
 
 def running(n_workers: int = 0, logs: list[str] | None = None, **pod_kw: Any) -> Step:
@@ -67,6 +69,7 @@ class FakeKube:
         self.calls: list[tuple[str, str]] = []
         self.deleted: list[str] = []
         self.created: list[str] = []
+        self.events: list[dict[str, Any]] = []  # Warning events emitted by scripted steps
         self.fail_next: list[int] = []  # HTTP statuses to answer the next requests with (e.g. 500)
         self._pos: dict[str, int] = {}
         self._logs: dict[str, list[str]] = {}
@@ -131,6 +134,19 @@ class FakeKube:
                 {"type": step.state, "status": "True", "reason": step.reason, "message": step.message}
             )
         job["status"] = {"conditions": conditions}
+        for obj, reason, message in (
+            step.warnings if pos < len(steps) else []
+        ):  # once per step, like real events
+            self.events.append(
+                {
+                    "metadata": {"name": f"{obj}.{len(self.events)}", "uid": f"ev-{len(self.events)}"},
+                    "involvedObject": {"name": obj},
+                    "type": "Warning",
+                    "reason": reason,
+                    "message": message,
+                    "count": 1,
+                }
+            )
         log = self._logs.setdefault(name, [])
         for line in step.logs:
             log.append(f"2026-11-28T05:00:{len(log):02d}.{len(log) * 1000 + 1:09d}Z {line}")
@@ -201,6 +217,10 @@ class FakeKube:
                 and parts[5] == "pytorchjobs"
             ):
                 return self._jobs(method, parts[4], parts[6] if len(parts) > 6 else None, body)
+            if parts[:2] == ["api", "v1"] and parts[2] == "namespaces" and parts[4] == "events":
+                wanted = query.get("fieldSelector", [""])[0]
+                items = [e for e in self.events if wanted in ("", f"type={e['type']}")]
+                return 200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items}
             if parts[:2] == ["api", "v1"] and parts[2] == "namespaces" and parts[4] == "pods":
                 return self._pods(parts[3], parts[5] if len(parts) > 5 else None, parts[6:], query)
             return 404, _status(404, "NotFound", f"the server could not find the requested resource {path}")

@@ -119,9 +119,13 @@ def test_pending_timeout_names_the_scheduling_problem_and_deletes_the_job(kube):
 
 
 def test_pending_timeout_without_pods_points_at_the_operator(kube):
-    kube.script("seer-test", [Step("")])
-    with pytest.raises(JobTimeoutError, match="no pods were created; check the training operator"):
-        make_launcher(kube).run(job(), pending_timeout_s=5, on_progress=lambda _: None)
+    quota = "pods is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=8"
+    kube.script("seer-test", [Step(""), Step("Created", warnings=[("seer-test", "FailedCreatePod", quota)])])
+    lines: list[str] = []
+    with pytest.raises(JobTimeoutError, match="no pods were created; check the training operator") as err:
+        make_launcher(kube).run(job(), pending_timeout_s=5, on_progress=lines.append)
+    assert f"Last warning: seer-test: FailedCreatePod: {quota}" in str(err.value)
+    assert lines.count(f"warning seer-test: FailedCreatePod: {quota}") == 1  # streamed once
 
 
 def test_overall_timeout(kube):

@@ -340,6 +340,28 @@ class PyTorchJobLauncher(JobLauncher):
             return []  # the container is not started yet, or the pod just went away: try again next poll
         return text.splitlines()
 
+    def _warnings(self, handle: JobHandle) -> list[tuple[str, str]]:
+        """(dedupe key, text) of Warning events about the job, its PodGroup and its pods."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self._call(
+                f"list events of {handle.name}",
+                self._core.list_namespaced_event,
+                handle.namespace,
+                field_selector="type=Warning",
+                _preload_content=False,
+            )
+        except (ApiException, LaunchError):
+            return []  # events only explain; never fail the watch over them
+        out = []
+        for ev in json.loads(resp.data).get("items") or []:
+            obj = (ev.get("involvedObject") or {}).get("name") or ""
+            if obj == handle.name or obj.startswith(f"{handle.name}-"):
+                key = (ev.get("metadata") or {}).get("uid") or json.dumps(ev, sort_keys=True)
+                out.append((key, f"{obj}: {ev.get('reason')}: {ev.get('message')}"))
+        return out
+
     # -- JobLauncher -------------------------------------------------------------------------------
 
     def submit(self, job: Mapping[str, Any]) -> JobHandle:
@@ -428,6 +450,7 @@ class PyTorchJobLauncher(JobLauncher):
             state, reason, message = job_state(job)
             pods = self._pods(handle)
             changed = progress.update(state, reason, message, pods)
+            changed |= progress.events(self._warnings(handle))
             for pod in pods:
                 if pod.waiting_reason in IMAGE_PULL_REASONS:
                     raise ImagePullError(
@@ -451,7 +474,7 @@ class PyTorchJobLauncher(JobLauncher):
             progress.started |= state in ACTIVE_STATES or any(p.phase == "Running" for p in pods)
             if not progress.started and elapsed > pending_timeout_s:
                 raise JobTimeoutError(
-                    f"job {ref} still pending after {elapsed:.0f}s: {_pending_reason(pods)}"
+                    f"job {ref} still pending after {elapsed:.0f}s: {_pending_reason(pods, progress.last_warning)}"
                 )
             if timeout_s is not None and elapsed > timeout_s:
                 raise JobTimeoutError(
@@ -468,11 +491,12 @@ def _api_message(err: Any) -> str:
         return str(err.reason)
 
 
-def _pending_reason(pods: list[PodInfo]) -> str:
+def _pending_reason(pods: list[PodInfo], last_warning: str) -> str:
+    warning = f" Last warning: {last_warning}." if last_warning else ""
     if not pods:
         return (
-            "no pods were created; check the training operator is running "
-            "(kubectl -n kubeflow get pods) and the job's events (kubectl describe pytorchjob)"
+            f"no pods were created; check the training operator is running "
+            f"(kubectl -n kubeflow get pods) and the job's events (kubectl describe pytorchjob).{warning}"
         )
     waiting = [p for p in pods if p.phase != "Running"]
     details = [
@@ -485,8 +509,10 @@ def _pending_reason(pods: list[PodInfo]) -> str:
         f"{len(waiting)}/{len(pods)} pods not running — "
         + "; ".join(details)
         + more
-        + ". Free or add capacity "
-        "(GPUs, node selector/tolerations), or enable gang scheduling so pods do not hold nodes while waiting"
+        + "."
+        + warning
+        + " Free or add capacity (GPUs, node selector/tolerations), or enable gang scheduling so pods do "
+        "not hold nodes while waiting"
     )
 
 
@@ -509,6 +535,8 @@ class _Progress:
         self._phases = ""
         self._exits: dict[str, str] = {}
         self._last_log = ""
+        self._seen_events: set[str] = set()
+        self.last_warning = ""
 
     def update(self, state: str, reason: str, message: str, pods: list[PodInfo]) -> bool:
         changed = False
@@ -538,6 +566,14 @@ class _Progress:
             if pod.last_exit:
                 self._exits[pod.name] = pod.last_exit
         return changed
+
+    def events(self, warnings: list[tuple[str, str]]) -> bool:
+        new = [(key, text) for key, text in warnings if key not in self._seen_events]
+        for key, text in new:
+            self._seen_events.add(key)
+            self.last_warning = text
+            self.emit(f"warning {text}")
+        return bool(new)
 
     def log(self, lines: list[str]) -> bool:
         changed = False
