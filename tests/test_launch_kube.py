@@ -235,3 +235,21 @@ def test_forbidden_explains_rbac(kube):
 
 def test_cancel_missing_job_returns_false(kube):
     assert make_launcher(kube).cancel(JobHandle("nope", "seer")) is False
+
+
+def test_rerun_after_the_job_already_succeeded_returns_success_without_a_new_job(kube):
+    kube.script("seer-test", [Step("Succeeded", "PyTorchJobSucceeded", "done", [Pod(phase="Succeeded")])])
+    launcher = make_launcher(kube)
+    launcher.submit(job())
+    result = make_launcher(kube).run(job(), on_progress=lambda _: None)
+    assert result.attached and result.state == "Succeeded"
+    assert kube.created == ["seer-test"] and kube.deleted == []
+
+
+def test_no_credentials_is_a_clear_error(tmp_path, monkeypatch):
+    from seer.launch.kube import load_api_client
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(LaunchError, match=r"no Kubernetes credentials.*point KUBECONFIG at a kubeconfig"):
+        load_api_client()
