@@ -81,7 +81,7 @@ def test_nasty_corpus_every_valid_image_once_and_rejects_counted(tmp_path: Path,
     samples = read_shards(output, manifest)
     names = Counter(meta["source"].rsplit("/", 1)[1] for _, meta, _ in samples)
     assert names == Counter(kept)  # each kept image exactly once
-    assert len({meta["pixel_sha256"] for _, meta, _ in samples}) == len(samples)
+    assert len({meta["sha256"] for _, meta, _ in samples}) == len(samples)
     for _, meta, jpeg in samples:
         name = meta["source"].rsplit("/", 1)[1]
         decoded = Image.open(io.BytesIO(jpeg))

@@ -30,7 +30,7 @@ def test_corpus_is_varied_deterministic_and_decodable(tmp_path: Path) -> None:
             sizes.add(image.size)
             pixels = np.asarray(image)
             assert pixels.std() > 5  # not a flat colour
-        hashes.add(encode_image(path.read_bytes()).pixel_sha256)
+        hashes.add(encode_image(path.read_bytes()).sha256)
     assert len(sizes) > 6 and len(hashes) == len(paths)
     assert {p.parent.name for p in paths} == {"class_0", "class_1", "class_2", "class_3"}
 
@@ -63,7 +63,7 @@ def test_nasty_corpus_outcomes_match_the_normaliser(tmp_path: Path) -> None:
         encoded = encode_image(data)
         if case.outcome == "duplicate":
             original = encode_image((tmp_path / case.duplicate_of).read_bytes())
-            assert encoded.pixel_sha256 == original.pixel_sha256
+            assert encoded.sha256 == original.sha256
             continue
         assert (encoded.width, encoded.height) == case.output_size, name
         assert bool(encoded.converted) == (case.outcome == "converted"), (name, encoded.converted)

@@ -48,7 +48,7 @@ class EncodedImage:
     """A normalised sample: JPEG bytes plus what the manifest and sidecar record about it."""
 
     jpeg: bytes
-    pixel_sha256: str  # sha256 of the final RGB pixels and size: the exact-dedup key
+    sha256: str  # of ``jpeg``: the exact-dedup key (same bytes = same training sample)
     width: int
     height: int
     source_width: int
@@ -166,13 +166,12 @@ def encode_image(
         raise ImageRejected(reason, f"decoding failed: {err}") from None
     except (SyntaxError, ValueError, EOFError, IndexError) as err:
         raise ImageRejected("corrupt", f"decoding failed: {err}") from None
-    pixels = rgb.tobytes()
-    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + pixels).hexdigest()
     out = io.BytesIO()
     rgb.save(out, "JPEG", quality=quality)
+    jpeg = out.getvalue()
     return EncodedImage(
-        jpeg=out.getvalue(),
-        pixel_sha256=digest,
+        jpeg=jpeg,
+        sha256=hashlib.sha256(jpeg).hexdigest(),
         width=rgb.width,
         height=rgb.height,
         source_width=source_width,

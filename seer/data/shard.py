@@ -14,9 +14,10 @@ produces byte-identical shards, which is what makes resuming safe: a re-run relo
 prefix of `_parts/`, continues from the input index where the last complete shard ended, and
 rewrites anything after it (a tar without a part file never counts as complete).
 
-Dedup key: sha256 of the *final* RGB pixels and their size (after orientation, conversion and
-downscaling), i.e. two inputs are duplicates when they would become the same training sample.
-The first one in input order is kept.
+Dedup key: sha256 of the sample's JPEG bytes, i.e. of the decoded pixels after orientation, RGB
+conversion, downscaling and re-encoding (the encoder is deterministic). Two inputs are duplicates
+when they would become the same training sample, whatever their source format or metadata; this
+is cheaper than hashing raw pixels. The first one in input order is kept.
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ class _HashingWriter:
 class _OpenShard:
     index: int
     start: int  # first input index covered by this shard
-    samples: list[tuple[str, str, str]] = field(default_factory=list)  # (key, source, pixel sha256)
+    samples: list[tuple[str, str, str]] = field(default_factory=list)  # (key, source, sample sha256)
     members: list[tuple[str, bytes]] = field(default_factory=list)
     estimated_bytes: int = 2 * _TAR_BLOCK
     rejected: list[dict[str, str]] = field(default_factory=list)
@@ -361,7 +362,7 @@ def _sidecar(key: str, outcome: Outcome) -> bytes:
         "source_size": [image.source_width, image.source_height],
         "size": [image.width, image.height],
         "converted": list(image.converted),
-        "pixel_sha256": image.pixel_sha256,
+        "sha256": image.sha256,
     }
     return json.dumps(meta, sort_keys=True).encode()
 
@@ -483,7 +484,7 @@ def shard(
                 {"source": outcome.ref.source, "reason": str(outcome.reason), "detail": outcome.detail}
             )
             continue
-        digest = outcome.image.pixel_sha256
+        digest = outcome.image.sha256
         if settings.dedup and digest in seen:
             current.duplicates.append({"source": outcome.ref.source, "duplicate_of": seen[digest]})
             continue

@@ -1,0 +1,176 @@
+"""Sharding throughput: `seer shard` vs a naive sequential PIL open + convert + save into one tar.
+
+Both read the same procedural corpus (mixed jpg/png/webp/bmp, 256–1024 px) and write JPEG q90.
+The naive baseline does no validation, EXIF, dedup or sidecars; ours does all of that. Throughput is
+images per CPU-second (this process plus its worker processes), so other load on a shared machine
+does not count; wall-clock images/s are shown too. Each measurement runs in a fresh process; peak
+memory is that process's peak RSS (VmHWM) and the largest worker's. Worker start-up (spawn +
+imports) is included in the parallel run's CPU time. Prints a table, writes bench/results/shard.json.
+
+    .venv/bin/python bench/shard.py [--images 120] [--max-short-side 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from seer.data.shard import ShardSettings, shard
+from seer.data.synthetic import generate_corpus
+
+RESULTS = Path(__file__).parent / "results" / "shard.json"
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's VmHWM (Linux clear_refs 5) so the next reading covers one run only."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def naive(files: list[Path], out: Path, max_short_side: int | None) -> None:
+    """What a user writes without seer: open, convert, maybe resize, save, append to one tar."""
+    with tarfile.open(out, "w") as tar:
+        for i, path in enumerate(files):
+            image = Image.open(path).convert("RGB")
+            if max_short_side and min(image.size) > max_short_side:
+                scale = max_short_side / min(image.size)
+                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=90)
+            info = tarfile.TarInfo(f"{i:010d}.jpg")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+
+
+def measure(run: Callable[[], None]) -> dict[str, float]:
+    """CPU seconds (self + waited-for children), wall seconds and peak RSS of one run."""
+    reset_peak_rss()
+    before, wall = os.times(), time.perf_counter()
+    run()
+    after, wall = os.times(), time.perf_counter() - wall
+    cpu = sum(after[i] - before[i] for i in range(4))  # user, system, children user, children system
+    children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "peak_rss_mib": peak_rss_mib(),
+        "worker_peak_rss_mib": children_peak,
+    }
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    """One measurement in this fresh process (so peak memory is its own); prints a JSON line."""
+    files = sorted(p for p in Path(args.input).rglob("*") if p.is_file())
+    if args.variant == "naive":
+        result = measure(lambda: naive(files, Path(args.output) / "naive.tar", args.max_short_side))
+    else:
+        settings = ShardSettings(max_short_side=args.max_short_side)
+        workers = int(args.variant.removeprefix("seer-w"))
+        result = measure(
+            lambda: shard([args.input], args.output, settings, workers=workers, log=lambda _: None)
+        )
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=150, help="corpus size")
+    parser.add_argument(
+        "--max-short-side", type=int, default=256, help="downscale target of the second scenario"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the parallel run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one measurement
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        run_variant(args)
+        return
+
+    rows = []
+    pipelines = {"naive": "naive (1 process)", "seer-w1": "seer shard --workers 1"}
+    pipelines[f"seer-w{args.workers}"] = f"seer shard --workers {args.workers}"
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        files = generate_corpus(tmp / "in", args.images, seed=0, min_size=256, max_size=1024)
+        source_mib = sum(p.stat().st_size for p in files) / (1 << 20)
+        for side in (None, args.max_short_side):
+            label = "full size" if side is None else f"short side <= {side}"
+            results = {}
+            for variant in pipelines:
+                out = tmp / f"out-{variant}-{side}"
+                out.mkdir()
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--input",
+                    str(tmp / "in"),
+                    "--output",
+                    str(out),
+                ]
+                cmd += ["--max-short-side", str(side)] if side else []
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            base = args.images / results["naive"]["cpu_s"]
+            for variant, r in results.items():
+                per_core = args.images / r["cpu_s"]
+                rows.append(
+                    {"scenario": label, "pipeline": pipelines[variant], "img_per_cpu_s": round(per_core, 1),
+                     "img_per_wall_s": round(args.images / r["wall_s"], 1), "ratio_per_core": round(per_core / base, 3),
+                     "peak_rss_mib": round(r["peak_rss_mib"], 1), "worker_peak_rss_mib": round(r["worker_peak_rss_mib"], 1)}
+                )  # fmt: skip
+
+    header = f"{'scenario':<18} {'pipeline':<24} {'img/CPU-s':>9} {'img/wall-s':>10} {'ratio':>6} {'peak MiB':>9} {'worker MiB':>10}"
+    print(f"sharding {args.images} images ({source_mib:.1f} MiB, jpg/png/webp/bmp, 256-1024 px) to JPEG q90")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['scenario']:<18} {r['pipeline']:<24} {r['img_per_cpu_s']:>9.1f} {r['img_per_wall_s']:>10.1f} "
+              f"{r['ratio_per_core']:>6.2f} {r['peak_rss_mib']:>9.0f} {r['worker_peak_rss_mib']:>10.0f}")  # fmt: skip
+    print("ratio = images per CPU-second (process + workers, imports excluded for the main process only)")
+    print(
+        "        relative to the naive baseline of the same scenario; peak = main process, worker = largest worker"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "bench": "shard",
+        "unit": "images per CPU-second (process + workers)",
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "images": args.images,
+        "source_mib": round(source_mib, 1),
+        "rows": rows,
+    }
+    tmp_out = args.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2))
+    tmp_out.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
