@@ -35,6 +35,7 @@ from seer.checkpoints.consolidate import (
     write_consolidated,
 )
 from seer.checkpoints.io import (
+    ArchiveReader,
     ArchiveWriter,
     CheckpointError,
     LazyTensor,
@@ -50,6 +51,7 @@ from seer.checkpoints.vissl import (
     vissl_to_seer_head,
     vissl_to_seer_trunk,
 )
+from seer.errors import NotFoundError
 
 SLICED_FORMAT = "seer-sliced-v1"
 INDEX_NAME = "index.json"
@@ -109,9 +111,8 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
         obj = reader.obj
         tensors = list(consolidated_tensors(reader))
         index_uri = storage.join(output_uri, INDEX_NAME) if layout == "seer" else output_uri
-        if storage.exists(index_uri):
-            storage.delete(index_uri)
         layers = _vissl_layers_dir(output_uri)
+        _remove_previous(index_uri, layers if layout == "vissl" else None)
         bar = tqdm(
             total=sum(t.nbytes for *_, t in tensors),
             unit="B",
@@ -171,6 +172,23 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
         finally:
             bar.close()
     return index_uri
+
+
+def _remove_previous(index_uri: str, vissl_layers: str | None) -> None:
+    """Delete an earlier slicing's index (first, so the folder stops looking complete), then its slices."""
+    if vissl_layers is not None:
+        if storage.exists(index_uri):
+            storage.delete(index_uri)
+        storage.delete_prefix(vissl_layers)
+        return
+    if not storage.exists(index_uri):
+        return
+    try:
+        old = [e["file"] for e in storage.read_json(index_uri).get("entries", {}).values()]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        old = []
+    storage.delete(index_uri)
+    _cleanup([storage.join(index_uri.rsplit("/", 1)[0], f) for f in old])
 
 
 def _counted(chunks: Iterator[memoryview], bar: tqdm) -> Iterator[memoryview]:
@@ -238,10 +256,16 @@ def open_sliced(index_uri: str) -> SlicedIndex:
 
 def read_slice(entry: SliceEntry) -> torch.Tensor:
     """Read one slice and check it against its index entry (shape, dtype, sha256)."""
-    if not storage.exists(entry.uri):
-        raise CorruptSliceError(f"slice for {entry.fqn} is missing ({entry.uri}); re-run `seer ckpt slice`")
+    local = storage.local_path(entry.uri)
     try:
-        with open_archive(entry.uri) as reader:
+        # Local: stream from the file; remote: one request for the whole (single-tensor) object.
+        stream = open(local, "rb") if local is not None else io.BytesIO(storage.read_bytes(entry.uri))  # noqa: SIM115
+    except (NotFoundError, FileNotFoundError):
+        raise CorruptSliceError(
+            f"slice for {entry.fqn} is missing ({entry.uri}); re-run `seer ckpt slice`"
+        ) from None
+    try:
+        with ArchiveReader(stream, name=entry.uri) as reader:
             obj = reader.obj
             if (
                 not isinstance(obj, dict)

@@ -1,0 +1,210 @@
+"""SGD + LARC with FSDP-aware norms, LR scaling and the warmup + cosine schedule (seer_spec §3.1).
+
+LARC (VISSL ``LARC_FSDP``, scale mode): for each parameter with ‖p‖ > 0 and ‖g‖ > 0,
+``adaptive = η‖p‖ / (‖g‖ + wd‖p‖ + eps)`` and ``g ← (g + wd·p)·adaptive``; then plain SGD (momentum
+0.9) runs with the scheduled LR and weight decay removed. Norms are over the *whole* parameter: for
+FSDP2 / DTensor parameters the local sums of squares are all-reduced over the sharding process
+groups, so a parameter split across ranks gets exactly the update it would get unsplit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from seer.errors import ConfigError
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The shard this rank holds (a DTensor's local tensor, or the tensor itself)."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
+
+
+def _reduce_groups(t: torch.Tensor) -> tuple[dist.ProcessGroup, ...]:
+    """Process groups over which a DTensor's local sums must be added (its Shard / Partial mesh dims)."""
+    if not (hasattr(t, "placements") and hasattr(t, "device_mesh")):
+        return ()
+    mesh = t.device_mesh
+    return tuple(mesh.get_group(i) for i, pl in enumerate(t.placements) if pl.is_shard() or pl.is_partial())
+
+
+def global_sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Squared L2 norm of each (possibly sharded) tensor, in fp32, one all-reduce per process group."""
+    if not tensors:
+        return torch.zeros(0)
+    sq = torch.stack([_local(t).detach().float().pow(2).sum() for t in tensors])
+    by_groups: dict[tuple[dist.ProcessGroup, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_groups.setdefault(_reduce_groups(t), []).append(i)
+    for groups, idx in by_groups.items():
+        if not groups:
+            continue
+        part = sq[idx]
+        for group in groups:
+            dist.all_reduce(part, group=group)
+        sq[idx] = part
+    return sq
+
+
+class LARC(torch.optim.SGD):
+    """SGD with LARC trust-ratio scaling (scale mode unless ``clip``), weight decay folded into the
+    gradient before scaling, and norms taken over whole (sharded) parameters."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+        clip: bool = False,
+    ) -> None:
+        if trust_coefficient <= 0 or eps < 0:
+            raise ConfigError(
+                f"LARC needs trust_coefficient > 0 and eps >= 0, got {trust_coefficient} and {eps}"
+            )
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.trust_coefficient = trust_coefficient
+        self.eps = eps
+        self.clip = clip
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        saved_wd = []
+        for group in self.param_groups:
+            wd, lr = group["weight_decay"], group["lr"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                p_norm = global_sq_norms(params).sqrt()
+                g_norm = global_sq_norms([p.grad for p in params]).sqrt()
+                ok = (p_norm > 0) & (g_norm > 0)
+                adaptive = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
+                if self.clip:
+                    adaptive = (adaptive / lr).clamp(max=1.0)
+                adaptive = torch.where(ok, adaptive, torch.ones_like(adaptive))
+                decay = ok.float() * wd
+                for i, p in enumerate(params):
+                    g = _local(p.grad)
+                    g.add_(_local(p).to(g.dtype) * decay[i].to(g)).mul_(adaptive[i].to(g))
+            saved_wd.append(wd)
+            group["weight_decay"] = 0.0
+        try:
+            super().step()
+        finally:
+            for group, wd in zip(self.param_groups, saved_wd, strict=True):
+                group["weight_decay"] = wd
+        return loss
+
+
+_OPTIM_KEYS = ("lr", "momentum", "weight_decay", "larc", "larc_trust", "larc_eps", "larc_clip")
+
+
+def build_optimizer(
+    params_or_model: nn.Module | Iterable[torch.Tensor], optim_cfg: Any = None, **overrides: Any
+) -> torch.optim.SGD:
+    """SEER's optimizer: LARC-SGD over one parameter group holding every trainable parameter (biases and
+    BN included, as in SEER), or plain SGD when ``larc`` is False.
+
+    Settings come from defaults (lr 0.3, momentum 0.9, weight_decay 1e-5, larc True, larc_trust 0.001,
+    larc_eps 1e-8, larc_clip False), then ``optim_cfg`` (e.g. ``SeerConfig.optim``: its attributes of
+    those names; lr from ``start_lr``), then keyword ``overrides``. The LR is set per step by
+    :class:`LRSchedule`.
+    """
+    settings: dict[str, Any] = {"lr": 0.3, "momentum": 0.9, "weight_decay": 1e-5, "larc": True,
+                                "larc_trust": 0.001, "larc_eps": 1e-8, "larc_clip": False}  # fmt: skip
+    if optim_cfg is not None:
+        settings["lr"] = getattr(optim_cfg, "start_lr", settings["lr"])
+        settings.update({k: getattr(optim_cfg, k) for k in _OPTIM_KEYS[1:] if hasattr(optim_cfg, k)})
+    unknown = sorted(set(overrides) - set(_OPTIM_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown optimizer setting(s) {unknown}; allowed: {list(_OPTIM_KEYS)}")
+    settings.update(overrides)
+    if isinstance(params_or_model, nn.Module):
+        params = [p for p in params_or_model.parameters() if p.requires_grad]
+    else:
+        params = [p for p in params_or_model if p.requires_grad]
+    if not params:
+        raise ConfigError(
+            "no trainable parameters given to the optimizer; check that the model requires grad"
+        )
+    if settings["larc"]:
+        return LARC(params, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"],
+                    trust_coefficient=settings["larc_trust"], eps=settings["larc_eps"], clip=settings["larc_clip"])  # fmt: skip
+    return torch.optim.SGD(
+        params, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"]
+    )
+
+
+def scaled_lr(base_lr: float, global_batch: int, base_batch: int = 256) -> float:
+    """Linear LR scaling: base_lr per base_batch images (0.3 per 256: 8192 → 9.6, 7936 → 9.3)."""
+    if global_batch < 1 or base_batch < 1:
+        raise ConfigError(
+            f"batch sizes must be >= 1, got global_batch={global_batch}, base_batch={base_batch}"
+        )
+    return base_lr * global_batch / base_batch
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Per-step LR: linear from ``start_lr`` to ``peak_lr`` over ``warmup_steps``, then cosine down to
+    ``peak_lr · final_ratio`` at ``total_steps`` (VISSL composite linear + cosine schedule)."""
+
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int
+    start_lr: float = 0.3
+    final_ratio: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
+            raise ConfigError(
+                f"LR schedule needs total_steps >= 1 and 0 <= warmup_steps <= total_steps, got "
+                f"total_steps={self.total_steps}, warmup_steps={self.warmup_steps}; shorten optim.warmup_iters"
+            )
+        if self.peak_lr <= 0 or self.start_lr < 0 or not 0 <= self.final_ratio <= 1:
+            raise ConfigError(
+                f"LR schedule needs peak_lr > 0, start_lr >= 0 and 0 <= final_ratio <= 1, got "
+                f"{self.peak_lr}, {self.start_lr}, {self.final_ratio}"
+            )
+
+    @classmethod
+    def from_config(cls, optim_cfg: Any, global_batch: int, total_steps: int) -> LRSchedule:
+        """From an ``OptimConfig``: peak = scaled_lr(base_lr, global_batch, base_batch); warmup =
+        warmup_iters, or round(warmup_fraction · total_steps) when warmup_iters is None."""
+        warmup = optim_cfg.warmup_iters
+        if warmup is None:
+            warmup = round(optim_cfg.warmup_fraction * total_steps)
+        return cls(
+            peak_lr=scaled_lr(optim_cfg.base_lr, global_batch, optim_cfg.base_batch),
+            total_steps=total_steps,
+            warmup_steps=int(warmup),
+            start_lr=optim_cfg.start_lr,
+            final_ratio=optim_cfg.final_lr_ratio,
+        )
+
+    def __call__(self, step: int) -> float:
+        step = min(max(step, 0), self.total_steps)
+        if step < self.warmup_steps:
+            return self.start_lr + (self.peak_lr - self.start_lr) * step / self.warmup_steps
+        end = self.peak_lr * self.final_ratio
+        span = self.total_steps - self.warmup_steps
+        progress = (step - self.warmup_steps) / span if span else 1.0
+        return end + 0.5 * (self.peak_lr - end) * (1 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every parameter group's LR for `step` (call before ``optimizer.step()``); returns it."""
+        lr = self(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
