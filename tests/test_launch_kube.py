@@ -197,7 +197,7 @@ def test_reattach_after_launcher_restart(kube):
     lines: list[str] = []
     result = make_launcher(kube).run(job(), on_progress=lines.append)  # a fresh launcher, same job
     assert result.attached and result.state == "Succeeded"
-    assert lines[0] == "re-attached to running job seer/seer-test"
+    assert lines[0] == "re-attached to existing job seer/seer-test"
     assert kube.created == ["seer-test"] and kube.deleted == []
     assert sum(1 for m, _ in kube.calls if m == "POST") == 2  # second create got 409 and re-attached
 

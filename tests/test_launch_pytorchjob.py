@@ -159,6 +159,7 @@ def test_spec_hash_identifies_the_job() -> None:
         (dict(overrides=["train.metrics_port=1"]), "set the metrics port with metrics_port"),
         (dict(procs_per_node=4), "differs from gpus_per_node=8"),
         (dict(clean_pod_policy="Sometimes"), "clean_pod_policy"),
+        (dict(metrics_port=0), "metrics_port 0 is not usable"),
     ],
 )
 def test_bad_input_names_the_problem_and_the_fix(kwargs, message: str) -> None:

@@ -171,7 +171,7 @@ class JobLauncher(ABC):
         emit = on_progress or _print
         handle = self.submit(job)
         emit(
-            f"{'re-attached to running' if handle.attached else 'created'} job {handle.namespace}/{handle.name}"
+            f"{'re-attached to existing' if handle.attached else 'created'} job {handle.namespace}/{handle.name}"
         )
         try:
             with _sigterm_as_interrupt():

@@ -194,6 +194,10 @@ def render_pytorchjob(
             "set the metrics port with metrics_port (--metrics-port), not train.metrics_port, "
             "so the container port the PodMonitor scrapes matches"
         )
+    if not 0 < metrics_port < 65536 or metrics_port == 23456:
+        raise ConfigError(
+            f"metrics_port {metrics_port} is not usable; pick a free TCP port such as {METRICS_PORT}"
+        )
     if queue and not gang_scheduler:
         raise ConfigError(f"queue {queue!r} only applies with a gang_scheduler; set gang_scheduler='volcano'")
     if clean_pod_policy not in ("All", "Running", "None"):
