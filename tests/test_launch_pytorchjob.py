@@ -27,7 +27,7 @@ def env_of(c) -> dict[str, str]:
 
 
 def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
-    job = render(overrides=["train.lr=0.3"])
+    job = render(overrides=["train.lr=0.3"], data_uri="s3://seer/shards")
     spec = job["spec"]
     assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
     assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 61
@@ -50,6 +50,8 @@ def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
         "train.metrics_port=9090",
         "--set",
         "train.lr=0.3",
+        "--data",
+        "s3://seer/shards",
         "--output",
         "s3://seer/runs/r1",
     ]

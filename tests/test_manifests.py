@@ -201,6 +201,7 @@ def test_prod_overlay_is_the_62x8_gang_scheduled_gpu_job() -> None:
                 name="seer-rg10b",
                 preset="rg10b",
                 output_uri="s3://seer/runs/rg10b",
+                data_uri="s3://seer/shards",
                 gang_scheduler="volcano",
                 node_selector={"nvidia.com/gpu.present": "true"},
                 tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -210,7 +211,12 @@ def test_prod_overlay_is_the_62x8_gang_scheduled_gpu_job() -> None:
         ),
         (
             "manifests/overlays/local/pytorchjob-rg-tiny.yaml",
-            dict(name="seer-rg-tiny", preset="rg-tiny", output_uri="s3://seer/runs/rg-tiny"),
+            dict(
+                name="seer-rg-tiny",
+                preset="rg-tiny",
+                data_uri="s3://seer/shards",
+                output_uri="s3://seer/runs/rg-tiny",
+            ),
         ),
     ],
 )

@@ -41,6 +41,7 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
         args.preset,
         image=args.image,
         output_uri=args.output,
+        data_uri=args.data,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
         overrides=args.set or [],
@@ -103,7 +104,8 @@ def _local(args: argparse.Namespace) -> int:
     from seer.launch.local import run_local
 
     return run_local(
-        pretrain_args(args.preset, args.output, args.set or []), nproc_per_node=args.nproc_per_node
+        pretrain_args(args.preset, args.output, args.set or [], data_uri=args.data),
+        nproc_per_node=args.nproc_per_node,
     )
 
 
@@ -114,6 +116,7 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", required=True, help="run output URI (s3://bucket/prefix) for checkpoints and logs"
     )
+    p.add_argument("--data", help="shards folder or manifest URI (default: the config's data.shards)")
     p.add_argument("--nodes", type=int, help="number of nodes/pods (default: the preset's, rg10b: 62)")
     p.add_argument("--gpus-per-node", type=int, help="GPUs per pod, one process each (default: the preset's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
@@ -196,6 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("local", help="run `seer pretrain` with torchrun on this machine (torchx local_cwd)")
     p.add_argument("--preset", required=True, help="pretrain preset or config path (e.g. rg-tiny)")
     p.add_argument("--output", required=True, help="run output URI")
+    p.add_argument("--data", help="shards folder or manifest URI (default: the config's data.shards)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--nproc-per-node", type=int, default=2, help="processes (ranks) to start (default: 2)")
     p.set_defaults(func=_local)

@@ -65,7 +65,12 @@ def preset_shape(preset: str) -> NodeShape | None:
 
 
 def pretrain_args(
-    preset: str, output_uri: str, overrides: Sequence[str] = (), extra_args: Sequence[str] = ()
+    preset: str,
+    output_uri: str,
+    overrides: Sequence[str] = (),
+    *,
+    data_uri: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The `seer pretrain ...` arguments (after `-m seer`) shared by the PyTorchJob and local runs."""
     args = ["pretrain", "--config", preset]
@@ -73,6 +78,8 @@ def pretrain_args(
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE; write it like train.lr=0.3")
         args += ["--set", item]
+    if data_uri:
+        args += ["--data", data_uri]
     return [*args, "--output", output_uri, *extra_args]
 
 
@@ -134,6 +141,7 @@ def render_pytorchjob(
     nodes: int | None = None,
     gpus_per_node: int | None = None,
     procs_per_node: int | None = None,
+    data_uri: str | None = None,
     overrides: Sequence[str] = (),
     extra_args: Sequence[str] = (),
     namespace: str = "seer",
@@ -159,7 +167,7 @@ def render_pytorchjob(
     image_pull_secrets: Sequence[str] = (),
     labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Render the PyTorchJob for `seer pretrain --config PRESET ... --output OUTPUT_URI` as a dict.
+    """Render the PyTorchJob for `seer pretrain --config PRESET [--data DATA_URI] --output OUTPUT_URI` as a dict.
 
     `nodes`/`gpus_per_node` default to the preset's published shape (rg10b: 62×8). `resources` sets
     the per-pod cpu/memory requests (limits equal requests; GPUs are added as `nvidia.com/gpu`).
@@ -233,7 +241,13 @@ def render_pytorchjob(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": torchrun_command(
-            pretrain_args(preset, output_uri, [f"train.metrics_port={metrics_port}", *overrides], extra_args)
+            pretrain_args(
+                preset,
+                output_uri,
+                [f"train.metrics_port={metrics_port}", *overrides],
+                data_uri=data_uri,
+                extra_args=extra_args,
+            )
         ),
         "env": [{"name": k, "value": v} for k, v in container_env.items()],
         "ports": [
