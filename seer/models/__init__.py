@@ -1,7 +1,7 @@
 """The SEER model zoo: RegNetY trunks on torchvision's RegNet, SwAV heads, presets and their costs."""
 
 from seer.models.heads import SwAVHead
-from seer.models.init import init_weights_, materialize_
+from seer.models.init import init_weights_, materialize_, place_
 from seer.models.presets import PRESETS, ModelPreset, StageSpec, get_preset
 from seer.models.regnet import SeerRegNet, build_trunk
 from seer.models.swav_model import SwAVModel, build_head, build_swav_model
@@ -19,4 +19,5 @@ __all__ = [
     "get_preset",
     "init_weights_",
     "materialize_",
+    "place_",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from torch import nn
 from seer.errors import ConfigError
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+M = TypeVar("M", bound=nn.Module)
 
 
 def _generator(seed: int | None, name: str, device: torch.device) -> torch.Generator | None:
@@ -89,12 +91,12 @@ def init_weights_(
 
 
 def materialize_(
-    module: nn.Module,
+    module: M,
     device: torch.device | str = "cpu",
     seed: int | None = 0,
     prefix: str = "",
     recurse: bool = True,
-) -> nn.Module:
+) -> M:
     """Allocate `module`'s (meta) tensors on `device` and initialise them: `to_empty` + `init_weights_`.
 
     Call it on the whole model or on one unit at a time (with the unit's qualified name as
@@ -102,3 +104,12 @@ def materialize_(
     """
     module.to_empty(device=device, recurse=recurse)
     return init_weights_(module, recurse=recurse, seed=seed, prefix=prefix)
+
+
+def place_(module: M, device: torch.device | str | None = None, seed: int | None = 0) -> M:
+    """Materialise a meta-device `module` on `device` (None: torch's current default device),
+    or leave it on meta when that is the target."""
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if target.type != "meta":
+        materialize_(module, target, seed=seed)
+    return module

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models.regnet import BlockParams, RegNet
 
 from seer.errors import ConfigError
-from seer.models.init import materialize_
+from seer.models.init import place_
 from seer.models.presets import get_preset
 
 
@@ -81,7 +81,4 @@ def build_trunk(name: str, device: torch.device | str | None = None, seed: int |
     block_params = preset.block_params()
     with torch.device("meta"):
         trunk = SeerRegNet(block_params, stem_width=preset.stem_width)
-    target = torch.device(device) if device is not None else torch.get_default_device()
-    if target.type != "meta":
-        materialize_(trunk, target, seed=seed)
-    return trunk
+    return place_(trunk, device, seed)

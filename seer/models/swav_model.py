@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from seer.errors import ConfigError
 from seer.models.heads import SwAVHead
-from seer.models.init import materialize_
+from seer.models.init import place_
 from seer.models.presets import get_preset
-from seer.models.regnet import SeerRegNet
+from seer.models.regnet import SeerRegNet, build_trunk
 
 
 class SwAVModel(nn.Module):
@@ -54,10 +54,12 @@ class SwAVModel(nn.Module):
         return self.head(feats[0] if len(feats) == 1 else torch.cat(feats))
 
 
-def build_head(name: str) -> SwAVHead:
-    """The SwAV head of preset `name`, on torch's current default device with SEER init."""
+def build_head(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVHead:
+    """The SwAV head of preset `name` with SEER init (on the meta device when `device="meta"`)."""
     preset = get_preset(name)
-    return SwAVHead(preset.head_dims, preset.head_use_bn, preset.num_prototypes)
+    with torch.device("meta"):
+        head = SwAVHead(preset.head_dims, preset.head_use_bn, preset.num_prototypes)
+    return place_(head, device, seed)
 
 
 def build_swav_model(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVModel:
@@ -66,11 +68,5 @@ def build_swav_model(name: str, device: torch.device | str | None = None, seed: 
     `device="meta"` allocates nothing; `device=None` means torch's current default device.
     Initialisation depends only on `seed` and parameter names (see `seer.models.init`).
     """
-    preset = get_preset(name)
-    block_params = preset.block_params()
-    with torch.device("meta"):
-        model = SwAVModel(SeerRegNet(block_params, stem_width=preset.stem_width), build_head(name))
-    target = torch.device(device) if device is not None else torch.get_default_device()
-    if target.type != "meta":
-        materialize_(model, target, seed=seed)
-    return model
+    model = SwAVModel(build_trunk(name, device="meta"), build_head(name, device="meta"))
+    return place_(model, device, seed)
