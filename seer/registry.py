@@ -97,6 +97,12 @@ def flatten_metrics(data: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _absolute(uri: str) -> str:
+    """Relative local paths become absolute, so an entry still points at its artifact from elsewhere."""
+    path = storage.local_path(uri)
+    return str(path.resolve()) if path is not None and not path.is_absolute() else uri
+
+
 def artifact_sha256(uri: str) -> str:
     """sha256 of one object, or for a folder/prefix the sha256 of its sorted `relative-path sha256` lines."""
 
@@ -157,6 +163,7 @@ class ModelRegistry(ABC):
         """
         _check_name("name", name)
         _check_name("version", version)
+        artifact_uri = _absolute(artifact_uri)
         if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise ConfigError(f"sha256 {sha256!r} is not 64 lowercase hex digits; omit it to compute it")
         sha256 = sha256 or artifact_sha256(artifact_uri)
@@ -175,7 +182,7 @@ class ModelRegistry(ABC):
             artifact_uri=artifact_uri,
             sha256=sha256,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
-            artifacts=dict(artifacts or {}),
+            artifacts={k: _absolute(v) for k, v in (artifacts or {}).items()},
             preset=preset,
             parent_run=parent_run,
             description=description,

@@ -148,6 +148,14 @@ def test_storage_layout_and_index_recovery(tmp_path, artifact) -> None:
     assert (root / "index.json").exists()
 
 
+def test_relative_local_paths_are_stored_absolute(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt.pt").write_bytes(b"x")
+    entry = StorageRegistry("reg").register("m", "1", "ckpt.pt", artifacts={"report": "out/report.html"})
+    assert entry.artifact_uri == str(tmp_path / "ckpt.pt")
+    assert entry.artifacts == {"report": str(tmp_path / "out/report.html")}
+
+
 def test_folder_artifacts_hash_their_listing(tmp_path) -> None:
     folder = tmp_path / "sliced"
     (folder / "t").mkdir(parents=True)
