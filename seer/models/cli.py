@@ -48,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gflops(g: float) -> str:
-    return f"{g:.1f}" if g >= 10 else f"{g:.3f}"
+    return f"{g:.1f}" if g >= 10 else f"{g:#.3g}"
+
+
+def _blocks(group: range) -> str:
+    return f"{group.start}-{group.stop - 1}" if len(group) > 1 else str(group.start)
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
@@ -110,7 +114,7 @@ def render_preset(stats: ModelStats) -> str:
             str(st.group_width),
             format_count(n),
             "x".join(str(d) for d in out.shape[-2:]),
-            ", ".join(f"{g.start}-{g.stop - 1}" for g in groups) or "none",
+            ", ".join(_blocks(g) for g in groups) or "none",
         ]
         for i, (st, n, (tap, out), groups) in enumerate(
             zip(stats.stages, stats.stage_params, taps.items(), p.checkpoint_groups(), strict=True), start=1
@@ -147,7 +151,9 @@ def render_preset(stats: ModelStats) -> str:
         "trunk forward GFLOPs/image: "
         + ", ".join(f"{_gflops(stats.trunk_gflops[r])} @{r}px" for r in RESOLUTIONS)
         + f"; head {_gflops(stats.head_gflops)}",
-        f"published: {p.published_params or '-'} ({stats.published_includes})",
+        f"published: {p.published_params} ({stats.published_includes})"
+        if p.published_params
+        else "published: -",
     ]
     if p.notes:
         lines.append(f"notes: {p.notes}")

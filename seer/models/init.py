@@ -72,15 +72,13 @@ def _init_one(module: nn.Module, prefix: str, seed: int | None) -> None:
             )
 
 
-def init_weights_(
-    module: nn.Module, recurse: bool = True, seed: int | None = None, prefix: str = ""
-) -> nn.Module:
+def init_weights_(module: M, recurse: bool = True, seed: int | None = None, prefix: str = "") -> M:
     """Initialise `module` in place with the SEER rules; meta tensors are left alone.
 
     `recurse=False` touches only the tensors `module` owns directly (for per-unit materialisation).
     `seed=None` draws from torch's global RNG; an int makes each tensor depend only on
-    `(seed, prefix + its name)`. `prefix` is the module's qualified name in the full model plus
-    a dot (e.g. `"trunk.trunk_output.block3."`).
+    `(seed, prefix + its name)`. `prefix` is the module's qualified name in the full model
+    (e.g. `"trunk.trunk_output.block3"`; a trailing dot is optional).
     """
     if prefix and not prefix.endswith("."):
         prefix += "."
