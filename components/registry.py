@@ -1,0 +1,184 @@
+"""Registry steps (`seer.registry`): register a model version with its eval metrics, resolve a
+registered model (or a checkpoint URI) for re-evaluation, and compare new metrics with the last
+registered ones (`seer eval compare`)."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, Input, Markdown, Model, Output
+
+from components import seer_component
+
+
+@seer_component
+def register_model(
+    model: Input[Model],
+    linear: Input[Artifact],
+    knn: Input[Artifact],
+    copy_detection: Input[Artifact],
+    geolocalization: Input[Artifact],
+    fairness: Input[Artifact],
+    test384: Input[Artifact],
+    entry: Output[Artifact],
+    registry: str,
+    name: str,
+    version: str,
+    preset: str = "",
+    parent_run: str = "",
+    description: str = "",
+) -> str:
+    """Register `model` as `name`/`version` with every evaluation's metrics (`<eval>.<metric>`) and the
+    URIs of their metrics.json and report.html. Idempotent for the same artifact; returns the version.
+
+    Args:
+        model: The artifact to register (sliced checkpoint).
+        linear: Linear-probe results folder.
+        knn: k-NN results folder.
+        copy_detection: Copy-detection results folder.
+        geolocalization: Geolocalization results folder.
+        fairness: Fairness results folder.
+        test384: 384 px test results folder.
+        entry: The registry entry as JSON.
+        registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
+        name: Model name.
+        version: Version name (unique per model).
+        preset: Model preset recorded with the version ('' reads it from the model's metadata).
+        parent_run: The run that produced the model.
+        description: Free text shown with the version.
+    """
+    import json
+
+    from seer import storage
+    from seer.errors import ConfigError
+    from seer.registry import flatten_metrics, open_registry
+
+    metrics, artifacts = {}, {}
+    for eval_name, results in (
+        ("linear", linear),
+        ("knn", knn),
+        ("copy-detection", copy_detection),
+        ("geolocalization", geolocalization),
+        ("fairness", fairness),
+        ("test384", test384),
+    ):
+        doc_uri = storage.join(results.uri, "metrics.json")
+        if not storage.exists(doc_uri):
+            continue  # the run turned this evaluation off
+        doc = storage.read_json(doc_uri)
+        metrics |= {f"{eval_name}.{k}": v for k, v in flatten_metrics(doc["metrics"]).items()}
+        artifacts[f"{eval_name}.metrics"] = doc_uri
+        artifacts[f"{eval_name}.report"] = storage.join(results.uri, "report.html")
+    if not metrics:
+        raise ConfigError(
+            "no evaluation ran, so there is nothing to register; enable at least one evaluation"
+        )
+    registered = open_registry(registry).register(
+        name,
+        version,
+        model.uri,
+        sha256=None,
+        metrics=metrics,
+        artifacts=artifacts,
+        preset=preset or model.metadata.get("preset", ""),
+        parent_run=parent_run,
+        description=description,
+    )
+    with open(entry.path, "w") as f:
+        json.dump(registered.to_dict(), f, indent=2)
+    entry.metadata.update({"registry": registry, "name": name, "version": registered.version})
+    print(f"registered {name} {registered.version} in {registry}: {json.dumps(metrics, sort_keys=True)}")
+    return registered.version
+
+
+@seer_component
+def resolve_model(registry: str, name: str, version: str = "latest", checkpoint_uri: str = "") -> NamedTuple(
+    "Resolved", [("uri", str), ("preset", str), ("version", str)]
+):
+    """The checkpoint to evaluate: `checkpoint_uri` when given, else the registered `name`/`version`.
+
+    Args:
+        registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
+        name: Registered model name.
+        version: Registered version, or latest.
+        checkpoint_uri: Evaluate this checkpoint instead of a registered one.
+    """
+    from collections import namedtuple
+
+    from seer.registry import open_registry
+
+    resolved = namedtuple("Resolved", ["uri", "preset", "version"])
+    if checkpoint_uri:
+        return resolved(checkpoint_uri, "", "")
+    reg = open_registry(registry)
+    entry = reg.latest(name) if version == "latest" else reg.get(name, version)
+    print(f"evaluating {name} {entry.version}: {entry.artifact_uri}")
+    return resolved(entry.artifact_uri, entry.preset, entry.version)
+
+
+@seer_component
+def compare_metrics(
+    linear: Input[Artifact],
+    knn: Input[Artifact],
+    copy_detection: Input[Artifact],
+    geolocalization: Input[Artifact],
+    fairness: Input[Artifact],
+    test384: Input[Artifact],
+    comparison: Output[Markdown],
+    registry: str,
+    name: str,
+    threshold: float = 0.01,
+    fail_on_regression: bool = False,
+) -> int:
+    """Compare each evaluation with the same evaluation of the last registered version of `name`;
+    returns the number of regressed metrics (moves in the bad direction beyond `threshold`).
+
+    Args:
+        linear: Linear-probe results folder.
+        knn: k-NN results folder.
+        copy_detection: Copy-detection results folder.
+        geolocalization: Geolocalization results folder.
+        fairness: Fairness results folder.
+        test384: 384 px test results folder.
+        comparison: Markdown table of the deltas, shown in the KFP UI.
+        registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
+        name: Registered model name whose latest version is the baseline.
+        threshold: Regression threshold, absolute in metric units (0.01 = 1 point).
+        fail_on_regression: Fail the step (and the run) when a metric regressed.
+    """
+    from seer import storage
+    from seer.errors import NotFoundError, SeerError
+    from seer.eval import report
+    from seer.registry import open_registry
+
+    try:
+        previous = open_registry(registry).latest(name)
+    except NotFoundError:
+        previous = None
+    lines = [
+        f"# {name}: re-evaluation vs {'version ' + previous.version if previous else 'nothing registered'}"
+    ]
+    regressions = []
+    for eval_name, results in (
+        ("linear", linear),
+        ("knn", knn),
+        ("copy-detection", copy_detection),
+        ("geolocalization", geolocalization),
+        ("fairness", fairness),
+        ("test384", test384),
+    ):
+        current_uri = storage.join(results.uri, "metrics.json")
+        previous_uri = previous.artifacts.get(f"{eval_name}.metrics") if previous else None
+        if not storage.exists(current_uri):
+            continue
+        if not previous_uri or not storage.exists(previous_uri):
+            lines += ["", f"## {eval_name}", "", "no previous run of this evaluation to compare with"]
+            continue
+        result = report.compare(storage.read_json(current_uri), storage.read_json(previous_uri), threshold)
+        regressions += [f"{eval_name}.{m}" for m in result.regressions]
+        lines += ["", f"## {eval_name}", "", "```", result.table(), "```"]
+    lines += ["", f"regressions beyond {threshold}: {', '.join(regressions) or 'none'}"]
+    with open(comparison.path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if regressions and fail_on_regression:
+        raise SeerError(f"{len(regressions)} metric(s) regressed: {', '.join(regressions)}")
+    return len(regressions)

@@ -1,0 +1,108 @@
+"""The pretrain step: a launcher. `backend="local"` runs torchrun on the step's own machine (kfp.local,
+a single node); `backend="pytorchjob"` renders, submits and watches a kubeflow.org/v1 PyTorchJob, and
+deletes it when the step is cancelled (SIGTERM) or gives up (timeouts, image pull errors)."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import seer_component
+
+
+@seer_component
+def pretrain(
+    shards: Input[Dataset],
+    run: Output[Model],
+    metrics: Output[Metrics],
+    run_id: str,
+    preset: str = "rg-tiny",
+    overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
+    backend: str = "local",
+    nproc_per_node: int = 2,
+    job_name: str = "",
+    trainer_image: str = "",
+    nodes: int = 0,
+    gpus_per_node: int = -1,
+    namespace: str = "seer",
+    storage_secret: str = "seer-storage",
+    service_account: str = "seer-trainer",
+    gang_scheduler: str = "",
+    node_selector: dict = {},  # noqa: B006
+    tolerations: list = [],  # noqa: B006
+    network: str = "tcp",
+    network_devices: int = 0,
+    timeout_s: float = 0.0,
+    pending_timeout_s: float = 1800.0,
+):
+    """SwAV pretraining (`seer pretrain`) of `preset` on the shards; checkpoints land under `run`.
+
+    Args:
+        shards: Shards folder with manifest.json.
+        run: Training output: checkpoints/iter-NNNNNNNN/, train_log.jsonl, summary.json.
+        metrics: Final training numbers from summary.json.
+        run_id: Pipeline run id; names the PyTorchJob `seer-<run_id>` unless `job_name` is set.
+        preset: Pretraining preset (rg-tiny … rg10b) or config path.
+        overrides: Config overrides, e.g. ["train.iterations=100"].
+        backend: local (torchrun on this machine) or pytorchjob (Kubeflow Training Operator).
+        nproc_per_node: Local ranks (backend local).
+        job_name: PyTorchJob name (default seer-<run_id>).
+        trainer_image: Trainer image with a pinned tag (images/trainer); the pipelines pass SEER_TRAINER_IMAGE.
+        nodes: Pods (0: the preset's, rg10b: 62).
+        gpus_per_node: GPUs per pod (-1: the preset's).
+        namespace: Namespace of the PyTorchJob.
+        storage_secret: Secret holding the object-storage credentials and SEER_S3_ENDPOINT ('' for none).
+        service_account: Service account of the training pods.
+        gang_scheduler: '', volcano or scheduler-plugins.
+        node_selector: Training pods' node selector.
+        tolerations: Training pods' tolerations (Kubernetes toleration objects).
+        network: NCCL fabric: tcp, efa or ib.
+        network_devices: EFA adapters / RDMA devices per pod.
+        timeout_s: Give up (and delete the job) after this many seconds (0: never).
+        pending_timeout_s: Give up if no pod runs within this many seconds.
+    """
+    import os
+
+    from seer import storage
+    from seer.errors import ConfigError
+    from seer.launch import LaunchError, pretrain_args, run_local
+    from seer.registry import flatten_metrics
+
+    if backend == "local":
+        args = pretrain_args(preset, run.uri, overrides, data_uri=shards.uri)
+        if run_local(args, nproc_per_node=nproc_per_node):
+            raise LaunchError(f"local pretraining of {preset} failed; see the rank logs above")
+    elif backend == "pytorchjob":
+        from seer.launch import PyTorchJobLauncher, render_pytorchjob
+        from seer.launch.kube import load_api_client
+
+        job = render_pytorchjob(
+            job_name or f"seer-{run_id}"[:48].rstrip("-"),
+            preset,
+            image=trainer_image,
+            output_uri=run.uri,
+            nodes=nodes or None,
+            gpus_per_node=None if gpus_per_node < 0 else gpus_per_node,
+            overrides=overrides,
+            data_uri=shards.uri,
+            namespace=namespace,
+            storage_secret=storage_secret or None,
+            service_account=service_account,
+            gang_scheduler=gang_scheduler or None,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            network=network,
+            network_devices=network_devices,
+            labels={"pipelines.kubeflow.org/run-id": run_id[:63]},
+        )
+        result = PyTorchJobLauncher(load_api_client()).run(
+            job, timeout_s=timeout_s or None, pending_timeout_s=pending_timeout_s
+        )
+        run.metadata.update({"job": f"{result.namespace}/{result.name}", "restarts": result.restarts})
+    else:
+        raise ConfigError(f"backend {backend!r} is unknown; use local or pytorchjob")
+
+    summary = storage.read_json(storage.join(run.uri, "summary.json"))
+    if storage.local_path(run.uri) is None:  # on a cluster: leave a copy where KFP uploads from
+        os.makedirs(run.path, exist_ok=True)
+        storage.write_json(os.path.join(run.path, "summary.json"), summary)
+    for name, value in flatten_metrics(summary).items():
+        metrics.log_metric(name, value)
+    run.metadata.update({"preset": preset, "backend": backend})

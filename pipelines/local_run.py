@@ -1,0 +1,149 @@
+"""Run seer-pretrain on this machine through kfp.local (`make demo`).
+
+    python -m pipelines.local_run [--output demo-output] [--set NAME=JSON ...]
+
+Every step runs as a subprocess of this interpreter (`SubprocessRunner(use_venv=False)`; the
+components are built with `install_kfp_package=False`, so nothing is pip-installed), artifacts go to
+local folders under OUTPUT/pipeline-root, the registry is OUTPUT/registry. kfp 2.16.1's local runner
+has no ExitHandler, so the pipeline is built without one and this script runs the same exit-handler
+step function itself once the DAG has ended, successfully or not.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# The embedded default: small enough for 2 CPU cores in well under 15 minutes.
+DEMO_ARGUMENTS: dict[str, Any] = {
+    "synth_images": 256,
+    "preset": "rg-tiny",
+    "backend": "local",
+    "nproc_per_node": 2,
+    "benchmark_sizes": {},
+    "run_linear": True,
+    "run_knn": True,
+    "run_copy_detection": True,
+    "linear_epochs": 28,
+    "eval_transform": "shorter:64:64",
+    "copy_transform": "longer:96",
+    "eval_baselines": ["random-init"],
+    "eval_workers": 0,
+    "eval_device": "cpu",
+    "model_name": "seer-rg-tiny",
+}
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r} is not NAME=VALUE; write it like --set synth_images=64")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value  # a plain string
+    return out
+
+
+def run_local_pipeline(output: str | Path, arguments: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run seer-pretrain with DEMO_ARGUMENTS updated by `arguments`; artifacts under `output`.
+
+    Returns {"entry": the registered ModelEntry as a dict, "status": the exit-handler record,
+    "seconds": wall time}. Raises when a step failed (after recording the failure).
+    """
+    from kfp import local
+    from kfp.dsl import PipelineTaskFinalStatus
+
+    from components import record_failure_and_cleanup
+    from pipelines.pretrain import build_pretrain_pipeline
+    from seer import storage
+    from seer.registry import open_registry
+
+    out = Path(output).resolve()
+    args = {**DEMO_ARGUMENTS, **(arguments or {})}
+    args.setdefault("registry", str(out / "registry"))
+    args.setdefault("status_uri", str(out / "runs"))
+    unknown = set(args) - _pipeline_parameters()
+    if unknown:
+        raise SystemExit(
+            f"unknown pipeline parameters {sorted(unknown)}; see `python -m pipelines.local_run --help`"
+        )
+    # Steps are subprocesses of this interpreter: make its bin/ (torchrun, seer) come first on PATH.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline-root"))
+    pipeline = build_pretrain_pipeline(exit_handler=False)
+    run_id = time.strftime("local-%Y%m%d-%H%M%S")
+    start = time.monotonic()
+    state, error = "SUCCEEDED", ""
+    try:
+        pipeline(**args)
+    except BaseException as err:  # record any ending, Ctrl-C included, then re-raise
+        state, error = ("CANCELLED" if isinstance(err, KeyboardInterrupt) else "FAILED"), str(err)
+        raise
+    finally:
+        status = PipelineTaskFinalStatus(
+            state=state,
+            pipeline_job_resource_name=f"local/{run_id}",
+            pipeline_task_name="exit-handler-1",
+            error_code=None if state == "SUCCEEDED" else 1,
+            error_message=error,
+        )
+        record_failure_and_cleanup.python_func(
+            status=status, run_id=run_id, status_uri=args["status_uri"], backend=args["backend"]
+        )
+    entry = open_registry(args["registry"]).latest(args["model_name"])
+    return {
+        "entry": entry.to_dict(),
+        "status": storage.read_json(storage.join(args["status_uri"], f"{run_id}.json")),
+        "seconds": time.monotonic() - start,
+    }
+
+
+def _pipeline_parameters() -> set[str]:
+    from pipelines.pretrain import seer_pretrain
+
+    return set(seer_pretrain.component_spec.inputs or {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.local_run",
+        description="Run the seer-pretrain DAG end to end on this machine (kfp.local, CPU, rg-tiny by default).",
+    )
+    parser.add_argument(
+        "--output",
+        default="demo-output",
+        help="folder for artifacts, registry and run records (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a seer-pretrain parameter; VALUE is JSON or a plain string, e.g. --set synth_images=64 "
+        "--set overrides='[\"train.iterations=20\"]' (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    result = run_local_pipeline(args.output, _parse_set(args.set))
+    entry = result["entry"]
+    print()
+    print(f"seer-pretrain finished in {result['seconds'] / 60:.1f} min ({result['status']['state']})")
+    print(f"registered model: {entry['name']} {entry['version']} (sha256 {entry['sha256'][:12]}…)")
+    print(f"  checkpoint: {entry['artifact_uri']}")
+    for name, value in sorted(entry["metrics"].items()):
+        print(f"  {name:<34} {value:.4f}")
+    for name, uri in sorted(entry["artifacts"].items()):
+        if name.endswith(".report"):
+            print(f"report ({name[: -len('.report')]}): {uri}")
+    print(f"registry: {Path(args.output).resolve() / 'registry'}  (list it: seer registry list --registry …)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

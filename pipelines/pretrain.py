@@ -1,0 +1,262 @@
+"""`seer-pretrain`: [generate corpus] → shard → pretrain → consolidate + slice → evaluations → register,
+inside an exit handler that records how the run ended and deletes a left-over training job.
+
+`build_pretrain_pipeline()` makes the pipeline function; `seer_pretrain` is the cluster version (the
+one `make compile` writes). kfp 2.16.1's local runner cannot run `dsl.ExitHandler` (it raises
+NotImplementedError for the final-status input), so `pipelines/local_run.py` builds it with
+`exit_handler=False` and records the final state itself.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from kfp import dsl
+
+from components import (
+    SEER_TRAINER_IMAGE,
+    consolidate_slice,
+    copy_detection_eval,
+    eval_datasets,
+    fairness_eval,
+    generate_corpus,
+    geolocalization_eval,
+    knn_eval,
+    linear_eval,
+    pretrain,
+    record_failure_and_cleanup,
+    register_model,
+    shard_images,
+    test384_eval,
+)
+from components.placement import StepSettings, apply
+
+PIPELINE_NAME = "seer-pretrain"
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+
+# Pod settings per step (override with a YAML file: pipelines/compile.py --step-settings).
+DEFAULT_STEP_SETTINGS: dict[str, StepSettings] = {
+    "generate-corpus": StepSettings(cpu="1", memory="2Gi"),
+    "shard-images": StepSettings(cpu="8", memory="16Gi"),
+    "pretrain": StepSettings(cpu="4", memory="16Gi", shm="4Gi"),
+    "consolidate-slice": StepSettings(cpu="4", memory="32Gi"),
+    "eval-datasets": StepSettings(cpu="1", memory="4Gi"),
+    "evaluation": StepSettings(cpu="8", memory="32Gi", shm="8Gi"),
+    "register-model": StepSettings(cpu="1", memory="2Gi"),
+    "record-failure-and-cleanup": StepSettings(cpu="500m", memory="1Gi"),
+}
+
+
+def evaluation_steps(
+    model: Any, datasets: Any, settings: Mapping[str, StepSettings], p: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The six evaluation tasks on `model` (fan-out), keyed by evaluation name; `p` holds the pipeline's
+    evaluation parameters."""
+    common = {"device": p["eval_device"], "workers": p["eval_workers"]}
+    tasks = {
+        "linear": linear_eval(
+            model=model,
+            datasets=datasets,
+            enabled=p["run_linear"],
+            epochs=p["linear_epochs"],
+            transform=p["eval_transform"],
+            baselines=p["eval_baselines"],
+            **common,
+        ),
+        "knn": knn_eval(
+            model=model,
+            datasets=datasets,
+            enabled=p["run_knn"],
+            transform=p["eval_transform"],
+            baselines=p["eval_baselines"],
+            **common,
+        ),
+        "copy-detection": copy_detection_eval(
+            model=model,
+            datasets=datasets,
+            enabled=p["run_copy_detection"],
+            transform=p["copy_transform"],
+            baselines=p["eval_baselines"],
+            **common,
+        ),
+        "geolocalization": geolocalization_eval(
+            model=model,
+            datasets=datasets,
+            enabled=p["run_geolocalization"],
+            transform=p["eval_transform"],
+            baselines=p["eval_baselines"],
+            **common,
+        ),
+        "fairness": fairness_eval(
+            model=model,
+            datasets=datasets,
+            enabled=p["run_fairness"],
+            transform=p["eval_transform"],
+            baselines=p["eval_baselines"],
+            **common,
+        ),
+    }
+    tasks["test384"] = test384_eval(
+        classifier=tasks["linear"].outputs["classifier"],
+        datasets=datasets,
+        enabled=p["run_test384"],
+        **common,
+    )
+    for task in tasks.values():
+        apply(task, settings["evaluation"])
+    return tasks
+
+
+def results_of(tasks: Mapping[str, Any]) -> dict[str, Any]:
+    """register_model / compare_metrics keyword arguments: each evaluation's results folder."""
+    return {name.replace("-", "_"): task.outputs["results"] for name, task in tasks.items()}
+
+
+def build_pretrain_pipeline(
+    *, exit_handler: bool = True, step_settings: Mapping[str, StepSettings] | None = None
+) -> Any:
+    """The `seer-pretrain` pipeline function; `exit_handler=False` for runners without ExitHandler."""
+    settings = {**DEFAULT_STEP_SETTINGS, **(step_settings or {})}
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="SEER self-supervised pretraining (SwAV on RegNetY): shard → pretrain → slice → "
+        "evaluate → register.",
+    )
+    def seer_pretrain(
+        images_uri: str = "",
+        synth_images: int = 256,
+        preset: str = "rg-tiny",
+        overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
+        backend: str = "local",
+        nproc_per_node: int = 2,
+        nodes: int = 0,
+        gpus_per_node: int = -1,
+        trainer_image: str = SEER_TRAINER_IMAGE,
+        job_name: str = "",
+        namespace: str = "seer",
+        storage_secret: str = "seer-storage",
+        gang_scheduler: str = "",
+        node_selector: dict = {},  # noqa: B006
+        tolerations: list = [],  # noqa: B006
+        network: str = "tcp",
+        network_devices: int = 0,
+        train_timeout_s: float = 0.0,
+        pending_timeout_s: float = 1800.0,
+        eval_sources: dict = {},  # noqa: B006
+        benchmark_sizes: dict = {},  # noqa: B006
+        run_linear: bool = True,
+        run_knn: bool = True,
+        run_copy_detection: bool = True,
+        run_geolocalization: bool = False,
+        run_fairness: bool = False,
+        run_test384: bool = False,
+        linear_epochs: int = 28,
+        eval_transform: str = "shorter:256:224",
+        copy_transform: str = "longer:224",
+        eval_baselines: list = [],  # noqa: B006
+        eval_workers: int = 4,
+        eval_device: str = "auto",
+        registry: str = "minio://mlpipeline/seer/registry",
+        model_name: str = "seer",
+        status_uri: str = "minio://mlpipeline/seer/runs",
+    ):
+        """SEER pretraining: shard → pretrain → consolidate + slice → evaluations → register.
+
+        Args:
+            images_uri: Images to shard (folder, .tar, list file, s3:// or minio:// prefix); empty generates a synthetic corpus.
+            synth_images: Images in the synthetic corpus when images_uri is empty.
+            preset: Pretraining preset: rg-tiny, rg-small, rg32gf, rg64gf, rg128gf, rg256gf, rg10b, or a config path.
+            overrides: Config overrides, e.g. ["train.iterations=1000", "optim.base_lr=0.3"].
+            backend: Where training runs: local (torchrun inside the step's pod) or pytorchjob (a Kubeflow PyTorchJob).
+            nproc_per_node: Ranks of a local run.
+            nodes: PyTorchJob pods (0: the preset's, rg10b: 62).
+            gpus_per_node: GPUs per PyTorchJob pod (-1: the preset's, 8 for the large presets).
+            trainer_image: Trainer image (images/trainer) with a pinned tag.
+            job_name: PyTorchJob name (default: seer-<run id>).
+            namespace: Namespace of the PyTorchJob.
+            storage_secret: Secret with the object-storage credentials and SEER_S3_ENDPOINT for the training pods.
+            gang_scheduler: Gang scheduling of the training pods: '' (none), volcano or scheduler-plugins.
+            node_selector: Node selector of the training pods, e.g. {"nvidia.com/gpu.present": "true"}.
+            tolerations: Tolerations of the training pods (Kubernetes objects).
+            network: NCCL fabric of the training pods: tcp, efa or ib.
+            network_devices: EFA adapters or RDMA devices per training pod.
+            train_timeout_s: Delete the training job after this many seconds (0: no limit).
+            pending_timeout_s: Delete the training job when no pod runs within this many seconds.
+            eval_sources: Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test); missing ones are generated.
+            benchmark_sizes: Sizes of generated benchmark sets, e.g. {"counting": {"n_train": 120}}.
+            run_linear: Run the linear probe.
+            run_knn: Run the k-NN evaluation.
+            run_copy_detection: Run the copy-detection evaluation.
+            run_geolocalization: Run the geolocalization evaluation.
+            run_fairness: Run the fairness evaluation.
+            run_test384: Run the 384 px test of the linear probe's classifier (needs run_linear).
+            linear_epochs: Linear-probe epochs.
+            eval_transform: Test transform of the classification evaluations, e.g. shorter:256:224.
+            copy_transform: Test transform of copy detection, e.g. longer:224.
+            eval_baselines: Also evaluate baselines: random-init and/or random-features.
+            eval_workers: Image-decoding processes per evaluation step.
+            eval_device: Device of the evaluation steps: auto, cpu or cuda.
+            registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address.
+            model_name: Registered model name.
+            status_uri: Folder the exit handler writes each run's final state to ('' skips it).
+        """
+        p = locals()
+
+        def steps() -> None:
+            corpus = apply(generate_corpus(count=synth_images), settings["generate-corpus"])
+            shards = apply(
+                shard_images(images=corpus.outputs["images"], source_uri=images_uri), settings["shard-images"]
+            )
+            train = pretrain(
+                shards=shards.outputs["shards"],
+                run_id=RUN_ID,
+                preset=preset,
+                overrides=overrides,
+                backend=backend,
+                nproc_per_node=nproc_per_node,
+                job_name=job_name,
+                trainer_image=trainer_image,
+                nodes=nodes,
+                gpus_per_node=gpus_per_node,
+                namespace=namespace,
+                storage_secret=storage_secret,
+                gang_scheduler=gang_scheduler,
+                node_selector=node_selector,
+                tolerations=tolerations,
+                network=network,
+                network_devices=network_devices,
+                timeout_s=train_timeout_s,
+                pending_timeout_s=pending_timeout_s,
+            )
+            apply(train, settings["pretrain"]).set_caching_options(False)
+            ckpt = apply(consolidate_slice(run=train.outputs["run"]), settings["consolidate-slice"])
+            datasets = apply(
+                eval_datasets(sources=eval_sources, benchmark_sizes=benchmark_sizes),
+                settings["eval-datasets"],
+            )
+            evals = evaluation_steps(ckpt.outputs["sliced"], datasets.outputs["datasets"], settings, p)
+            register = register_model(
+                model=ckpt.outputs["sliced"],
+                registry=registry,
+                name=model_name,
+                version=f"run-{RUN_ID}",
+                parent_run=RUN_ID,
+                description="seer-pretrain run",
+                **results_of(evals),
+            )
+            apply(register, settings["register-model"]).set_caching_options(False)
+
+        if not exit_handler:
+            steps()
+            return
+        cleanup = record_failure_and_cleanup(
+            run_id=RUN_ID, status_uri=status_uri, backend=backend, job_name=job_name, namespace=namespace
+        )
+        apply(cleanup, settings["record-failure-and-cleanup"]).set_caching_options(False)
+        with dsl.ExitHandler(cleanup, name="train-evaluate-register"):
+            steps()
+
+    return seer_pretrain
+
+
+seer_pretrain = build_pretrain_pipeline()
