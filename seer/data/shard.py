@@ -326,28 +326,42 @@ class _HashingWriter:
         return len(data)
 
 
+class _TarWriter:
+    """A shard being written: members stream into an atomic storage writer (invisible until commit).
+
+    The tar is deterministic: fixed mtime, owner and mode, USTAR headers.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self._sink = storage.open(uri, "wb")
+        self._hashing = _HashingWriter(self._sink)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+
+    def add(self, name: str, payload: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(payload), 0, 0o644
+        self._tar.addfile(info, io.BytesIO(payload))
+
+    def commit(self) -> tuple[int, str]:
+        """Finish the tar and make it visible; return (bytes, sha256)."""
+        self._tar.close()
+        self._sink.close()
+        return self._hashing.size, self._hashing.sha256.hexdigest()
+
+    def discard(self) -> None:
+        self._sink.discard()
+
+
 @dataclass
 class _OpenShard:
     index: int
     start: int  # first input index covered by this shard
+    writer: _TarWriter | None = None  # opened with the first sample
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (key, source, sample sha256)
-    members: list[tuple[str, bytes]] = field(default_factory=list)
     estimated_bytes: int = 2 * _TAR_BLOCK
     rejected: list[dict[str, str]] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
     converted: Counter = field(default_factory=Counter)
-
-
-def _write_tar(uri: str, members: list[tuple[str, bytes]]) -> tuple[int, str]:
-    """Write a deterministic tar (fixed mtime/owner/mode) atomically; return (bytes, sha256)."""
-    with storage.open(uri, "wb") as sink:
-        hashing = _HashingWriter(sink)
-        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for name, payload in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                tar.addfile(info, io.BytesIO(payload))
-    return hashing.size, hashing.sha256.hexdigest()
 
 
 def _sidecar(key: str, outcome: Outcome) -> bytes:
@@ -463,7 +477,8 @@ def shard(
 
     def close(shard_: _OpenShard, end: int) -> None:
         name = shard_name(shard_.index)
-        size, sha = _write_tar(storage.join(output, name), shard_.members)
+        assert shard_.writer is not None
+        size, sha = shard_.writer.commit()
         part = {
             "fingerprint": fingerprint,
             "shard": {"name": name, "samples": len(shard_.samples), "bytes": size, "sha256": sha},
@@ -477,38 +492,47 @@ def shard(
         parts.append(part)
 
     bar = tqdm(total=len(refs), initial=start, unit="img", desc="shard", disable=None, file=sys.stderr)
-    for outcome in _outcomes(refs, start, settings, workers):
-        bar.update(1)
-        if outcome.image is None:
-            current.rejected.append(
-                {"source": outcome.ref.source, "reason": str(outcome.reason), "detail": outcome.detail}
-            )
-            continue
-        digest = outcome.image.sha256
-        if settings.dedup and digest in seen:
-            current.duplicates.append({"source": outcome.ref.source, "duplicate_of": seen[digest]})
-            continue
-        key = f"{outcome.index:010d}"
-        members = [(f"{key}.jpg", outcome.image.jpeg)]
-        if settings.write_json:
-            members.append((f"{key}.json", _sidecar(key, outcome)))
-        added = sum(_tar_bytes(len(payload)) for _, payload in members)
-        if current.samples and current.estimated_bytes + added > limit_bytes:
-            close(current, outcome.index)
-            current = _OpenShard(index=current.index + 1, start=outcome.index)
-        seen[digest] = outcome.ref.source
-        current.samples.append((key, outcome.ref.source, digest))
-        current.members.extend(members)
-        current.estimated_bytes += added
-        current.converted.update(outcome.image.converted)
-        if len(current.samples) >= settings.max_samples_per_shard:
-            close(current, outcome.index + 1)
-            current = _OpenShard(index=current.index + 1, start=outcome.index + 1)
-    bar.close()
-    if current.samples:
-        close(current, len(refs))
-    else:
-        trailing = {"rejected": current.rejected, "duplicates": current.duplicates}
+    try:
+        for outcome in _outcomes(refs, start, settings, workers):
+            bar.update(1)
+            if outcome.image is None:
+                current.rejected.append(
+                    {"source": outcome.ref.source, "reason": str(outcome.reason), "detail": outcome.detail}
+                )
+                continue
+            digest = outcome.image.sha256
+            if settings.dedup and digest in seen:
+                current.duplicates.append({"source": outcome.ref.source, "duplicate_of": seen[digest]})
+                continue
+            key = f"{outcome.index:010d}"
+            members = [(f"{key}.jpg", outcome.image.jpeg)]
+            if settings.write_json:
+                members.append((f"{key}.json", _sidecar(key, outcome)))
+            added = sum(_tar_bytes(len(payload)) for _, payload in members)
+            if current.samples and current.estimated_bytes + added > limit_bytes:
+                close(current, outcome.index)
+                current = _OpenShard(index=current.index + 1, start=outcome.index)
+            if current.writer is None:
+                current.writer = _TarWriter(storage.join(output, shard_name(current.index)))
+            for name, payload in members:
+                current.writer.add(name, payload)
+            seen[digest] = outcome.ref.source
+            current.samples.append((key, outcome.ref.source, digest))
+            current.estimated_bytes += added
+            current.converted.update(outcome.image.converted)
+            if len(current.samples) >= settings.max_samples_per_shard:
+                close(current, outcome.index + 1)
+                current = _OpenShard(index=current.index + 1, start=outcome.index + 1)
+        if current.samples:
+            close(current, len(refs))
+        else:
+            trailing = {"rejected": current.rejected, "duplicates": current.duplicates}
+    except BaseException:
+        if current.writer is not None:
+            current.writer.discard()
+        raise
+    finally:
+        bar.close()
 
     manifest = _build_manifest(parts, trailing, refs, ignored, settings, fingerprint, inputs, command)
     storage.write_json(manifest_uri, manifest)
