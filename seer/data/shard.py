@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
+import PIL
 from tqdm import tqdm
 
 from seer import storage
@@ -382,7 +383,9 @@ def _sidecar(key: str, outcome: Outcome) -> bytes:
 
 
 def _fingerprint(refs: list[InputRef], settings: ShardSettings) -> str:
+    """Identifies the command: inputs, settings and the encoder (another Pillow may encode other bytes)."""
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    digest.update(f"pillow {PIL.__version__}\n".encode())
     for ref in refs:
         digest.update(ref.source.encode() + b"\n")
     return digest.hexdigest()
@@ -441,7 +444,8 @@ def shard(
 
     Resumes a previous run of the same command (same inputs and settings) that was interrupted;
     returns the existing manifest when that run had completed. ``overwrite`` deletes shards,
-    parts and manifest that a different command left under ``output`` first.
+    parts and manifest that a different command left under ``output`` first. With ``workers`` > 1
+    the decoders are spawned processes: call this from under ``if __name__ == "__main__":``.
     """
     settings = settings or ShardSettings()
     settings.validate()

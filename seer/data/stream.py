@@ -115,6 +115,7 @@ class ShardStream(IterableDataset):
         self.epoch = epoch
         # (epoch, consumed) at the start of an iteration, shared with (persistent) loader workers.
         self._start = multiprocessing.sharedctypes.RawArray("q", 2)
+        self._share_position()
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -122,6 +123,11 @@ class ShardStream(IterableDataset):
         """Start ``epoch`` from its beginning (a no-op when already in that epoch, e.g. after a resume)."""
         if epoch != self.epoch:
             self.epoch, self.consumed = int(epoch), 0
+        self._share_position()
+
+    def _share_position(self) -> None:
+        """Publish (epoch, consumed) to loader workers, which read it when their iteration starts."""
+        self._start[0], self._start[1] = self.epoch, self.consumed
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank stands: epoch, samples consumed in it, and the layout that order depends on."""
@@ -148,6 +154,7 @@ class ShardStream(IterableDataset):
                     "epoch by loading the state with consumed=0"
                 )
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        self._share_position()
 
     def samples_per_worker(self, num_workers: int | None = None) -> int:
         """L: samples each global worker yields per epoch (see the module doc)."""
@@ -282,7 +289,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator[tuple[Any, list[str]]]:
         stream = self.stream
         stream.samples_per_worker()  # fail here, with the numbers, rather than inside a worker
-        stream._start[0], stream._start[1] = stream.epoch, stream.consumed
+        stream._share_position()
         for crops, keys in self.loader:
             stream.consumed += len(keys)
             yield crops, keys
