@@ -15,7 +15,7 @@ from kfp import compiler
 
 from components.placement import load_step_settings
 
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "compiled"
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "build" / "pipelines"
 
 
 def compile_all(

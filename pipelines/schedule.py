@@ -1,0 +1,111 @@
+"""`make schedule-reeval`: a recurring seer-evaluate run on the KFP endpoint in KFP_HOST.
+
+KFP cron expressions have 6 fields, seconds first (`0 0 3 * * *` = 03:00 every day). The schedule
+runs with caching off (identical inputs would otherwise be served from cache and nothing would be
+re-evaluated), without catch-up (no burst of missed runs after a pause) and one run at a time.
+Settings come from the environment or flags (`python -m pipelines.schedule --help`).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "schedule-reeval"
+
+
+def check_cron(expr: str) -> str:
+    """A 6-field KFP cron expression (seconds minutes hours day-of-month month day-of-week)."""
+    fields = expr.split()
+    if len(fields) != 6:
+        raise ValueError(
+            f"CRON {expr!r} has {len(fields)} fields; KFP needs 6, seconds first, e.g. '0 0 3 * * *' (03:00 daily)"
+        )
+    return " ".join(fields)
+
+
+def recurring_run_request(a: argparse.Namespace, package: Path) -> dict[str, Any]:
+    """Keyword arguments of `kfp.Client.create_recurring_run` for the re-evaluation schedule."""
+    return {
+        "job_name": a.name,
+        "description": f"re-evaluate {a.model_name} ({a.model_version}) and register the new metrics",
+        "cron_expression": check_cron(a.cron),
+        "max_concurrency": 1,
+        "no_catchup": True,
+        "enable_caching": False,
+        "enabled": True,
+        "pipeline_package_path": str(package),
+        "params": {
+            "registry": a.registry,
+            "model_name": a.model_name,
+            "model_version": a.model_version,
+            "fail_on_regression": a.fail_on_regression,
+        },
+        "service_account": a.service_account or None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m pipelines.schedule", description=__doc__.splitlines()[0])
+    p.add_argument("--kfp-host", default=env("KFP_HOST", ""), help="KFP API endpoint (KFP_HOST)")
+    p.add_argument(
+        "--kfp-namespace", default=env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
+    )
+    p.add_argument(
+        "--experiment", default=env("KFP_EXPERIMENT", "seer"), help="KFP experiment (KFP_EXPERIMENT)"
+    )
+    p.add_argument("--service-account", default=env("KFP_SERVICE_ACCOUNT", ""), help="runs' service account")
+    p.add_argument("--cron", default=env("CRON", "0 0 3 * * *"), help="6-field cron, seconds first (CRON)")
+    p.add_argument(
+        "--name", default=env("SCHEDULE_NAME", "seer-reeval"), help="recurring run name (SCHEDULE_NAME)"
+    )
+    p.add_argument(
+        "--registry", default=env("REGISTRY", "minio://mlpipeline/seer/registry"), help="registry (REGISTRY)"
+    )
+    p.add_argument(
+        "--model-name", default=env("MODEL_NAME", "seer-rg10b"), help="registered model (MODEL_NAME)"
+    )
+    p.add_argument(
+        "--model-version", default=env("MODEL_VERSION", "latest"), help="version to evaluate (MODEL_VERSION)"
+    )
+    p.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        default=env("FAIL_ON_REGRESSION", "0") not in ("", "0", "false"),
+        help="fail the run when a metric regressed (FAIL_ON_REGRESSION=1)",
+    )
+    a = p.parse_args(argv)
+    try:
+        check_cron(a.cron)
+    except ValueError as err:
+        print(f"make schedule-reeval: {err}", file=sys.stderr)
+        return 2
+    if not a.kfp_host:
+        print(
+            "make schedule-reeval: set KFP_HOST=https://<kubeflow host>/pipeline (the KFP API endpoint); "
+            "optionally KFP_NAMESPACE, CRON ('0 0 3 * * *'), MODEL_NAME, REGISTRY",
+            file=sys.stderr,
+        )
+        return 2
+    import kfp
+    from kfp import compiler
+
+    from pipelines.evaluate import seer_evaluate
+
+    BUILD.mkdir(parents=True, exist_ok=True)
+    package = BUILD / "seer-evaluate.yaml"
+    compiler.Compiler().compile(seer_evaluate, str(package))
+    client = kfp.Client(host=a.kfp_host, namespace=a.kfp_namespace, existing_token=env("KFP_TOKEN") or None)
+    experiment = client.create_experiment(a.experiment, namespace=a.kfp_namespace)
+    job = client.create_recurring_run(
+        experiment_id=experiment.experiment_id, **recurring_run_request(a, package)
+    )
+    print(f"scheduled {a.name} ({a.cron}) on {a.kfp_host}: recurring run {job.recurring_run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

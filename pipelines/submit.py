@@ -1,0 +1,287 @@
+"""`make pretrain-10b`: SEER RG-10B on 62 nodes × 8 GPUs.
+
+    MODE=kfp (default): compile seer-pretrain and start a run on the KFP endpoint in KFP_HOST; its
+                        pretrain step submits and watches the PyTorchJob.
+    MODE=job:           apply the PyTorchJob directly with kubectl (shards must exist at DATA_URI).
+    DRY_RUN=1:          print the plan (`seer plan` numbers), the run's arguments and the rendered
+                        PyTorchJob, and write them under build/pretrain-10b/; no cluster needed.
+
+Settings come from the environment (the Makefile passes `make pretrain-10b VAR=…` through); each
+has a flag too (`python -m pipelines.submit --help`).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "pretrain-10b"
+# The 62×8 production shape of manifests/overlays/prod-62x8: Volcano gang, GPU nodes, AWS EFA.
+GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class SubmitError(Exception):
+    """A missing or wrong setting; the message says what to set."""
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.submit", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--mode",
+        default=_env("MODE", "kfp"),
+        choices=("kfp", "job"),
+        help="kfp run or bare PyTorchJob (MODE)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=_env("DRY_RUN", "0") not in ("", "0", "false"),
+        help="print the plan and rendered objects only (DRY_RUN=1)",
+    )
+    p.add_argument(
+        "--kfp-host",
+        default=_env("KFP_HOST"),
+        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (KFP_HOST)",
+    )
+    p.add_argument(
+        "--kfp-namespace", default=_env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
+    )
+    p.add_argument(
+        "--experiment", default=_env("KFP_EXPERIMENT", "seer"), help="KFP experiment (KFP_EXPERIMENT)"
+    )
+    p.add_argument(
+        "--service-account",
+        default=_env("KFP_SERVICE_ACCOUNT"),
+        help="run's service account (KFP_SERVICE_ACCOUNT)",
+    )
+    p.add_argument("--preset", default=_env("PRESET", "rg10b"), help="pretraining preset (PRESET)")
+    p.add_argument("--nodes", type=int, default=int(_env("NODES", "62")), help="nodes (NODES)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=int(_env("GPUS_PER_NODE", "8")),
+        help="GPUs per node (GPUS_PER_NODE)",
+    )
+    p.add_argument(
+        "--gpu-mem-gb",
+        type=float,
+        default=float(_env("GPU_MEM_GB", "40")),
+        help="GiB per GPU for the plan (GPU_MEM_GB)",
+    )
+    p.add_argument(
+        "--images",
+        type=float,
+        default=float(_env("TRAIN_IMAGES", "1e9")),
+        help="images to train on, for the plan (TRAIN_IMAGES)",
+    )
+    p.add_argument("--images-uri", default=_env("IMAGES_URI"), help="corpus the KFP run shards (IMAGES_URI)")
+    p.add_argument("--data-uri", default=_env("DATA_URI"), help="existing shards for MODE=job (DATA_URI)")
+    p.add_argument(
+        "--output-uri", default=_env("OUTPUT_URI"), help="run output for MODE=job, s3://… (OUTPUT_URI)"
+    )
+    p.add_argument("--job-name", default=_env("JOB_NAME", "seer-rg10b"), help="PyTorchJob name (JOB_NAME)")
+    p.add_argument(
+        "--namespace", default=_env("JOB_NAMESPACE", "seer"), help="PyTorchJob namespace (JOB_NAMESPACE)"
+    )
+    p.add_argument(
+        "--registry",
+        default=_env("REGISTRY", "minio://mlpipeline/seer/registry"),
+        help="model registry (REGISTRY)",
+    )
+    p.add_argument(
+        "--network",
+        default=_env("NETWORK", "efa"),
+        choices=("tcp", "efa", "ib"),
+        help="NCCL fabric (NETWORK)",
+    )
+    p.add_argument(
+        "--network-devices",
+        type=int,
+        default=int(_env("NETWORK_DEVICES", "4")),
+        help="EFA/RDMA devices per pod (NETWORK_DEVICES)",
+    )
+    p.add_argument(
+        "--gang-scheduler",
+        default=_env("GANG_SCHEDULER", "volcano"),
+        help="volcano, scheduler-plugins or '' (GANG_SCHEDULER)",
+    )
+    return p.parse_args(argv)
+
+
+def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
+    """seer-pretrain arguments of the 62×8 run: PyTorchJob backend, every evaluation on."""
+    from components import SEER_TRAINER_IMAGE
+
+    return {
+        "images_uri": a.images_uri,
+        "preset": a.preset,
+        "backend": "pytorchjob",
+        "nodes": a.nodes,
+        "gpus_per_node": a.gpus_per_node,
+        "trainer_image": SEER_TRAINER_IMAGE,
+        "job_name": a.job_name,
+        "namespace": a.namespace,
+        "gang_scheduler": a.gang_scheduler,
+        "node_selector": GPU_SELECTOR,
+        "tolerations": [GPU_TOLERATION],
+        "network": a.network,
+        "network_devices": a.network_devices,
+        "run_geolocalization": True,
+        "run_fairness": True,
+        "run_test384": True,
+        "eval_device": "cuda",
+        "registry": a.registry,
+        "model_name": f"seer-{a.preset}",
+    }
+
+
+def step_settings() -> dict[str, Any]:
+    """Evaluations of a 10B trunk run on one GPU each (the defaults are CPU-only)."""
+    from components.placement import load_step_settings
+    from pipelines.pretrain import DEFAULT_STEP_SETTINGS
+
+    gpu = {"gpus": 1, "node_selector": GPU_SELECTOR, "tolerations": [GPU_TOLERATION]}
+    settings = dict(DEFAULT_STEP_SETTINGS)
+    settings["evaluation"] = settings["evaluation"].merged({**gpu, "memory": "160Gi", "shm": "32Gi"})
+    settings["consolidate-slice"] = settings["consolidate-slice"].merged({"memory": "128Gi"})
+    return load_step_settings(settings, _env("STEP_SETTINGS") or None)
+
+
+def render_job(a: argparse.Namespace, data_uri: str, output_uri: str) -> dict[str, Any]:
+    """The PyTorchJob the run creates (MODE=job applies it; MODE=kfp's pretrain step submits it)."""
+    from components import SEER_TRAINER_IMAGE
+    from seer.launch import render_pytorchjob
+
+    return render_pytorchjob(
+        a.job_name,
+        a.preset,
+        image=SEER_TRAINER_IMAGE,
+        output_uri=output_uri,
+        data_uri=data_uri,
+        nodes=a.nodes,
+        gpus_per_node=a.gpus_per_node,
+        namespace=a.namespace,
+        gang_scheduler=a.gang_scheduler or None,
+        node_selector=GPU_SELECTOR,
+        tolerations=[GPU_TOLERATION],
+        network=a.network,
+        network_devices=a.network_devices,
+    )
+
+
+def plan_text(a: argparse.Namespace) -> tuple[str, bool]:
+    """`seer plan` for the run: the formatted plan and whether it fits."""
+    from seer.config import load_config
+    from seer.train.plan import estimate, format_plan
+
+    plan = estimate(
+        load_config(a.preset),
+        nodes=a.nodes,
+        gpus_per_node=a.gpus_per_node,
+        gpu_mem_gib=a.gpu_mem_gb,
+        images=a.images,
+    )
+    return format_plan(plan), plan.fits
+
+
+def check_settings(a: argparse.Namespace) -> None:
+    """Fail fast, naming every setting a real submission still needs."""
+    missing = []
+    if a.mode == "kfp":
+        if not a.kfp_host:
+            missing.append("KFP_HOST=https://<kubeflow host>/pipeline (the KFP API endpoint)")
+        if not a.images_uri:
+            missing.append("IMAGES_URI=s3://<bucket>/<images> (the corpus to shard)")
+    else:
+        if not a.data_uri:
+            missing.append("DATA_URI=s3://<bucket>/<shards> (made by `seer shard`)")
+        if not a.output_uri.startswith(("s3://", "minio://")):
+            missing.append("OUTPUT_URI=s3://<bucket>/<run> (object storage the training pods write to)")
+        if not shutil.which("kubectl"):
+            missing.append("kubectl on PATH (with a context for the cluster)")
+    if missing:
+        raise SubmitError(
+            "make pretrain-10b: set "
+            + "; ".join(missing)
+            + ". Or DRY_RUN=1 to print the plan without a cluster."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        if not a.dry_run:
+            check_settings(a)
+        text, fits = plan_text(a)
+    except SubmitError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(text)
+    if not fits:
+        print("make pretrain-10b: the run does not fit in GPU memory (see the plan above)", file=sys.stderr)
+        return 2
+    BUILD.mkdir(parents=True, exist_ok=True)
+    if a.mode == "kfp":
+        # The pretrain step passes its artifact URIs; show where they land under KFP's pipeline root.
+        root = "minio://mlpipeline/v2/artifacts/seer-pretrain/<run-id>"
+        job = render_job(a, f"{root}/shard-images/shards", f"{root}/pretrain/run")
+        arguments = pipeline_arguments(a)
+        (BUILD / "arguments.json").write_text(json.dumps(arguments, indent=2) + "\n")
+    else:
+        job = render_job(a, a.data_uri or "s3://<DATA_URI>", a.output_uri or "s3://<OUTPUT_URI>")
+        arguments = {}
+    job_path = BUILD / "pytorchjob.yaml"
+    job_path.write_text(yaml.safe_dump(job, sort_keys=False))
+    package = BUILD / "seer-pretrain.yaml"
+    if a.mode == "kfp":
+        from kfp import compiler
+
+        from pipelines.pretrain import build_pretrain_pipeline
+
+        compiler.Compiler().compile(build_pretrain_pipeline(step_settings=step_settings()), str(package))
+        print(f"\nseer-pretrain package: {package}\nrun arguments ({BUILD / 'arguments.json'}):")
+        print(json.dumps(arguments, indent=2))
+    print(f"\nPyTorchJob {a.namespace}/{a.job_name} ({job_path}):\n---")
+    print(yaml.safe_dump(job, sort_keys=False), end="")
+    if a.dry_run:
+        print("\nDRY_RUN: nothing was submitted.")
+        return 0
+    if a.mode == "job":
+        subprocess.run(["kubectl", "apply", "-f", str(job_path)], check=True)
+        print(f"watch it: kubectl -n {a.namespace} get pytorchjob {a.job_name} -w")
+        return 0
+    return submit_run(a, package, arguments)
+
+
+def submit_run(a: argparse.Namespace, package: Path, arguments: dict[str, Any]) -> int:
+    """Start the compiled seer-pretrain package (GPU step settings compiled in) on KFP_HOST."""
+    import kfp
+
+    client = kfp.Client(host=a.kfp_host, namespace=a.kfp_namespace, existing_token=_env("KFP_TOKEN") or None)
+    run = client.create_run_from_pipeline_package(
+        str(package),
+        arguments=arguments,
+        run_name=f"seer-pretrain-{a.preset}",
+        experiment_name=a.experiment,
+        namespace=a.kfp_namespace,
+        enable_caching=False,
+        service_account=a.service_account or None,
+    )
+    print(f"started run {run.run_id} on {a.kfp_host} (experiment {a.experiment})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
