@@ -75,6 +75,18 @@ def test_nasty_corpus_outcomes_match_the_normaliser(tmp_path: Path) -> None:
             assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 12, (name, got, expected)
 
 
+def test_truncated_stays_rejected_when_pillow_is_told_to_accept_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import ImageFile
+
+    generate_nasty_corpus(tmp_path)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # e.g. set by another library
+    with pytest.raises(ImageRejected, match="truncated"):
+        encode_image((tmp_path / "truncated.jpg").read_bytes())
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
+
+
 def test_pixel_limit_and_downscale(tmp_path: Path) -> None:
     generate_corpus(tmp_path, 1, seed=0, min_size=300, max_size=300, formats=("jpg",))
     data = next(tmp_path.rglob("*.jpg")).read_bytes()

@@ -17,13 +17,15 @@ be read at all).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Files whose names look like images; anything else in a folder or tar is ignored, not rejected.
 IMAGE_EXTENSIONS = frozenset(
@@ -62,6 +64,18 @@ def has_image_extension(name: str) -> bool:
     """True when ``name`` ends with one of IMAGE_EXTENSIONS (case-insensitive)."""
     dot = name.rfind(".")
     return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+@contextlib.contextmanager
+def _strict_decoding(max_pixels: int) -> Iterator[None]:
+    """Pillow globals for one decode: truncated data fails, and Pillow's own bomb check (which
+    refuses more than 2 x MAX_IMAGE_PIXELS at open) never undercuts ``max_pixels``."""
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -141,6 +155,11 @@ def encode_image(
 
     Raises ImageRejected with a reason from REJECT_REASONS when the bytes cannot become a sample.
     """
+    with _strict_decoding(max_pixels):
+        return _encode(data, max_pixels, max_short_side, quality)
+
+
+def _encode(data: bytes, max_pixels: int, max_short_side: int | None, quality: int) -> EncodedImage:
     image = _open(data, max_pixels)
     source_format = image.format or "unknown"
     source_mode = image.mode
