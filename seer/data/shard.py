@@ -130,14 +130,16 @@ def _parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
 
 
-def _tar_members(uri: str) -> Iterator[tarfile.TarInfo]:
+def _tar_members(uri: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    """Stream a (possibly compressed) tar once: (member info, the open tar to extract it from)."""
     with storage.open(uri, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-        yield from tar
+        for info in tar:
+            yield info, tar
 
 
 def _expand_tar(uri: str, refs: list[InputRef], ignored: Counter) -> None:
     try:
-        for info in _tar_members(uri):
+        for info, _ in _tar_members(uri):
             if info.isfile() and has_image_extension(info.name):
                 refs.append(InputRef(uri, info.name))
             elif info.isfile():
@@ -258,14 +260,9 @@ class _TarMemberReader:
         self._uri: str | None = None
         self._members: Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]] | None = None
 
-    def _iterate(self, uri: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-        with storage.open(uri, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for info in tar:
-                yield info, tar
-
     def read(self, ref: InputRef) -> bytes:
         if ref.uri != self._uri or self._members is None:
-            self._uri, self._members = ref.uri, self._iterate(ref.uri)
+            self._uri, self._members = ref.uri, _tar_members(ref.uri)
         for info, tar in self._members:
             if info.name == ref.member and info.isfile():
                 extracted = tar.extractfile(info)
