@@ -408,7 +408,12 @@ def _load_parts(output: str, fingerprint: str) -> list[dict]:
 
 
 def _delete_outputs(output: str) -> None:
-    for info in storage.list(output, recursive=True) if _has_objects(output) else []:
+    """Delete what `seer shard` writes (shards, parts, manifest) under ``output``, nothing else."""
+    try:
+        objects = storage.list(output, recursive=True)
+    except NotFoundError:
+        return
+    for info in objects:
         if not info.uri.startswith(output + "/"):
             continue
         name = info.uri[len(output) + 1 :]
@@ -418,13 +423,6 @@ def _delete_outputs(output: str) -> None:
             or (name.startswith("shard-") and name.endswith(".tar"))
         ):
             storage.delete(info.uri)
-
-
-def _has_objects(prefix: str) -> bool:
-    try:
-        return bool(storage.list(prefix, recursive=True))
-    except NotFoundError:
-        return False
 
 
 def shard(
