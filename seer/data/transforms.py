@@ -303,11 +303,13 @@ def _brightness(img: torch.Tensor, f: float) -> None:
 
 
 def _contrast(img: torch.Tensor, f: float) -> None:
-    img.mul_(f).add_(_luma(img).mean(), alpha=1.0 - f).clamp_(0.0, 1.0)
+    mean = _luma(img).mean()
+    img.mul_(f).add_(mean, alpha=1.0 - f).clamp_(0.0, 1.0)
 
 
 def _saturation(img: torch.Tensor, f: float) -> None:
-    img.mul_(f).add_(_luma(img), alpha=1.0 - f).clamp_(0.0, 1.0)
+    gray = _luma(img)
+    img.mul_(f).add_(gray, alpha=1.0 - f).clamp_(0.0, 1.0)
 
 
 def _hue(img: torch.Tensor, shift: float) -> None:
