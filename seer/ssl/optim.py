@@ -35,10 +35,12 @@ def _reduce_groups(t: torch.Tensor) -> tuple[dist.ProcessGroup, ...]:
 
 
 def global_sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Squared L2 norm of each (possibly sharded) tensor, in fp32, one all-reduce per process group."""
+    """Squared L2 norm of each (possibly sharded) tensor, in fp32 (fp64 if any tensor is), one all-reduce
+    per process group."""
     if not tensors:
         return torch.zeros(0)
-    sq = torch.stack([_local(t).detach().float().pow(2).sum() for t in tensors])
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    sq = torch.stack([_local(t).detach().to(dtype).pow(2).sum() for t in tensors])
     by_groups: dict[tuple[dist.ProcessGroup, ...], list[int]] = {}
     for i, t in enumerate(tensors):
         by_groups.setdefault(_reduce_groups(t), []).append(i)
@@ -93,7 +95,7 @@ class LARC(torch.optim.SGD):
                 if self.clip:
                     adaptive = (adaptive / lr).clamp(max=1.0)
                 adaptive = torch.where(ok, adaptive, torch.ones_like(adaptive))
-                decay = ok.float() * wd
+                decay = ok.to(p_norm.dtype) * wd
                 for i, p in enumerate(params):
                     g = _local(p.grad)
                     g.add_(_local(p).to(g.dtype) * decay[i].to(g)).mul_(adaptive[i].to(g))
