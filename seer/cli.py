@@ -15,6 +15,7 @@ COMMAND_MODULES: list[str] = [
     "seer.launch.cli",
     "seer.registry",
     "seer.checkpoints.cli",
+    "seer.train.cli",
 ]
 
 

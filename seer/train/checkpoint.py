@@ -1,0 +1,296 @@
+"""Sharded training checkpoints with torch.distributed.checkpoint (DCP), on local paths or object storage.
+
+Layout (format `seer-dcp-v1`; `seer ckpt consolidate` and other readers rely on it)::
+
+    <output>/checkpoints/iter-<NNNNNNNN>/          one folder per saved iteration (8 digits, zero-padded)
+        .metadata, __<rank>_<n>.distcp            the DCP files (FileSystemWriter format)
+        seer_checkpoint.json                       completion marker, written LAST
+
+The DCP state dict has three top-level keys:
+
+- `model`: the unwrapped `SwAVModel`'s state dict (`get_model_state_dict`): names are the plain
+  module names, `trunk.stem.0.weight`, `trunk.trunk_output.block1.block1-0.f.a.0.weight`,
+  `head.projection_head.0.weight`, `head.prototypes.0.weight`, … — no FSDP or checkpoint-wrapper
+  prefixes; BatchNorm buffers included.
+- `optim`: the optimizer state keyed by those names (`get_optimizer_state_dict`).
+- `extra`: `iteration` (int, the number of completed iterations), `scheduler` (a pickled dict),
+  and one `rank<r>` entry per rank holding that rank's pickled loader position and RNG states.
+
+`seer_checkpoint.json` = `{"iteration", "preset", "config", "world_size", "created", "format"}`.
+A folder without it is an interrupted save: it is never resumed from, and it is deleted when a
+run starts and when a newer checkpoint completes. The newest `keep_last` complete checkpoints
+are kept. For object storage each rank writes DCP files to a local staging folder and uploads
+them; rank 0 writes the marker after every rank has finished uploading.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from seer import storage
+from seer.errors import SeerError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "seer-dcp-v1"
+MARKER = "seer_checkpoint.json"
+_DIR_RE = re.compile(r"^iter-(\d{8})$")
+
+
+class CheckpointError(SeerError):
+    """A checkpoint cannot be written or read back."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint folder: its iteration, URI and whether its marker exists."""
+
+    iteration: int
+    uri: str
+    complete: bool
+
+
+def checkpoints_root(output_uri: str) -> str:
+    return storage.join(output_uri, "checkpoints")
+
+
+def checkpoint_uri(output_uri: str, iteration: int) -> str:
+    """`<output>/checkpoints/iter-<NNNNNNNN>`."""
+    return storage.join(checkpoints_root(output_uri), f"iter-{iteration:08d}")
+
+
+def list_checkpoints(output_uri: str) -> list[CheckpointRef]:
+    """Every checkpoint folder under `output_uri`, oldest first, complete or not."""
+    root = checkpoints_root(output_uri)
+    found: dict[int, bool] = {}
+    for obj in storage.list(root, recursive=True):
+        rel = obj.uri[len(root) :].lstrip("/").split("/")
+        match = _DIR_RE.match(rel[0]) if rel else None
+        if match:
+            it = int(match.group(1))
+            found[it] = found.get(it, False) or rel[-1] == MARKER
+    return [CheckpointRef(it, checkpoint_uri(output_uri, it), found[it]) for it in sorted(found)]
+
+
+def latest_complete(output_uri: str) -> CheckpointRef | None:
+    """The newest checkpoint whose marker exists, or None."""
+    complete = [c for c in list_checkpoints(output_uri) if c.complete]
+    return complete[-1] if complete else None
+
+
+def read_marker(ckpt_uri: str) -> dict[str, Any]:
+    return storage.read_json(storage.join(ckpt_uri, MARKER))
+
+
+def _delete(ref: CheckpointRef) -> None:
+    if (
+        ref.complete
+    ):  # marker first: a crash mid-delete leaves an incomplete folder, never a torn "complete" one
+        storage.delete(storage.join(ref.uri, MARKER))
+    storage.delete_prefix(ref.uri.rstrip("/") + "/")
+
+
+def remove_incomplete(output_uri: str) -> list[str]:
+    """Delete every interrupted save (folder without marker); call it before anything writes. Returns URIs."""
+    doomed = [c for c in list_checkpoints(output_uri) if not c.complete]
+    for ref in doomed:
+        _delete(ref)
+    return [ref.uri for ref in doomed]
+
+
+def prune(output_uri: str, keep_last: int) -> list[str]:
+    """Keep the newest `keep_last` complete checkpoints; delete older ones and interrupted saves older
+    than the newest complete one. Returns the deleted URIs."""
+    refs = list_checkpoints(output_uri)
+    complete = [c for c in refs if c.complete]
+    if not complete:
+        return []
+    newest = complete[-1].iteration
+    doomed = complete[: max(0, len(complete) - keep_last)]
+    doomed += [c for c in refs if not c.complete and c.iteration < newest]
+    for ref in doomed:
+        _delete(ref)
+    return [ref.uri for ref in doomed]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-rank state: RNG + loader position
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step can touch on this rank."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Save / load
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save(
+    output_uri: str,
+    iteration: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: dict[str, Any],
+    rank_state: dict[str, Any],
+    marker: dict[str, Any],
+    keep_last: int,
+) -> str:
+    """Collective: write checkpoint `iteration` (every rank calls it); returns its URI.
+
+    `rank_state` is this rank's own state (loader position, RNG); `marker` adds `preset` and
+    `config` to the completion marker.
+    """
+    rank = _rank()
+    uri = checkpoint_uri(output_uri, iteration)
+    marker_uri = storage.join(uri, MARKER)
+    if rank == 0:  # overwriting (a re-run after a crash): the folder is incomplete until we finish
+        storage.delete(marker_uri)
+        storage.delete_prefix(uri.rstrip("/") + "/")
+    _barrier()
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, optimizer),
+        "extra": {
+            "iteration": iteration,
+            "scheduler": pickle.dumps(scheduler),
+            f"rank{rank}": pickle.dumps(rank_state),
+        },
+    }
+    local = storage.local_path(uri)
+    if local is not None:
+        Path(local).mkdir(parents=True, exist_ok=True)
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(local)))
+    else:
+        staging = Path(tempfile.mkdtemp(prefix=f"seer-ckpt-{iteration:08d}-rank{rank}-"))
+        try:
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(str(staging)))
+            for path in sorted(staging.iterdir()):
+                storage.put(str(path), storage.join(uri, path.name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    _barrier()  # every rank's files are in place
+    if rank == 0:
+        storage.write_json(
+            marker_uri,
+            {
+                "iteration": iteration,
+                "world_size": _world(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "format": FORMAT,
+                **marker,
+            },
+        )
+        prune(output_uri, keep_last)
+    _barrier()
+    return uri
+
+
+@dataclass
+class Restored:
+    """What `load` put back besides the model and optimizer."""
+
+    iteration: int
+    scheduler: dict[str, Any]
+    rank_state: dict[str, Any] | None  # None when saved with another world size
+    uri: str
+    seconds: float
+
+
+def load(ckpt_uri: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> Restored:
+    """Collective: load a complete checkpoint into the sharded `model` and its `optimizer` (any world size)."""
+    start = time.perf_counter()
+    rank = _rank()
+    local = storage.local_path(ckpt_uri)
+    staging: Path | None = None
+    if local is None:
+        staging = Path(tempfile.mkdtemp(prefix=f"seer-restore-rank{rank}-"))
+        for obj in storage.list(ckpt_uri, recursive=True):
+            name = obj.uri.rstrip("/").rsplit("/", 1)[-1]
+            if name != MARKER:
+                storage.get(obj.uri, staging / name)
+        folder = staging
+    else:
+        folder = Path(local)
+    try:
+        reader = dcp.FileSystemReader(str(folder))
+        keys = reader.read_metadata().state_dict_metadata
+        mine = f"extra.rank{rank}"
+        state: dict[str, Any] = {
+            "model": get_model_state_dict(model),
+            "optim": get_optimizer_state_dict(model, optimizer),
+            "extra": {"iteration": 0, "scheduler": b""},
+        }
+        if mine in keys:
+            state["extra"][f"rank{rank}"] = b""
+        dcp.load(state, storage_reader=reader)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {ckpt_uri} ({type(err).__name__}: {err}); delete its "
+            f"{MARKER} to fall back to the previous checkpoint"
+        ) from err
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    extra = state["extra"]
+    blob = extra.get(f"rank{rank}")
+    return Restored(
+        iteration=int(extra["iteration"]),
+        scheduler=pickle.loads(extra["scheduler"]),
+        rank_state=pickle.loads(blob) if blob else None,
+        uri=ckpt_uri,
+        seconds=time.perf_counter() - start,
+    )
