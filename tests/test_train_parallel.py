@@ -1,0 +1,106 @@
+"""Parallelisation: meta-device FSDP of rg10b, activation-checkpoint groups, SyncBN groups, bf16 policy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from seer.config import load_config
+from seer.errors import ConfigError
+from seer.models import build_trunk, get_preset
+from seer.train.parallel import (
+    CheckpointedStage,
+    apply_activation_checkpointing,
+    build_model,
+    init_distributed,
+    parallelize,
+    sync_bn_groups,
+)
+
+HELPER = Path(__file__).parent / "dist" / "train_meta_shard.py"
+
+
+@pytest.mark.slow
+def test_rg10b_is_sharded_over_two_cpu_ranks_on_the_meta_device() -> None:
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run(
+        [torchrun, "--nproc-per-node", "2", str(HELPER), "rg10b"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = {
+        r["rank"]: r
+        for r in (json.loads(line[6:]) for line in done.stdout.splitlines() if line.startswith("SHARD "))
+    }
+    assert set(reports) == {0, 1}
+    total = 9_628_923_288  # trunk + [28280, 8192, 8192, 256] head + 16k prototypes
+    assert all(r["global_params"] == total and r["all_meta"] for r in reports.values())
+    assert reports[0]["local_params"] + reports[1]["local_params"] == total
+    assert all(abs(r["local_params"] / total - 0.5) < 1e-3 for r in reports.values())
+    # No parameter memory: 4.8B fp32 local parameters would be 18 GiB per rank.
+    assert all(r["max_rss_bytes"] < 3 << 30 for r in reports.values())
+    # 4 checkpoint groups ([[2],[7],[9,17],[]]); units: 27 blocks, 54 convs >= 1e8 params, stem, MLP,
+    # prototypes, root.
+    assert all(r["checkpoint_groups"] == 4 and r["fsdp_units"] == 85 for r in reports.values())
+    assert all(r["tiny_init_matches"] for r in reports.values()), "shards must equal the whole-model init"
+
+
+def test_checkpointed_groups_give_the_same_gradients_and_update_bn_stats_once() -> None:
+    torch.manual_seed(0)
+    plain = build_trunk("rg-tiny", "cpu").train()
+    ckpt = copy.deepcopy(plain)
+    assert apply_activation_checkpointing(ckpt, get_preset("rg-tiny").checkpoint_groups()) == 3
+    assert isinstance(ckpt.trunk_output.block1, CheckpointedStage)
+    assert not isinstance(ckpt.trunk_output.block4, CheckpointedStage)  # `[]`: not checkpointed
+    assert list(ckpt.state_dict()) == list(plain.state_dict())  # names unchanged
+    x = torch.randn(2, 3, 32, 32)
+    plain(x).square().sum().backward()
+    ckpt(x).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    for name, a in plain.state_dict().items():  # running stats and counters: one update, not two
+        torch.testing.assert_close(a, ckpt.state_dict()[name], msg=name)
+
+
+def test_sync_bn_groups() -> None:
+    assert sync_bn_groups(8, 0) is None and sync_bn_groups(8, 16) is None
+    assert sync_bn_groups(8, 1) == [] and sync_bn_groups(1, 8) == []
+    assert sync_bn_groups(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ConfigError, match="does not divide the world size 8"):
+        sync_bn_groups(8, 3)
+
+
+@pytest.fixture
+def single_process_group() -> Iterator[None]:
+    own = not dist.is_initialized()
+    init_distributed()
+    yield
+    if own:
+        dist.destroy_process_group()
+
+
+def test_bf16_policy_computes_in_bf16_but_keeps_prototypes_bn_and_master_weights_fp32(
+    single_process_group: None,
+) -> None:
+    cfg = load_config("rg-tiny", ["train.precision=bf16", "train.activation_checkpointing=true"])
+    model, info = parallelize(build_model(cfg), cfg, init_distributed())
+    assert info.param_dtype == "bfloat16" and info.checkpoint_groups == 3
+    bn_count = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert info.fsdp_units > bn_count  # each BatchNorm is its own fp32 unit
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # sharded master copies
+    embedding, scores = model([torch.randn(2, 3, 16, 16)] * 2)
+    assert embedding.dtype == torch.bfloat16 and scores[0].dtype == torch.float32
+    scores[0].float().logsumexp(dim=1).mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
