@@ -27,6 +27,7 @@ def test_two_rank_fsdp_round_trip_is_bit_exact(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "result.json").read_text())
     assert len(results) == 2  # seer index and VISSL slice_list
+    assert json.loads((tmp_path / "crc.json").read_text()) == {"bad_crc": None}
     for outcome in results.values():
         assert outcome["mismatched"] == []
         assert outcome["tensors"] > 100 and outcome["units"] > 10 and outcome["sharded_params"] > 50

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,7 @@ def test_consolidated_file_loads_with_mmap_and_drops_optimizer_state(model_and_c
     consolidate(str(folder), str(out))
     loaded = torch.load(out, mmap=True, weights_only=True)
     assert loaded["format"] == "seer-consolidated-v1" and loaded["preset"] == PRESET
+    assert zipfile.ZipFile(out).testzip() is None  # every record's crc32 matches its bytes
     assert set(loaded) == {"format", "preset", "iteration", "config", "trunk", "heads"}
     assert all(torch.equal(v, model.trunk.state_dict()[k]) for k, v in loaded["trunk"].items())
     assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in loaded["heads"].items())
@@ -125,6 +127,7 @@ def test_sliced_folder_can_move(model_and_ckpt, tmp_path):
     model, folder = model_and_ckpt
     consolidate(str(folder), str(tmp_path / "c.pt"))
     slice_checkpoint(str(tmp_path / "c.pt"), str(tmp_path / "a"))
+    assert all(zipfile.ZipFile(p).testzip() is None for p in (tmp_path / "a" / "tensors").iterdir())
     (tmp_path / "a").rename(tmp_path / "b")
     fresh = build_swav_model(PRESET, "cpu", seed=9)
     load_sliced_into_(fresh, str(tmp_path / "b"))

@@ -12,7 +12,7 @@ Sidecar `<file>.json` (written after the file; its presence means the file is co
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from seer.checkpoints.io import (
     ArchiveWriter,
     CheckpointError,
     LazyTensor,
+    crc32_combine,
     open_archive,
     tensor_bytes,
 )
@@ -53,23 +54,7 @@ class TensorSource:
     dtype: torch.dtype
     shape: tuple[int, ...]
     chunks: Iterable[bytes | memoryview]
-
-
-class _HashingStream(io.RawIOBase):
-    """Forwards writes to `inner` and keeps a sha256 and byte count of everything written."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        super().__init__()
-        self.inner, self.digest, self.size = inner, hashlib.sha256(), 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.digest.update(data)
-        self.inner.write(data)
-        self.size += len(data)
-        return len(data)
+    crc: int | None = None  # crc32 of the bytes when known (saves a pass)
 
 
 def sidecar_uri(uri: str) -> str:
@@ -90,11 +75,10 @@ def write_consolidated(
         storage.delete(sidecar_uri(output_uri))
     counts = dict.fromkeys(GROUPS, 0)
     with storage.open(output_uri, "wb") as raw:
-        hashed = _HashingStream(raw)
-        writer = ArchiveWriter(hashed, archive="consolidated", hash_tensors=False)
+        writer = ArchiveWriter(raw, archive="consolidated", hash_tensors=False, hash_file=True)
         groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
         for src in tensors:
-            groups[src.group][src.name] = writer.write_stream(src.dtype, src.shape, src.chunks)
+            groups[src.group][src.name] = writer.write_stream(src.dtype, src.shape, src.chunks, src.crc)
             counts[src.group] += 1
         writer.close(
             {
@@ -110,8 +94,8 @@ def write_consolidated(
         "preset": preset,
         "iteration": iteration,
         "config": config,
-        "sha256": hashed.digest.hexdigest(),
-        "bytes": hashed.size,
+        "sha256": writer.file_sha256.hexdigest(),
+        "bytes": writer.bytes_written,
         "tensors": counts,
         "source": source,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -149,9 +133,14 @@ def consolidated_tensors(reader: ArchiveReader) -> Iterator[tuple[str, str, Lazy
             yield group, name, t
 
 
-def _dcp_chunks(root: Path, md: Metadata, fqn: str, chunk_bytes: int) -> Iterator[bytes | memoryview]:
-    """The contiguous bytes of DCP tensor `fqn`, streamed from the stored chunks when they are row
-    blocks (FSDP's dim-0 shards) saved without storage transforms; otherwise loaded whole."""
+def _dcp_stream(
+    root: Path, md: Metadata, fqn: str, chunk_bytes: int
+) -> tuple[Iterator[bytes | memoryview], int | None]:
+    """The contiguous bytes of DCP tensor `fqn` and their crc32 if the stored items tell it.
+
+    Streamed from the stored chunks when they are row blocks (FSDP's dim-0 shards) saved without
+    storage transforms; otherwise the tensor is loaded whole.
+    """
     tmd = md.state_dict_metadata[fqn]
     assert isinstance(tmd, TensorStorageMetadata)
     shape = tuple(tmd.size)
@@ -166,16 +155,31 @@ def _dcp_chunks(root: Path, md: Metadata, fqn: str, chunk_bytes: int) -> Iterato
         rows += c.sizes[0] if shape else 1
     streamable = row_blocks and (rows == shape[0] if shape else len(chunks) == 1)
     if not streamable or any(getattr(i, "transform_descriptors", None) for i in infos):
-        yield tensor_bytes(_dcp_load_whole(root, fqn, tmd))
-        return
+        return iter([tensor_bytes(_dcp_load_whole(root, fqn, tmd))]), None
+    crc: int | None = 0
     for info in infos:
-        path = root / info.relative_path
-        if not path.exists():
-            raise CheckpointError(f"DCP file {path} is missing; the checkpoint is incomplete or was moved")
-        with open(path, "rb") as f, ArchiveReader(_Window(f, info.offset, info.length), name=str(path)) as r:
-            if not isinstance(r.obj, LazyTensor):
-                raise CheckpointError(f"{path}: item for {fqn} is not a tensor; the checkpoint is corrupt")
-            yield from r.iter_chunks(r.obj, chunk_bytes)
+        with _dcp_item(root, info, fqn) as r:
+            item_crc = r.record_crc(r.obj)
+            crc = None if crc is None or item_crc is None else crc32_combine(crc, item_crc, r.obj.nbytes)
+
+    def chunks() -> Iterator[bytes | memoryview]:
+        for info in infos:
+            with _dcp_item(root, info, fqn) as r:
+                yield from r.iter_chunks(r.obj, chunk_bytes)
+
+    return chunks(), crc
+
+
+@contextlib.contextmanager
+def _dcp_item(root: Path, info: Any, fqn: str) -> Iterator[ArchiveReader]:
+    """The torch.save'd tensor item stored for `fqn` at `info` (file, offset, length) in a .distcp file."""
+    path = root / info.relative_path
+    if not path.exists():
+        raise CheckpointError(f"DCP file {path} is missing; the checkpoint is incomplete or was moved")
+    with open(path, "rb") as f, ArchiveReader(_Window(f, info.offset, info.length), name=str(path)) as r:
+        if not isinstance(r.obj, LazyTensor):
+            raise CheckpointError(f"{path}: item for {fqn} is not a tensor; the checkpoint is corrupt")
+        yield r
 
 
 def _dcp_load_whole(root: Path, fqn: str, tmd: TensorStorageMetadata) -> torch.Tensor:
@@ -306,13 +310,14 @@ def consolidate(
 
         def sources() -> Iterator[TensorSource]:
             for group, short, fqn, tmd in entries:
+                stream, crc = _dcp_stream(root, md, fqn, chunk_bytes)
 
-                def counted(fqn: str = fqn) -> Iterator[bytes | memoryview]:
-                    for block in _dcp_chunks(root, md, fqn, chunk_bytes):
+                def counted(stream: Iterator[bytes | memoryview] = stream) -> Iterator[bytes | memoryview]:
+                    for block in stream:
                         bar.update(len(block))
                         yield block
 
-                yield TensorSource(group, short, tmd.properties.dtype, tuple(tmd.size), counted())
+                yield TensorSource(group, short, tmd.properties.dtype, tuple(tmd.size), counted(), crc)
 
         with bar:
             return write_consolidated(

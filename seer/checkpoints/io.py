@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,7 +33,8 @@ import torch
 import seer.storage as storage
 from seer.errors import SeerError
 
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 8 << 20
+_PARALLEL_MIN = 1 << 20
 _ALIGN = 64
 _U32 = 0xFFFFFFFF
 
@@ -73,6 +75,43 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The contiguous bytes of a CPU tensor, without a copy when it is already contiguous."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def _gf2_times(matrix: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= matrix[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """crc32 of A+B from crc32(A), crc32(B) and len(B), in O(log len2) (no data re-read)."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << i for i in range(31)]  # operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:  # apply len2 zero bytes to crc1, one bit of len2 at a time
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
 
 
 def sha256_tensor(tensor: torch.Tensor) -> str:
@@ -233,6 +272,13 @@ class ArchiveReader:
             )
         return start, info.file_size
 
+    def record_crc(self, t: LazyTensor) -> int | None:
+        """The stored crc32 of the tensor's bytes when the tensor is exactly its storage record, else None."""
+        info = self._records.get(f"{self._prefix}data/{t.record}")
+        if info is None or not t.is_contiguous or t.offset or t.nbytes != info.file_size:
+            return None
+        return info.CRC
+
     def iter_chunks(self, t: LazyTensor, chunk: int = CHUNK_BYTES) -> Iterator[memoryview]:
         """The tensor's contiguous bytes in pieces of at most `chunk` bytes."""
         if not t.is_contiguous:
@@ -333,17 +379,45 @@ class ArchiveWriter:
     `TensorRecord`s returned by `write_tensor` / `write_stream` stand for the tensors.
     """
 
-    def __init__(self, stream: BinaryIO, archive: str = "archive", hash_tensors: bool = True) -> None:
+    def __init__(
+        self, stream: BinaryIO, archive: str = "archive", hash_tensors: bool = True, hash_file: bool = False
+    ) -> None:
         self._f = stream
         self._archive = archive
         self._hash_tensors = hash_tensors
+        self.file_sha256 = hashlib.sha256() if hash_file else None
         self._pos = 0
         self._central: list[tuple[bytes, int, int, int]] = []  # name, crc, size, header offset
         self._next_key = 0
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def bytes_written(self) -> int:
+        return self._pos
 
     def _write(self, data: bytes | memoryview) -> None:
+        if self.file_sha256 is not None:
+            self.file_sha256.update(data)
         self._f.write(data)
         self._pos += len(data)
+
+    def _write_data(self, block: bytes | memoryview, crc: int, hasher: Any, compute_crc: bool = True) -> int:
+        """Write one data block; crc32 and the sha256 digests run in threads meanwhile (they release the GIL)."""
+        if len(block) < _PARALLEL_MIN:
+            crc = zlib.crc32(block, crc) if compute_crc else crc
+            if hasher is not None:
+                hasher.update(block)
+            self._write(block)
+            return crc
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ckpt-digest")
+        jobs = [self._pool.submit(h.update, block) for h in (hasher, self.file_sha256) if h is not None]
+        crc_job = self._pool.submit(zlib.crc32, block, crc) if compute_crc else None
+        self._f.write(block)
+        self._pos += len(block)
+        for job in jobs:
+            job.result()
+        return crc_job.result() if crc_job is not None else crc
 
     def _begin(self, name: bytes) -> int:
         offset = self._pos
@@ -359,29 +433,36 @@ class ArchiveWriter:
         self._write(struct.pack("<IIQQ", 0x08074B50, crc, size, size))
         self._central.append((name, crc, size, offset))
 
-    def _record(self, name: str, chunks: Iterable[bytes | memoryview], hasher: Any = None) -> int:
+    def _record(
+        self, name: str, chunks: Iterable[bytes | memoryview], hasher: Any = None, crc: int | None = None
+    ) -> int:
+        """Write one record; a known `crc` (e.g. the source record's) is used instead of computing it."""
         encoded = f"{self._archive}/{name}".encode()
         offset = self._begin(encoded)
-        crc, size = 0, 0
+        running, size = 0, 0
         for block in chunks:
-            crc = zlib.crc32(block, crc)
-            if hasher is not None:
-                hasher.update(block)
-            self._write(block)
+            running = self._write_data(block, running, hasher, compute_crc=crc is None)
             size += len(block)
-        self._end(encoded, offset, crc, size)
+        self._end(encoded, offset, running if crc is None else crc, size)
         return size
 
     def write_stream(
-        self, dtype: torch.dtype, shape: tuple[int, ...], chunks: Iterable[bytes | memoryview]
+        self,
+        dtype: torch.dtype,
+        shape: tuple[int, ...],
+        chunks: Iterable[bytes | memoryview],
+        crc: int | None = None,
     ) -> TensorRecord:
-        """Write one tensor from its contiguous bytes given in pieces (sizes are checked)."""
+        """Write one tensor from its contiguous bytes given in pieces (sizes are checked).
+
+        `crc`: the bytes' crc32 when already known (saves a pass over the data).
+        """
         if dtype not in _STORAGE_NAMES:
             raise CheckpointError(f"dtype {dtype} is not supported in checkpoints; cast it to float32 first")
         key = str(self._next_key)
         self._next_key += 1
         hasher = hashlib.sha256() if self._hash_tensors else None
-        size = self._record(f"data/{key}", chunks, hasher)
+        size = self._record(f"data/{key}", chunks, hasher, crc)
         expected = dtype.itemsize
         for s in shape:
             expected *= s
@@ -435,6 +516,8 @@ class ArchiveWriter:
         self._write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, cd_size, cd_start))
         self._write(struct.pack("<IIQI", 0x07064B50, 0, eocd64, 1))
         self._write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, _U32, _U32, 0))
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def save_streamed(

@@ -226,7 +226,8 @@ def convert(input_uri: str, output_uri: str, to: str, preset: str | None = None)
 
             def build(writer: object) -> dict:
                 return {
-                    k: writer.write_stream(t.dtype, t.shape, reader.iter_chunks(t)) for k, t in names.items()
+                    k: writer.write_stream(t.dtype, t.shape, reader.iter_chunks(t), reader.record_crc(t))
+                    for k, t in names.items()
                 }  # type: ignore[attr-defined]
 
             save_streamed(output_uri, build, archive=tables[to][ckpt_preset])
@@ -247,7 +248,7 @@ def convert(input_uri: str, output_uri: str, to: str, preset: str | None = None)
             expected_shapes(preset, "trunk"), trunk_shapes, f"{input_uri} (preset {preset})"
         )
         sources = (
-            TensorSource(g, n, t.dtype, t.shape, reader.iter_chunks(t))
+            TensorSource(g, n, t.dtype, t.shape, reader.iter_chunks(t), reader.record_crc(t))
             for g, items in (("trunk", trunk), ("heads", heads))
             for n, t in items.items()
         )

@@ -84,10 +84,12 @@ class SlicedIndex:
     iteration: int | None = None
 
 
-def _write_slice(uri: str, src_chunks: Any, dtype: torch.dtype, shape: tuple[int, ...]) -> Any:
+def _write_slice(
+    uri: str, src_chunks: Any, dtype: torch.dtype, shape: tuple[int, ...], crc: int | None = None
+) -> Any:
     with storage.open(uri, "wb") as f:
         writer = ArchiveWriter(f, archive="slice", hash_tensors=True)
-        record = writer.write_stream(dtype, shape, src_chunks)
+        record = writer.write_stream(dtype, shape, src_chunks, crc)
         writer.close({"type": "slice", "weight": record})
     return record
 
@@ -134,7 +136,9 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
                     uri = storage.join(layers, hashlib.sha1(key.encode()).hexdigest() + ".torch")
                     vissl_model[group][key] = _absolute(uri)
                 written.append(uri)
-                record = _write_slice(uri, _counted(reader.iter_chunks(t), bar), t.dtype, t.shape)
+                record = _write_slice(
+                    uri, _counted(reader.iter_chunks(t), bar), t.dtype, t.shape, reader.record_crc(t)
+                )
                 if layout == "seer":
                     entries[fqn] = {
                         "file": rel,

@@ -130,7 +130,7 @@ def _check(preset: str, trunk: dict[str, tuple], heads: dict[str, tuple], uri: s
 def _lazy_sources(reader: ArchiveReader, trunk: dict, heads: dict) -> Iterator[TensorSource]:
     for group, items in (("trunk", trunk), ("heads", heads)):
         for name, t in items.items():
-            yield TensorSource(group, name, t.dtype, t.shape, reader.iter_chunks(t))
+            yield TensorSource(group, name, t.dtype, t.shape, reader.iter_chunks(t), reader.record_crc(t))
 
 
 def _mapped(model: dict[str, Any], uri: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -239,7 +239,9 @@ def export_vissl(consolidated_uri: str, output_uri: str, with_parts: bool = Fals
             model: dict[str, dict[str, Any]] = {"trunk": {}, "heads": {}}
             for group, name, t in consolidated_tensors(reader):
                 key = seer_to_vissl_trunk(name, parts) if group == "trunk" else seer_to_vissl_head(name)
-                model[group][key] = writer.write_stream(t.dtype, t.shape, reader.iter_chunks(t))
+                model[group][key] = writer.write_stream(
+                    t.dtype, t.shape, reader.iter_chunks(t), reader.record_crc(t)
+                )
             return {
                 "type": "consolidated",
                 "iteration": reader.obj.get("iteration"),
