@@ -18,7 +18,6 @@ def _publish(doc: dict, results_path: str, metrics, report, confusion=None) -> N
     for baseline, values in (doc.get("baselines") or {}).items():
         for name, value in values.items():
             metrics.log_metric(f"{baseline}.{name}", value)
-    metrics.metadata["checkpoint"] = doc["checkpoint"].get("uri", "")
     shutil.copyfile(f"{results_path}/report.html", report.path)
     if confusion is not None:
         details = doc["details"]

@@ -31,6 +31,7 @@ def pretrain(
     network_devices: int = 0,
     timeout_s: float = 0.0,
     pending_timeout_s: float = 1800.0,
+    poll_interval_s: float = 5.0,
 ):
     """SwAV pretraining (`seer pretrain`) of `preset` on the shards; checkpoints land under `run`.
 
@@ -57,6 +58,7 @@ def pretrain(
         network_devices: EFA adapters / RDMA devices per pod.
         timeout_s: Give up (and delete the job) after this many seconds (0: never).
         pending_timeout_s: Give up if no pod runs within this many seconds.
+        poll_interval_s: Seconds between job status polls (backs off while nothing changes).
     """
     import os
 
@@ -92,7 +94,7 @@ def pretrain(
             network_devices=network_devices,
             labels={"pipelines.kubeflow.org/run-id": run_id[:63]},
         )
-        result = PyTorchJobLauncher(load_api_client()).run(
+        result = PyTorchJobLauncher(load_api_client(), poll_interval_s=poll_interval_s).run(
             job, timeout_s=timeout_s or None, pending_timeout_s=pending_timeout_s
         )
         run.metadata.update({"job": f"{result.namespace}/{result.name}", "restarts": result.restarts})

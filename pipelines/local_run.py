@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ DEMO_ARGUMENTS: dict[str, Any] = {
 }
 
 
+def _init_local(out: Path) -> None:
+    """kfp.local with subprocesses of this interpreter, artifacts under OUT/pipeline-root."""
+    from kfp import local
+
+    # Steps run this interpreter: its bin/ (torchrun, seer) comes first on PATH.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # The steps name the component image; here they run in this environment, which has seer, by design.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline-root"))
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -57,7 +69,6 @@ def run_local_pipeline(output: str | Path, arguments: Mapping[str, Any] | None =
     Returns {"entry": the registered ModelEntry as a dict, "status": the exit-handler record,
     "seconds": wall time}. Raises when a step failed (after recording the failure).
     """
-    from kfp import local
     from kfp.dsl import PipelineTaskFinalStatus
 
     from components import record_failure_and_cleanup
@@ -71,12 +82,8 @@ def run_local_pipeline(output: str | Path, arguments: Mapping[str, Any] | None =
     args.setdefault("status_uri", str(out / "runs"))
     unknown = set(args) - _pipeline_parameters()
     if unknown:
-        raise SystemExit(
-            f"unknown pipeline parameters {sorted(unknown)}; see `python -m pipelines.local_run --help`"
-        )
-    # Steps are subprocesses of this interpreter: make its bin/ (torchrun, seer) come first on PATH.
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline-root"))
+        raise ValueError(f"unknown seer-pretrain parameters {sorted(unknown)}; see pipelines/pretrain.py")
+    _init_local(out)
     pipeline = build_pretrain_pipeline(exit_handler=False)
     run_id = time.strftime("local-%Y%m%d-%H%M%S")
     start = time.monotonic()
@@ -105,6 +112,36 @@ def run_local_pipeline(output: str | Path, arguments: Mapping[str, Any] | None =
     }
 
 
+def run_local_evaluate(output: str | Path, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Run seer-evaluate through kfp.local (artifacts under `output`); returns the newly registered entry."""
+    from pipelines.evaluate import seer_evaluate
+    from seer.registry import open_registry
+
+    _init_local(Path(output).resolve())
+    seer_evaluate(**arguments)
+    return open_registry(arguments["registry"]).latest(arguments["model_name"]).to_dict()
+
+
+def print_metrics(entry: Mapping[str, Any]) -> None:
+    """The registered metrics, next to each evaluation's baselines (e.g. a random-init trunk)."""
+    from seer import storage
+
+    rows, baselines = [], set()
+    for key, uri in sorted(entry["artifacts"].items()):
+        if not key.endswith(".metrics"):
+            continue
+        doc = storage.read_json(uri)
+        baselines |= set(doc.get("baselines") or {})
+        for metric, value in doc["metrics"].items():
+            others = {b: v.get(metric) for b, v in (doc.get("baselines") or {}).items()}
+            rows.append((f"{doc['eval']}.{metric}", value, others))
+    names = sorted(baselines)
+    print(f"  {'metric':<28} {'model':>8}" + "".join(f" {b:>15}" for b in names))
+    for name, value, others in rows:
+        cells = "".join(f" {others[b]:>15.4f}" if others.get(b) is not None else f" {'-':>15}" for b in names)
+        print(f"  {name:<28} {value:>8.4f}{cells}")
+
+
 def _pipeline_parameters() -> set[str]:
     from pipelines.pretrain import seer_pretrain
 
@@ -130,14 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         "--set overrides='[\"train.iterations=20\"]' (repeatable)",
     )
     args = parser.parse_args(argv)
-    result = run_local_pipeline(args.output, _parse_set(args.set))
+    try:
+        result = run_local_pipeline(args.output, _parse_set(args.set))
+    except ValueError as err:
+        print(f"local_run: error: {err}", file=sys.stderr)
+        return 2
     entry = result["entry"]
     print()
     print(f"seer-pretrain finished in {result['seconds'] / 60:.1f} min ({result['status']['state']})")
     print(f"registered model: {entry['name']} {entry['version']} (sha256 {entry['sha256'][:12]}…)")
     print(f"  checkpoint: {entry['artifact_uri']}")
-    for name, value in sorted(entry["metrics"].items()):
-        print(f"  {name:<34} {value:.4f}")
+    print_metrics(entry)
     for name, uri in sorted(entry["artifacts"].items()):
         if name.endswith(".report"):
             print(f"report ({name[: -len('.report')]}): {uri}")

@@ -1,0 +1,337 @@
+"""KFP components: typed interfaces, images, UI descriptions, and the step bodies run directly
+(`component.python_func`) on local folders and against the fake Kubernetes API (tests/fake_kube.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Markdown,
+    Metrics,
+    Model,
+    PipelineTaskFinalStatus,
+)
+
+import components
+from seer import storage
+from seer.registry import StorageRegistry
+from tests.fake_kube import FakeKube, Step, running
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL = [
+    getattr(components, name)
+    for name in components.__all__
+    if hasattr(getattr(components, name), "component_spec")
+]
+
+
+def _types(spec_items) -> dict[str, str]:
+    return {name: spec.type for name, spec in (spec_items or {}).items()}
+
+
+def test_every_step_runs_in_the_component_image_without_installing_kfp() -> None:
+    assert len(ALL) == 15
+    for comp in ALL:
+        container = comp.component_spec.implementation.container
+        assert container.image == components.SEER_COMPONENT_IMAGE, comp.name
+        assert "pip install" not in " ".join(container.command), (
+            f"{comp.name} would pip-install kfp at run time"
+        )
+
+
+def test_images_are_overridable_at_compile_time() -> None:
+    code = "import components as c; print(c.SEER_COMPONENT_IMAGE, c.SEER_TRAINER_IMAGE, c.linear_eval.component_spec.implementation.container.image)"
+    env = {
+        "SEER_COMPONENT_IMAGE": "reg.test/seer-comp:9",
+        "IMAGE_REGISTRY": "reg.test/x",
+        "IMAGE_TAG": "7",
+        "PATH": "",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["reg.test/seer-comp:9", "reg.test/x/trainer:7", "reg.test/seer-comp:9"]
+
+
+def test_typed_artifacts_for_the_kfp_ui() -> None:
+    assert _types(components.linear_eval.component_spec.outputs) == {
+        "metrics": "system.Metrics@0.0.1",
+        "confusion": "system.ClassificationMetrics@0.0.1",
+        "report": "system.HTML@0.0.1",
+        "results": "system.Artifact@0.0.1",
+        "classifier": "system.Model@0.0.1",
+    }
+    assert _types(components.pretrain.component_spec.outputs) == {
+        "run": "system.Model@0.0.1",
+        "metrics": "system.Metrics@0.0.1",
+    }
+    inputs = _types(components.consolidate_slice.component_spec.inputs)
+    assert inputs["run"] == "system.Model@0.0.1"
+    assert _types(components.shard_images.component_spec.outputs) == {"shards": "system.Dataset@0.0.1"}
+    assert _types(components.compare_metrics.component_spec.outputs)["comparison"] == "system.Markdown@0.0.1"
+    for comp in (components.copy_detection_eval, components.geolocalization_eval, components.fairness_eval):
+        assert _types(comp.component_spec.outputs)["report"] == "system.HTML@0.0.1"
+
+
+def test_every_parameter_is_described() -> None:
+    for comp in ALL:
+        spec = comp.component_spec
+        for name, item in (spec.inputs or {}).items():
+            assert item.description, f"{comp.name}.{name} has no description (docstring Args:)"
+
+
+def _out(cls, path: Path, name: str = "out"):
+    return cls(name=name, uri=str(path), metadata={})
+
+
+def test_eval_datasets_keeps_given_sets_and_generates_the_rest(tmp_path: Path) -> None:
+    out = _out(Dataset, tmp_path / "datasets")
+    sizes = {
+        "counting": {"n_train": 8.0, "n_val": 4.0},  # KFP hands JSON numbers over as floats
+        "copy-detection": {"n_originals": 3, "n_distractors": 2, "n_train": 3},
+        "fairness": {"n_train": 6, "n_test": 4},
+    }
+    given = {"geo_train": "s3://b/geo/train.csv", "geo_val": "s3://b/geo/val.csv"}
+    components.eval_datasets.python_func(datasets=out, sources=given, benchmark_sizes=sizes, seed=1)
+    sets = storage.read_json(str(tmp_path / "datasets" / "datasets.json"))
+    assert sets["geo_train"] == given["geo_train"] and "geo_cells" not in sets
+    assert sorted(sets) == sorted(
+        [
+            "linear_train",
+            "linear_val",
+            "copy_queries",
+            "copy_database",
+            "copy_whitening",
+            "fairness_train",
+            "fairness_test",
+            "geo_train",
+            "geo_val",
+        ]
+    )
+    train = Path(sets["linear_train"]).read_text().splitlines()
+    assert train[0] == "path,label" and len(train) == 9
+    assert not (tmp_path / "datasets" / "geo").exists()
+    assert out.metadata["linear_val"] == sets["linear_val"]
+    with pytest.raises(Exception, match="unknown evaluation roles"):
+        components.eval_datasets.python_func(
+            datasets=_out(Dataset, tmp_path / "d2"), sources={"imagenet": "x"}
+        )
+
+
+def _metrics_doc(eval_name: str, metrics: dict, lower=()) -> dict:
+    from seer.eval import report
+
+    return report.metrics_document(
+        eval_name,
+        metrics,
+        checkpoint={"uri": "m"},
+        datasets={"val": {"sha256": "d"}},
+        config={},
+        lower_is_better=lower,
+    )
+
+
+def _results(tmp_path: Path, name: str, doc: dict | None) -> Artifact:
+    folder = tmp_path / name
+    folder.mkdir(parents=True)
+    if doc is None:
+        (folder / "skipped.json").write_text("{}")
+    else:
+        storage.write_json(str(folder / "metrics.json"), doc)
+        (folder / "report.html").write_text("<html></html>")
+    return _out(Artifact, folder, name)
+
+
+def _eval_inputs(tmp_path: Path, linear_top1: float) -> dict[str, Artifact]:
+    return {
+        "linear": _results(tmp_path, "linear", _metrics_doc("linear", {"top1": linear_top1, "top5": 0.9})),
+        "knn": _results(tmp_path, "knn", _metrics_doc("knn", {"top1": 0.4})),
+        "copy_detection": _results(tmp_path, "copy", None),
+        "geolocalization": _results(tmp_path, "geo", None),
+        "fairness": _results(tmp_path, "fair", None),
+        "test384": _results(tmp_path, "t384", None),
+    }
+
+
+def test_register_records_metrics_and_reports_of_the_evaluations_that_ran(tmp_path: Path) -> None:
+    model = tmp_path / "sliced"
+    model.mkdir()
+    (model / "index.json").write_text("{}")
+    registry = str(tmp_path / "registry")
+    entry = _out(Artifact, tmp_path / "entry.json")
+    args = dict(model=_out(Model, model), entry=entry, registry=registry, name="seer-test", version="run-1")
+    version = components.register_model.python_func(**args, **_eval_inputs(tmp_path / "a", 0.5))
+    assert version == "run-1"
+    stored = StorageRegistry(registry).get("seer-test", "run-1")
+    assert stored.metrics == {"linear.top1": 0.5, "linear.top5": 0.9, "knn.top1": 0.4}
+    assert set(stored.artifacts) == {"linear.metrics", "linear.report", "knn.metrics", "knn.report"}
+    assert json.loads(Path(entry.path).read_text())["sha256"] == stored.sha256
+    # Idempotent: registering the same artifact again returns the existing entry.
+    assert components.register_model.python_func(**args, **_eval_inputs(tmp_path / "b", 0.1)) == "run-1"
+    assert StorageRegistry(registry).get("seer-test", "run-1").metrics["linear.top1"] == 0.5
+    nothing = {k: _results(tmp_path / "c", k, None) for k in _eval_inputs(tmp_path / "x", 0)}
+    with pytest.raises(Exception, match="no evaluation ran"):
+        components.register_model.python_func(**{**args, "version": "run-2"}, **nothing)
+
+
+def test_compare_flags_regressions_against_the_last_registered_version(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"weights")
+    registry = str(tmp_path / "registry")
+    components.register_model.python_func(
+        model=_out(Model, model),
+        entry=_out(Artifact, tmp_path / "e"),
+        registry=registry,
+        name="seer-x",
+        version="v1",
+        **_eval_inputs(tmp_path / "prev", 0.6),
+    )
+    md = _out(Markdown, tmp_path / "cmp.md")
+    kwargs = dict(comparison=md, registry=registry, name="seer-x", threshold=0.01)
+    assert components.compare_metrics.python_func(**kwargs, **_eval_inputs(tmp_path / "same", 0.6)) == 0
+    worse = _eval_inputs(tmp_path / "worse", 0.4)
+    assert components.compare_metrics.python_func(**kwargs, **worse) == 1
+    text = Path(md.path).read_text()
+    assert "REGRESSION" in text and "linear.top1" in text and "version v1" in text
+    with pytest.raises(Exception, match=r"regressed: linear\.top1"):
+        components.compare_metrics.python_func(**kwargs, fail_on_regression=True, **worse)
+    # Nothing registered yet: no baseline, no regression.
+    fresh = dict(kwargs, name="seer-new")
+    assert components.compare_metrics.python_func(**fresh, **worse) == 0
+
+
+def test_resolve_model_prefers_the_checkpoint_uri_then_the_registry(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"w")
+    reg = StorageRegistry(str(tmp_path / "reg"))
+    reg.register("seer-y", "v1", str(model), metrics={"a": 1.0}, preset="rg-tiny")
+    resolve = components.resolve_model.python_func
+    assert tuple(resolve(registry=str(tmp_path / "reg"), name="seer-y")) == (str(model), "rg-tiny", "v1")
+    assert resolve(registry="", name="", checkpoint_uri="s3://b/c").uri == "s3://b/c"
+    with pytest.raises(Exception, match="no version v9"):
+        resolve(registry=str(tmp_path / "reg"), name="seer-y", version="v9")
+
+
+def _status(state: str) -> PipelineTaskFinalStatus:
+    return PipelineTaskFinalStatus(
+        state=state,
+        pipeline_job_resource_name="runs/r",
+        pipeline_task_name="exit-handler-1",
+        error_code=None if state == "SUCCEEDED" else 1,
+        error_message="" if state == "SUCCEEDED" else "boom",
+    )
+
+
+@pytest.fixture
+def kube(tmp_path: Path, monkeypatch):
+    with FakeKube() as fake:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            "current-context": "fake",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield fake
+
+
+def test_pretrain_on_a_cluster_submits_and_watches_the_pytorchjob(kube: FakeKube, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    storage.write_json(
+        str(run_dir / "summary.json"), {"iterations": 4, "loss": {"final": 7.5}}
+    )  # the pods' output
+    kube.script("seer-abc123", [running(n_workers=1), Step("Succeeded", "PyTorchJobSucceeded", "done")])
+    run, metrics = _out(Model, run_dir, "run"), _out(Metrics, tmp_path / "metrics", "metrics")
+    components.pretrain.python_func(
+        shards=_out(Dataset, tmp_path / "shards"),
+        run=run,
+        metrics=metrics,
+        run_id="abc123",
+        preset="rg-small",
+        backend="pytorchjob",
+        trainer_image="reg.test/seer-trainer:1",
+        nodes=2,
+        gpus_per_node=8,
+        gang_scheduler="volcano",
+        poll_interval_s=0.01,
+    )
+    assert kube.created == ["seer-abc123"]
+    job = kube.jobs[("seer", "seer-abc123")]
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert container["image"] == "reg.test/seer-trainer:1"
+    cmd = container["command"]
+    assert cmd[cmd.index("--data") + 1] == str(tmp_path / "shards") and cmd[cmd.index("--output") + 1] == str(
+        run_dir
+    )
+    assert job["metadata"]["labels"]["pipelines.kubeflow.org/run-id"] == "abc123"
+    assert metrics.metadata["iterations"] == 4 and metrics.metadata["loss.final"] == 7.5
+    assert run.metadata["job"] == "seer/seer-abc123" and run.metadata["backend"] == "pytorchjob"
+
+
+def test_pretrain_fails_the_step_with_the_operators_reason(kube: FakeKube, tmp_path: Path) -> None:
+    kube.script("seer-bad", [Step("Failed", "PyTorchJobFailed", "master exited 1")])
+    with pytest.raises(Exception, match="master exited 1"):
+        components.pretrain.python_func(
+            shards=_out(Dataset, tmp_path / "s"),
+            run=_out(Model, tmp_path / "r"),
+            metrics=_out(Metrics, tmp_path / "m"),
+            run_id="x",
+            job_name="seer-bad",
+            preset="rg-small",
+            backend="pytorchjob",
+            trainer_image="reg.test/t:1",
+            poll_interval_s=0.01,
+        )
+    with pytest.raises(Exception, match="backend 'ray' is unknown"):
+        components.pretrain.python_func(
+            shards=_out(Dataset, tmp_path / "s"),
+            run=_out(Model, tmp_path / "r"),
+            metrics=_out(Metrics, tmp_path / "m"),
+            run_id="x",
+            backend="ray",
+        )
+
+
+def test_exit_handler_deletes_the_job_of_a_failed_run_and_records_it(kube: FakeKube, tmp_path: Path) -> None:
+    from seer.launch import PyTorchJobLauncher, render_pytorchjob
+
+    job = render_pytorchjob("seer-run7", "rg-small", image="reg.test/t:1", output_uri="s3://b/r")
+    PyTorchJobLauncher(kube.api_client()).submit(job)
+    cleanup = components.record_failure_and_cleanup.python_func
+    cleanup(status=_status("FAILED"), run_id="run7", status_uri=str(tmp_path / "runs"), backend="pytorchjob")
+    assert kube.deleted == ["seer-run7"]
+    record = storage.read_json(str(tmp_path / "runs" / "run7.json"))
+    assert record["state"] == "FAILED" and record["job_deleted"] is True and record["error_message"] == "boom"
+    # A successful run keeps its (finished) job for the TTL to collect; a local run has none to delete.
+    cleanup(
+        status=_status("SUCCEEDED"), run_id="run8", status_uri=str(tmp_path / "runs"), backend="pytorchjob"
+    )
+    cleanup(status=_status("CANCELLED"), run_id="run9", status_uri=str(tmp_path / "runs"), backend="local")
+    assert kube.deleted == ["seer-run7"]
+    assert storage.read_json(str(tmp_path / "runs" / "run9.json"))["state"] == "CANCELLED"
+
+
+def test_skipped_evaluation_leaves_a_marker_and_a_report(tmp_path: Path) -> None:
+    results, report = _out(Artifact, tmp_path / "results"), _out(HTML, tmp_path / "report.html")
+    components.knn_eval.python_func(
+        model=_out(Model, tmp_path / "m"),
+        datasets=_out(Dataset, tmp_path / "d"),
+        metrics=_out(Metrics, tmp_path / "x"),
+        confusion=_out(ClassificationMetrics, tmp_path / "c"),
+        report=report,
+        results=results,
+        enabled=False,
+    )
+    assert json.loads((tmp_path / "results" / "skipped.json").read_text())["skipped"] is True
+    assert "not run" in Path(report.path).read_text()

@@ -1,0 +1,179 @@
+"""The Makefile's Kubeflow targets as users run them: `make compile`, `make pretrain-10b` (DRY_RUN,
+MODE=job, fail-fast without a cluster, submission through a stand-in kfp.Client) and
+`make schedule-reeval`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_manifests import check_pytorchjob
+
+from pipelines import schedule, submit
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_VARS = (
+    "KFP_HOST",
+    "IMAGES_URI",
+    "DATA_URI",
+    "OUTPUT_URI",
+    "MODE",
+    "DRY_RUN",
+    "CRON",
+    "STEP_SETTINGS",
+)
+
+
+def make(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
+    # The venv exists already: make's install step is then a no-op stamp check.
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_help_lists_the_kubeflow_targets() -> None:
+    out = make("help").stdout
+    for target in ("demo", "compile", "pretrain-10b", "schedule-reeval"):
+        line = next(ln for ln in out.splitlines() if ln.split() and ln.split()[0] == target)
+        assert len(line.split(None, 1)[1]) > 20, line
+
+
+@pytest.mark.slow
+def test_make_compile_writes_both_packages() -> None:
+    result = make("compile", IMAGE_REGISTRY="reg.test/seer", IMAGE_TAG="3.1")
+    assert result.returncode == 0, result.stderr
+    for name in ("seer-pretrain", "seer-evaluate"):
+        spec = next(yaml.safe_load_all((ROOT / "build" / "pipelines" / f"{name}.yaml").read_text()))
+        assert spec["pipelineInfo"]["name"] == name
+        images = {
+            e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e
+        }
+        assert images == {"reg.test/seer/component:3.1"}
+
+
+@pytest.mark.slow
+def test_pretrain_10b_dry_run_prints_the_plan_and_a_valid_62x8_job() -> None:
+    result = make("pretrain-10b", DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert (
+        "rg10b on 62 nodes × 8 GPUs = 496 GPUs" in out
+        and "FITS" in out
+        and "DRY_RUN: nothing was submitted" in out
+    )
+    job = yaml.safe_load((ROOT / "build" / "pretrain-10b" / "pytorchjob.yaml").read_text())
+    check_pytorchjob(job)  # the same checks every manifest passes
+    spec = job["spec"]
+    assert spec["nprocPerNode"] == "8" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 61
+    assert spec["runPolicy"]["schedulingPolicy"]["minAvailable"] == 62
+    assert yaml.safe_dump(job, sort_keys=False) in out
+    arguments = json.loads((ROOT / "build" / "pretrain-10b" / "arguments.json").read_text())
+    assert (
+        arguments["backend"] == "pytorchjob" and arguments["preset"] == "rg10b" and arguments["nodes"] == 62
+    )
+    assert arguments["job_name"] == job["metadata"]["name"]
+    package = next(yaml.safe_load_all((ROOT / "build" / "pretrain-10b" / "seer-pretrain.yaml").read_text()))
+    resources = package["deploymentSpec"]["executors"]["exec-knn-eval"]["container"]["resources"]
+    assert "accelerator" in resources, "the 10B evaluations run on GPUs"
+
+
+def test_pretrain_10b_without_a_cluster_says_what_to_set() -> None:
+    result = make("pretrain-10b")
+    assert result.returncode != 0
+    assert (
+        "set KFP_HOST=" in result.stderr and "IMAGES_URI=" in result.stderr and "DRY_RUN=1" in result.stderr
+    )
+    result = make("pretrain-10b", MODE="job", OUTPUT_URI="/local/folder")
+    assert result.returncode != 0
+    assert "DATA_URI=" in result.stderr and "OUTPUT_URI=s3://" in result.stderr
+
+
+def test_schedule_reeval_without_a_cluster_says_what_to_set() -> None:
+    result = make("schedule-reeval")
+    assert result.returncode != 0 and "set KFP_HOST=" in result.stderr
+    result = make("schedule-reeval", KFP_HOST="http://kfp.test", CRON="0 3 * * *")
+    assert result.returncode != 0 and "needs 6, seconds first" in result.stderr
+
+
+class FakeClient:
+    """Stands in for kfp.Client (no KFP server here); records the calls."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, **kwargs) -> None:
+        self.calls.append(("init", kwargs))
+
+    def create_experiment(self, name: str, namespace: str | None = None):
+        self.calls.append(("create_experiment", {"name": name, "namespace": namespace}))
+        return type("Experiment", (), {"experiment_id": "exp-1"})()
+
+    def create_recurring_run(self, **kwargs):
+        self.calls.append(("create_recurring_run", kwargs))
+        return type("RecurringRun", (), {"recurring_run_id": "rr-1"})()
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, **kwargs):
+        self.calls.append(("create_run", {"pipeline_file": pipeline_file, **kwargs}))
+        return type("Run", (), {"run_id": "run-1"})()
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch, tmp_path):
+    import kfp
+
+    FakeClient.calls = []
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    for var in CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(schedule, "BUILD", tmp_path / "schedule")
+    monkeypatch.setattr(submit, "BUILD", tmp_path / "submit")
+    return FakeClient
+
+
+def test_schedule_creates_a_cron_run_without_caching_or_catchup(fake_kfp, capsys) -> None:
+    rc = schedule.main(
+        ["--kfp-host", "http://kfp.test", "--cron", "0 30 2 * * 1", "--model-name", "seer-rg10b"]
+    )
+    assert rc == 0
+    init, experiment, recurring = fake_kfp.calls
+    assert init[1]["host"] == "http://kfp.test" and experiment[1]["name"] == "seer"
+    req = recurring[1]
+    assert req["experiment_id"] == "exp-1" and req["cron_expression"] == "0 30 2 * * 1"
+    assert req["enable_caching"] is False and req["no_catchup"] is True and req["max_concurrency"] == 1
+    assert req["params"]["model_name"] == "seer-rg10b"
+    spec = next(yaml.safe_load_all(Path(req["pipeline_package_path"]).read_text()))
+    assert spec["pipelineInfo"]["name"] == "seer-evaluate"
+    assert "rr-1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_submit_starts_the_62x8_run_on_kfp(fake_kfp, monkeypatch) -> None:
+    monkeypatch.setenv("KFP_HOST", "http://kfp.test")
+    monkeypatch.setenv("IMAGES_URI", "s3://corpus/images")
+    assert submit.main([]) == 0
+    ((_, run),) = [c for c in fake_kfp.calls if c[0] == "create_run"]
+    assert run["enable_caching"] is False and run["experiment_name"] == "seer"
+    args = run["arguments"]
+    assert args["images_uri"] == "s3://corpus/images" and args["backend"] == "pytorchjob"
+    assert args["gpus_per_node"] == 8 and args["gang_scheduler"] == "volcano"
+    assert Path(run["pipeline_file"]).exists()
+
+
+def test_submit_module_runs_as_a_script() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.submit", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and "KFP_HOST" in result.stdout and "DRY_RUN" in result.stdout

@@ -1,0 +1,144 @@
+"""Compiled seer-pretrain / seer-evaluate: they load back with kfp, and the DAG, the exit handler,
+the UI parameter descriptions and the per-step pod settings are what users rely on."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import compiler
+from kfp import components as kfp_components
+
+from pipelines.compile import compile_all
+from pipelines.pretrain import build_pretrain_pipeline, seer_pretrain
+
+EVALS = [
+    "linear-eval",
+    "knn-eval",
+    "copy-detection-eval",
+    "geolocalization-eval",
+    "fairness-eval",
+    "test384-eval",
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    out = tmp_path_factory.mktemp("compiled")
+    settings = out / "steps.yaml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "evaluation": {
+                    "gpus": 1,
+                    "node_selector": {"pool": "gpu"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                }
+            }
+        )
+    )
+    paths = compile_all(out, str(settings))
+    assert sorted(paths) == ["seer-evaluate", "seer-pretrain"]
+    loaded = {}
+    for name, path in paths.items():
+        assert kfp_components.load_component_from_file(str(path)).name == name
+        spec, platform = yaml.safe_load_all(path.read_text())
+        loaded[name] = (spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"])
+    return loaded
+
+
+def _deps(dag: dict) -> dict[str, set[str]]:
+    return {name: set(task.get("dependentTasks", [])) for name, task in dag["tasks"].items()}
+
+
+def test_pretrain_dag_runs_inside_an_exit_handler(compiled) -> None:
+    spec, _ = compiled["seer-pretrain"]
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "record-failure-and-cleanup"}
+    cleanup = root["record-failure-and-cleanup"]
+    assert cleanup["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert cleanup["inputs"]["parameters"]["status"] == {
+        "taskFinalStatus": {"producerTask": "exit-handler-1"}
+    }
+    assert cleanup["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    deps = _deps(spec["components"]["comp-exit-handler-1"]["dag"])
+    assert deps["shard-images"] == {"generate-corpus"}
+    assert deps["pretrain"] == {"shard-images"}
+    assert deps["consolidate-slice"] == {"pretrain"}
+    for name in EVALS[:-1]:
+        assert deps[name] == {"consolidate-slice", "eval-datasets"}, name
+    assert deps["test384-eval"] == {"eval-datasets", "linear-eval"}
+    assert deps["register-model"] == {"consolidate-slice", *EVALS}
+
+
+def test_pretrain_parameters_have_defaults_and_ui_descriptions(compiled) -> None:
+    spec, _ = compiled["seer-pretrain"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(inspect.signature(seer_pretrain.pipeline_func).parameters)
+    for name, param in params.items():
+        assert param.get("isOptional") is True and "defaultValue" in param, f"{name} has no default"
+        assert len(param.get("description", "")) > 10, f"{name} has no description in the KFP UI"
+    assert params["preset"]["defaultValue"] == "rg-tiny" and params["backend"]["defaultValue"] == "local"
+    assert params["run_geolocalization"]["defaultValue"] is False
+    assert "pytorchjob" in params["backend"]["description"]
+    assert params["trainer_image"]["defaultValue"].endswith("/trainer:0.1.0")
+
+
+def test_evaluate_dag_resolves_evaluates_compares_then_registers(compiled) -> None:
+    spec, _ = compiled["seer-evaluate"]
+    dag = spec["root"]["dag"]
+    deps = _deps(dag)
+    assert deps["importer"] == {"resolve-model"}
+    for name in EVALS[:-1]:
+        assert deps[name] == {"importer", "eval-datasets"}
+    assert deps["compare-metrics"] == set(EVALS)
+    assert deps["register-model"] == {"compare-metrics", "importer", "resolve-model", *EVALS}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["model_version"]["defaultValue"] == "latest"
+    assert all(p.get("description") and "defaultValue" in p for p in params.values())
+    for name in ["resolve-model", "compare-metrics", "register-model", *EVALS]:
+        assert dag["tasks"][name]["cachingOptions"] == {}, f"{name} must re-run on every scheduled run"
+
+
+def test_step_settings_reach_the_pods(compiled) -> None:
+    spec, platform = compiled["seer-pretrain"]
+    resources = spec["deploymentSpec"]["executors"]["exec-linear-eval"]["container"]["resources"]
+    assert resources["accelerator"]["resourceCount"] == "1" or resources["accelerator"].get("count") == "1"
+    linear = platform["exec-linear-eval"]
+    assert linear["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert linear["tolerations"][0]["key"] == "nvidia.com/gpu"
+    pretrain = platform["exec-pretrain"]
+    assert pretrain["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert pretrain["podMetadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    for executor in platform.values():
+        assert {"envVar": "AWS_SECRET_ACCESS_KEY", "secretKey": "secretkey"} in executor["secretAsEnv"][0][
+            "keyToEnv"
+        ]
+    env = spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]["env"]
+    assert {"name": "SEER_S3_ENDPOINT", "value": "http://seaweedfs.kubeflow:8333"} in env
+    assert "nodeSelector" not in platform["exec-pretrain"], "only the evaluations were moved to GPUs"
+
+
+def test_pretrain_and_register_are_never_served_from_cache(compiled) -> None:
+    spec, _ = compiled["seer-pretrain"]
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert tasks["pretrain"]["cachingOptions"] == {} and tasks["register-model"]["cachingOptions"] == {}
+    assert tasks["generate-corpus"]["cachingOptions"] == {"enableCache": True}
+
+
+def test_local_variant_has_no_exit_handler(tmp_path: Path) -> None:
+    path = tmp_path / "local.yaml"
+    compiler.Compiler().compile(build_pretrain_pipeline(exit_handler=False), str(path))
+    spec = next(yaml.safe_load_all(path.read_text()))
+    assert "exit-handler-1" not in spec["root"]["dag"]["tasks"]
+    assert {"pretrain", "register-model"} <= set(spec["root"]["dag"]["tasks"])
+
+
+def test_bad_step_settings_name_what_is_allowed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("evaluation: {gpu: 1}\n")
+    with pytest.raises(ValueError, match="unknown step settings \\['gpu'\\]"):
+        compile_all(tmp_path, str(bad))
+    bad.write_text("trainer: {gpus: 1}\n")
+    with pytest.raises(ValueError, match="unknown steps \\['trainer'\\]"):
+        compile_all(tmp_path, str(bad))
