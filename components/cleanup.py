@@ -39,11 +39,19 @@ def record_failure_and_cleanup(
         "job_deleted": False,
     }
     name = job_name or f"seer-{run_id}"[:48].rstrip("-")
+    cleanup_error = None
     if backend == "pytorchjob" and status.state != "SUCCEEDED":
+        from seer.errors import SeerError
         from seer.launch.kube import JobHandle, PyTorchJobLauncher, load_api_client
 
-        record["job_deleted"] = PyTorchJobLauncher(load_api_client()).cancel(JobHandle(name, namespace))
-        print(f"{'deleted' if record['job_deleted'] else 'no'} PyTorchJob {namespace}/{name}")
+        try:
+            record["job_deleted"] = PyTorchJobLauncher(load_api_client()).cancel(JobHandle(name, namespace))
+            print(f"{'deleted' if record['job_deleted'] else 'no'} PyTorchJob {namespace}/{name}")
+        except SeerError as err:  # still record the run's end, then fail this step visibly
+            cleanup_error = err
+            record["cleanup_error"] = f"could not delete PyTorchJob {namespace}/{name}: {err}"
     if status_uri:
         storage.write_json(storage.join(status_uri, f"{run_id}.json"), record)
     print(f"run {run_id} ended {status.state} {status.error_message or ''}".rstrip())
+    if cleanup_error is not None:
+        raise cleanup_error

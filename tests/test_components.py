@@ -335,3 +335,18 @@ def test_skipped_evaluation_leaves_a_marker_and_a_report(tmp_path: Path) -> None
     )
     assert json.loads((tmp_path / "results" / "skipped.json").read_text())["skipped"] is True
     assert "not run" in Path(report.path).read_text()
+
+
+def test_exit_handler_records_the_run_even_when_the_job_cannot_be_deleted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(Exception, match="no Kubernetes credentials"):
+        components.record_failure_and_cleanup.python_func(
+            status=_status("FAILED"), run_id="r1", status_uri=str(tmp_path / "runs"), backend="pytorchjob"
+        )
+    record = storage.read_json(str(tmp_path / "runs" / "r1.json"))
+    assert (
+        record["state"] == "FAILED" and "could not delete PyTorchJob seer/seer-r1" in record["cleanup_error"]
+    )
