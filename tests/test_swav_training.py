@@ -1,0 +1,97 @@
+"""End to end on CPU: a tiny RegNet learns with SwAV (multi-crop, Sinkhorn, LARC, schedule, frozen then
+re-normalised prototypes) from procedurally generated images."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seer.data.transforms import MultiCropTransform, collate_multicrop
+from seer.models import build_swav_model
+from seer.ssl.optim import LRSchedule, build_optimizer
+from seer.ssl.swav import PrototypeFreezer, SwAVLoss, normalize_prototypes_
+
+STEPS, BATCH, FREEZE = 200, 32, 20
+
+
+def shape_images(n: int, size: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    """Four classes (disc, square, stripes, checkerboard) in class colours, with random position,
+    size, colour shifts and pixel noise; uint8 3×size×size."""
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    palettes = torch.tensor(
+        [
+            [[220, 40, 40], [30, 60, 200]],
+            [[40, 200, 60], [230, 220, 40]],
+            [[250, 250, 250], [20, 20, 20]],
+            [[200, 60, 200], [40, 200, 200]],
+        ],
+        dtype=torch.float32,
+    )
+    out = []
+    for i in range(n):
+        cls = i % 4
+        fg, bg = (c + torch.randn(3, generator=gen) * 15 for c in palettes[cls])
+        cx, cy = torch.randint(size // 4, 3 * size // 4, (2,), generator=gen).tolist()
+        r = int(torch.randint(size // 8, size // 3, (1,), generator=gen))
+        if cls == 0:
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        elif cls == 1:
+            mask = ((xx - cx).abs() < r) & ((yy - cy).abs() < r)
+        elif cls == 2:
+            mask = (yy // (4 + r // 4)) % 2 == 0
+        else:
+            mask = (xx // 8 + yy // 8) % 2 == 0
+        img = (
+            torch.where(mask, fg.view(3, 1, 1), bg.view(3, 1, 1))
+            + torch.randn(3, size, size, generator=gen) * 8
+        )
+        out.append(img.clamp(0, 255).byte())
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_regnet_swav_loss_drops_well_below_start_and_uniform() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # intra-op threads spin against each other on a shared 2-core box
+    try:
+        losses, num_prototypes = train()
+    finally:
+        torch.set_num_threads(threads)
+    start, end = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert all(math.isfinite(v) for v in losses)
+    assert end < start - 1.0, (start, end)
+    # Below log K: the model predicts the other crops' assignments better than uniformly (not just
+    # flattening its predictions, which reaches log K and stops).
+    assert end < math.log(num_prototypes) - 0.15, (end, math.log(num_prototypes))
+
+
+def train() -> tuple[list[float], int]:
+    images = shape_images(256)
+    transform = MultiCropTransform([(48, 2, (0.3, 1.0)), (24, 2, (0.1, 0.3))], seed=0)
+    torch.manual_seed(0)
+    model = build_swav_model("rg-tiny")
+    normalize_prototypes_(model)
+    proto = model.head.prototypes[0].weight
+    schedule = LRSchedule(peak_lr=16.0, total_steps=STEPS, warmup_steps=20, start_lr=0.3)
+    optimizer = build_optimizer(model, lr=schedule(0), weight_decay=1e-5)
+    loss_fn = SwAVLoss(4, epsilon=0.05, sinkhorn_iterations=3, embedding_dim=proto.shape[1])
+    freezer = PrototypeFreezer(FREEZE)
+    pick = torch.Generator().manual_seed(1)
+    losses = []
+    for step in range(STEPS):
+        ids = torch.randint(0, len(images), (BATCH,), generator=pick).tolist()
+        crops = collate_multicrop([transform(images[i], i, epoch=step) for i in ids])
+        schedule.apply(optimizer, step)
+        embedding, scores = model(crops)
+        loss = loss_fn(embedding, scores, iteration=step)
+        optimizer.zero_grad()
+        loss.backward()
+        freezer(model, step)
+        optimizer.step()
+        normalize_prototypes_(model)
+        losses.append(loss.item())
+    torch.testing.assert_close(proto.detach().norm(dim=1), torch.ones(proto.shape[0]))
+    return losses, proto.shape[0]
