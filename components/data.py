@@ -6,17 +6,27 @@ from components import seer_component
 
 
 @seer_component
-def generate_corpus(images: Output[Dataset], count: int = 256, seed: int = 0, max_size: int = 128):
+def generate_corpus(
+    images: Output[Dataset], count: int = 256, seed: int = 0, max_size: int = 128, source_uri: str = ""
+):
     """Write `count` procedural images (`seer synth`) as an image folder: the embedded default corpus.
 
     Args:
         images: Image folder `class_k/img_NNNNNN.<fmt>`.
-        count: Number of images; 0 writes none (the pipeline shards `images_uri` instead).
+        count: Number of images.
         seed: The same seed writes the same images.
         max_size: Largest side length in pixels.
+        source_uri: Real images the pipeline shards instead; when set, nothing is generated.
     """
+    import os
+
     from seer.data.synthetic import generate_corpus as generate
 
+    os.makedirs(images.path, exist_ok=True)
+    if source_uri:
+        images.metadata["source"] = source_uri
+        print(f"not generating: the pipeline shards {source_uri}")
+        return
     paths = generate(images.path, count, seed, min_size=min(48, max_size), max_size=max_size)
     images.metadata.update({"images": len(paths), "seed": seed})
     print(f"wrote {len(paths)} images to {images.uri}")

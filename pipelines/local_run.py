@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, uri in sorted(entry["artifacts"].items()):
         if name.endswith(".report"):
             print(f"report ({name[: -len('.report')]}): {uri}")
-    print(f"registry: {Path(args.output).resolve() / 'registry'}  (list it: seer registry list --registry …)")
+    registry = Path(args.output).resolve() / "registry"
+    print(f"registry: {registry}  (list it: seer registry list --registry {registry})")
     return 0
 
 

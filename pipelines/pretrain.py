@@ -203,7 +203,9 @@ def build_pretrain_pipeline(
         p = locals()
 
         def steps() -> None:
-            corpus = apply(generate_corpus(count=synth_images), settings["generate-corpus"])
+            corpus = apply(
+                generate_corpus(count=synth_images, source_uri=images_uri), settings["generate-corpus"]
+            )
             shards = apply(
                 shard_images(images=corpus.outputs["images"], source_uri=images_uri), settings["shard-images"]
             )

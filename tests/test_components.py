@@ -350,3 +350,22 @@ def test_exit_handler_records_the_run_even_when_the_job_cannot_be_deleted(
     assert (
         record["state"] == "FAILED" and "could not delete PyTorchJob seer/seer-r1" in record["cleanup_error"]
     )
+
+
+def test_generate_then_shard_or_shard_the_given_images(tmp_path: Path) -> None:
+    images = _out(Dataset, tmp_path / "images")
+    components.generate_corpus.python_func(images=images, count=5, max_size=64)
+    assert len([p for p in (tmp_path / "images").rglob("*") if p.is_file()]) == 5
+    shards = _out(Dataset, tmp_path / "shards")
+    components.shard_images.python_func(images=images, shards=shards, workers=1)
+    assert storage.read_json(str(tmp_path / "shards" / "manifest.json"))["totals"]["samples"] == 5
+    assert shards.metadata["samples"] == 5
+    # With real images given, nothing is generated and those are sharded.
+    skipped = _out(Dataset, tmp_path / "none")
+    components.generate_corpus.python_func(images=skipped, count=5, source_uri=str(tmp_path / "images"))
+    assert not any((tmp_path / "none").iterdir()) and skipped.metadata["source"] == str(tmp_path / "images")
+    again = _out(Dataset, tmp_path / "shards2")
+    components.shard_images.python_func(
+        images=skipped, shards=again, source_uri=str(tmp_path / "images" / "class_0"), workers=1
+    )
+    assert 0 < again.metadata["samples"] < 5
