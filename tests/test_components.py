@@ -369,3 +369,40 @@ def test_generate_then_shard_or_shard_the_given_images(tmp_path: Path) -> None:
         images=skipped, shards=again, source_uri=str(tmp_path / "images" / "class_0"), workers=1
     )
     assert 0 < again.metadata["samples"] < 5
+
+
+def test_cancelling_the_pretrain_step_deletes_its_pytorchjob(kube: FakeKube, tmp_path: Path) -> None:
+    """KFP cancels a step with SIGTERM; the launcher must not leave 62 nodes running."""
+    import os
+    import signal
+    import time
+
+    kube.script("seer-cancel", [running(n_workers=1)])
+    code = f"""
+import components
+from kfp.dsl import Dataset, Metrics, Model
+components.pretrain.python_func(
+    shards=Dataset(name="s", uri={str(tmp_path / "s")!r}, metadata={{}}),
+    run=Model(name="r", uri={str(tmp_path / "r")!r}, metadata={{}}),
+    metrics=Metrics(name="m", uri={str(tmp_path / "m")!r}, metadata={{}}),
+    run_id="x", job_name="seer-cancel", preset="rg-small", backend="pytorchjob",
+    trainer_image="reg.test/t:1", poll_interval_s=0.05,
+)
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while "seer-cancel" not in kube.created and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # let it watch a few polls
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert kube.deleted == ["seer-cancel"], out
+    assert "deleted job seer/seer-cancel" in out
