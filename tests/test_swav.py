@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from seer.config import SwAVConfig
 from seer.errors import ConfigError
 from seer.models import build_swav_model
 from seer.ssl.multicrop import pad_crops, padded_swav_forward, padded_trunk_features
@@ -303,3 +304,15 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(tmp_path: Path) -
             mean = (ranks[0][key][step] + ranks[1][key][step]) / 2
             torch.testing.assert_close(mean, single[key][step], atol=1e-5, rtol=0)
     assert abs(single["queue_loss"][2] - single["loss"][2]) > 1e-3  # the queue was used at step 2
+
+
+def test_loss_from_config_uses_the_swav_section() -> None:
+    cfg = SwAVConfig(epsilon=0.03, sinkhorn_iterations=10, queue_length=64, queue_start_iter=15)
+    loss = SwAVLoss.from_config(cfg, num_crops=6, embedding_dim=256)
+    assert (loss.epsilon, loss.sinkhorn_iterations, loss.temperature, loss.crops_for_assign) == (
+        0.03,
+        10,
+        0.1,
+        [0, 1],
+    )
+    assert loss.queue.shape == (2, 64, 256) and loss.queue_start_iter == 15

@@ -9,6 +9,7 @@ prototypes after each optimizer step and freezing them for the first iterations.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -89,8 +90,9 @@ class SwAVLoss(nn.Module):
     used by the queue), ``scores`` one (num_crops·B)×K tensor per prototype head. With a queue
     (``queue_length`` > 0, split evenly over ranks), the last ``queue_length/world`` embeddings of each
     assignment crop are kept; from ``queue_start_iter`` on, once the queue is full, their scores under
-    the *current* prototypes (pass ``prototypes``: one K×D weight per head) are prepended to the
-    Sinkhorn input and dropped from its output. The queue stores embeddings, which all heads share.
+    the *current* prototypes (pass ``prototypes``: one K×D weight per head, plain or FSDP2-sharded) are
+    prepended to the Sinkhorn input and dropped from its output. The queue stores embeddings, which all
+    heads share; it is a buffer, so it is saved and restored with the loss module's state dict.
     """
 
     def __init__(
@@ -135,6 +137,23 @@ class SwAVLoss(nn.Module):
         )
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=True)
 
+    @classmethod
+    def from_config(
+        cls, swav_cfg: Any, num_crops: int, embedding_dim: int, group: dist.ProcessGroup | None = None
+    ) -> SwAVLoss:
+        """From a ``SwAVConfig`` (epsilon, sinkhorn_iterations, temperature, crops_for_assign, queue_*)."""
+        return cls(
+            num_crops,
+            crops_for_assign=swav_cfg.crops_for_assign,
+            temperature=swav_cfg.temperature,
+            epsilon=swav_cfg.epsilon,
+            sinkhorn_iterations=swav_cfg.sinkhorn_iterations,
+            queue_length=swav_cfg.queue_length,
+            queue_start_iter=swav_cfg.queue_start_iter,
+            embedding_dim=embedding_dim,
+            group=group,
+        )
+
     @property
     def queue_length(self) -> int:
         """Per-rank queue length."""
@@ -170,7 +189,10 @@ class SwAVLoss(nn.Module):
                 with torch.no_grad():
                     crop_scores = s[c * bs : (c + 1) * bs].detach()
                     if use_queue:
-                        queue_scores = self.queue[i].to(prototypes[h].dtype) @ prototypes[h].detach().t()
+                        weight = prototypes[h].detach()
+                        if hasattr(weight, "full_tensor"):  # FSDP2-sharded prototypes
+                            weight = weight.full_tensor()
+                        queue_scores = self.queue[i].to(weight.dtype) @ weight.t()
                         crop_scores = torch.cat([queue_scores.to(crop_scores.dtype), crop_scores])
                     q = sinkhorn_knopp(crop_scores, self.epsilon, self.sinkhorn_iterations, self.group)[-bs:]
                 sub = sum(-(q * log_probs[h][p]).sum(dim=1).mean() for p in range(self.num_crops) if p != c)
