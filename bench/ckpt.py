@@ -5,7 +5,8 @@ copy (`shutil.copyfile`) of the same bytes in the same run.
 
 The checkpoint is generated on the fly (file-backed tensors saved with torch.distributed.checkpoint,
 one chunk per tensor, so the 3.2 GB `f.c` conv is a single stored item) and deleted afterwards, with
-everything else under a temporary folder in --workdir. Each measured step runs in a fresh process;
+everything else under a temporary folder in --workdir. The copy is timed right before and right
+after each step (same source bytes) and averaged. Each measured step runs in a fresh process;
 its peak RSS is that process's VmHWM (torch import included). GB/s = checkpoint bytes / wall
 seconds. Prints a table and writes bench/results/ckpt.json.
 
@@ -138,14 +139,18 @@ def main() -> None:
             f"generated {nbytes / 1e9:.2f} GB synthetic DCP checkpoint in {time.perf_counter() - t0:.0f}s",
             file=sys.stderr,
         )
+        copies = [measured("copy", str(work / "dcp"), str(work / "dcp-copy"))]
+        shutil.rmtree(work / "dcp-copy")
         cons = measured("consolidate", str(work / "dcp"), str(work / "model.pt"))
-        copy = measured("copy", str(work / "dcp"), str(work / "dcp-copy"))
+        copies.append(measured("copy", str(work / "dcp"), str(work / "dcp-copy")))
         shutil.rmtree(work / "dcp-copy")
         shutil.rmtree(work / "dcp")
-        rows.append(("consolidate", cons, copy))
+        rows.append(("consolidate", cons, copies))
+        copies = [measured("copy", str(work / "model.pt"), str(work / "model-copy.pt"))]
+        (work / "model-copy.pt").unlink()
         sliced = measured("slice", str(work / "model.pt"), str(work / "sliced"))
-        copy = measured("copy", str(work / "model.pt"), str(work / "model-copy.pt"))
-        rows.append(("slice", sliced, copy))
+        copies.append(measured("copy", str(work / "model.pt"), str(work / "model-copy.pt")))
+        rows.append(("slice", sliced, copies))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -162,7 +167,11 @@ def main() -> None:
     print(
         f"\n{'step':<12} {'GB/s':>6} {'copy GB/s':>10} {'ratio':>6} {'peak RSS GB':>12} {'copy RSS GB':>12}"
     )
-    for name, ours, base in rows:
+    for name, ours, copies in rows:
+        base = {
+            "seconds": sum(c["seconds"] for c in copies) / 2,
+            "peak_rss": max(c["peak_rss"] for c in copies),
+        }
         entry = {
             "seconds": round(ours["seconds"], 2),
             "gb_per_s": round(gb / ours["seconds"], 3),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from seer.checkpoints.consolidate import consolidate, open_consolidated, verify_
 from seer.checkpoints.io import CheckpointError
 from seer.checkpoints.load_sliced import load_sliced_into_
 from seer.checkpoints.mapping import ArchitectureMismatchError
-from seer.checkpoints.slice import CorruptSliceError, open_sliced, slice_checkpoint, verify_sliced
+from seer.checkpoints.slice import (
+    CorruptSliceError,
+    open_sliced,
+    read_slice,
+    slice_checkpoint,
+    verify_sliced,
+)
 from seer.cli import main
 from seer.models.regnet import build_trunk
 from seer.models.swav_model import build_swav_model
@@ -244,3 +251,22 @@ def test_cli_commands_and_one_line_errors(model_and_ckpt, tmp_path, capsys):
     assert main(["ckpt", "consolidate", str(folder), "--output", out, "--preset", "rg10b"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seer ckpt: error:") and "rg10b" in err and "\n" not in err
+
+
+def test_reading_one_shard_of_rows_still_checks_the_whole_slice(model_and_ckpt, tmp_path):
+    model, folder = model_and_ckpt
+    consolidate(str(folder), str(tmp_path / "c.pt"))
+    index = open_sliced(slice_checkpoint(str(tmp_path / "c.pt"), str(tmp_path / "s")))
+    fqn = "head.prototypes.0.weight"
+    full = model.state_dict()[fqn]
+    assert torch.equal(read_slice(index.entries[fqn], rows=(10, 40)), full[10:40])
+    assert read_slice(index.entries[fqn], rows=(64, 64)).shape == (0, full.shape[1])
+    path = Path(index.entries[fqn].uri)
+    record = next(i for i in zipfile.ZipFile(path).infolist() if i.filename.endswith("data/0"))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[record.header_offset + 26 : record.header_offset + 30])
+    row_60 = record.header_offset + 30 + name_len + extra_len + 60 * full.shape[1] * 4
+    data[row_60] ^= 0x10  # a byte of row 60, outside the rows read
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSliceError, match="sha256"):
+        read_slice(index.entries[fqn], rows=(0, 2))

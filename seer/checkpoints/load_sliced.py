@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from tqdm import tqdm
 
 from seer.checkpoints.mapping import ArchitectureMismatchError
@@ -37,6 +37,17 @@ def _names_in_index(model: nn.Module, index: SlicedIndex) -> tuple[str, dict[str
     names = [n for n, _ in model.named_parameters()]
     prefix = "" if any(n.startswith(("trunk.", "head.")) for n in names) else "trunk."
     return prefix, {k[len(prefix) :]: k for k in index.entries if k.startswith(prefix)}
+
+
+def _shard_rows(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """The dim-0 rows this rank holds of a DTensor sharded `Shard(0)` on a 1-D mesh (FSDP2), else None."""
+    if not isinstance(tensor, DTensor) or tensor.device_mesh.ndim != 1 or tensor.placements != (Shard(0),):
+        return None
+    n, world = tensor.shape[0], tensor.device_mesh.size()
+    per_rank = -(-n // world)  # torch.chunk sizes, as DTensor's Shard(0)
+    start = min(n, tensor.device_mesh.get_local_rank() * per_rank)
+    stop = min(n, start + per_rank)
+    return (start, stop) if tensor.to_local().shape[0] == stop - start else None
 
 
 @torch.no_grad()
@@ -72,16 +83,27 @@ def load_sliced_into_(model: nn.Module, index_uri: str, strict: bool = True) -> 
             if fqn not in wanted:
                 continue
             entry = index.entries[wanted[fqn]]
-            full = read_slice(entry)
-            if tuple(full.shape) != tuple(tensor.shape) or full.dtype != tensor.dtype:
+            if entry.shape is not None and (
+                entry.shape != tuple(tensor.shape) or entry.dtype != tensor.dtype
+            ):
                 raise ArchitectureMismatchError(
-                    f"{fqn}: slice {entry.uri} holds {full.dtype} {list(full.shape)}, the model has "
+                    f"{fqn}: slice {entry.uri} holds {entry.dtype} {list(entry.shape)}, the model has "
                     f"{tensor.dtype} {list(tensor.shape)}; build the model from the checkpoint's preset ({index.preset})"
                 )
-            if isinstance(tensor, DTensor):
-                local = distribute_tensor(full, tensor.device_mesh, tensor.placements, src_data_rank=None)
+            rows = _shard_rows(tensor)
+            data = read_slice(entry, rows)
+            expected = tuple(tensor.to_local().shape) if rows is not None else tuple(tensor.shape)
+            if tuple(data.shape) != expected or data.dtype != tensor.dtype:
+                raise ArchitectureMismatchError(
+                    f"{fqn}: slice {entry.uri} gives {data.dtype} {list(data.shape)}, the model needs "
+                    f"{tensor.dtype} {list(expected)}; build the model from the checkpoint's preset ({index.preset})"
+                )
+            if rows is not None:
+                tensor.to_local().copy_(data)
+            elif isinstance(tensor, DTensor):
+                local = distribute_tensor(data, tensor.device_mesh, tensor.placements, src_data_rank=None)
                 tensor.to_local().copy_(local.to_local())
             else:
-                tensor.copy_(full)
-            del full
+                tensor.copy_(data)
+            del data
     return model

@@ -42,7 +42,6 @@ from seer.checkpoints.io import (
     dtype_from_name,
     dtype_name,
     open_archive,
-    sha256_tensor,
     tensor_bytes,
 )
 from seer.checkpoints.vissl import (
@@ -258,8 +257,12 @@ def open_sliced(index_uri: str) -> SlicedIndex:
     return SlicedIndex(uri, "vissl", entries, None, obj.get("iteration"))
 
 
-def read_slice(entry: SliceEntry) -> torch.Tensor:
-    """Read one slice and check it against its index entry (shape, dtype, sha256)."""
+def read_slice(entry: SliceEntry, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read one slice and check it against its index entry (shape, dtype, sha256).
+
+    `rows=(start, stop)` returns only those rows of dim 0 (an FSDP shard): the file is streamed,
+    every byte still goes into the checksum, but only the rows are kept in memory.
+    """
     local = storage.local_path(entry.uri)
     try:
         # Local: stream from the file; remote: one request for the whole (single-tensor) object.
@@ -270,33 +273,55 @@ def read_slice(entry: SliceEntry) -> torch.Tensor:
         ) from None
     try:
         with ArchiveReader(stream, name=entry.uri) as reader:
-            obj = reader.obj
-            if (
-                not isinstance(obj, dict)
-                or obj.get("type") != "slice"
-                or not isinstance(obj.get("weight"), LazyTensor)
-            ):
+            weight = reader.obj.get("weight") if isinstance(reader.obj, dict) else None
+            if reader.obj.get("type") != "slice" or not isinstance(weight, LazyTensor):
                 raise CorruptSliceError(
                     f"{entry.uri} (tensor {entry.fqn}) is not a slice file; re-run `seer ckpt slice`"
                 )
-            tensor = reader.read(obj["weight"])
+            if (entry.shape is not None and weight.shape != entry.shape) or entry.dtype not in (
+                None,
+                weight.dtype,
+            ):
+                raise CorruptSliceError(
+                    f"slice {entry.uri} for {entry.fqn} holds {weight.dtype} {list(weight.shape)}, the index says "
+                    f"{entry.dtype} {list(entry.shape or ())}; re-run `seer ckpt slice`"
+                )
+            digest = hashlib.sha256() if entry.sha256 else None
+            if rows is None or not weight.shape or not weight.is_contiguous:
+                tensor = reader.read(weight)
+                if digest is not None:
+                    digest.update(tensor_bytes(tensor))
+                if rows is not None and weight.shape:
+                    tensor = tensor[rows[0] : rows[1]].clone()
+            else:
+                tensor = _read_rows(reader, weight, rows, digest)
     except CorruptSliceError:
         raise
     except CheckpointError as err:
         raise CorruptSliceError(f"slice for {entry.fqn}: {err}") from None
-    if (entry.shape is not None and tuple(tensor.shape) != entry.shape) or entry.dtype not in (
-        None,
-        tensor.dtype,
-    ):
-        raise CorruptSliceError(
-            f"slice {entry.uri} for {entry.fqn} holds {tensor.dtype} {list(tensor.shape)}, the index says "
-            f"{entry.dtype} {list(entry.shape or ())}; re-run `seer ckpt slice`"
-        )
-    if entry.sha256 and sha256_tensor(tensor) != entry.sha256:
+    if digest is not None and digest.hexdigest() != entry.sha256:
         raise CorruptSliceError(
             f"slice {entry.uri} for {entry.fqn} fails its sha256 check (corrupt file); re-run `seer ckpt slice`"
         )
     return tensor
+
+
+def _read_rows(reader: ArchiveReader, weight: LazyTensor, rows: tuple[int, int], digest: Any) -> torch.Tensor:
+    start, stop = rows
+    row_bytes = weight.nbytes // weight.shape[0] if weight.shape[0] else 0
+    out = torch.empty((stop - start, *weight.shape[1:]), dtype=weight.dtype)
+    dst = tensor_bytes(out) if out.numel() else memoryview(b"")
+    lo, hi, pos = start * row_bytes, stop * row_bytes, 0
+    for block in reader.iter_chunks(weight):
+        if digest is not None:
+            digest.update(block)
+        a, b = max(lo, pos), min(hi, pos + len(block))
+        if a < b:
+            dst[a - lo : b - lo] = block[a - pos : b - pos]
+        pos += len(block)
+        if digest is None and pos >= hi:
+            break
+    return out
 
 
 def verify_sliced(index_uri: str) -> SlicedIndex:

@@ -197,11 +197,17 @@ def consolidate_vissl_shards(list_uri: str, shard_list: dict[str, Any]) -> tuple
             raise CheckpointError(
                 f"shard {name} listed in {list_uri} is missing; copy all shard files next to it"
             )
-        with storage.open(uri, "rb") as f:
-            shard = torch.load(f, map_location="cpu", weights_only=True)
-        if not isinstance(shard, dict) or shard.get("type") != "shard":
-            raise CheckpointError(f"{uri} is not a VISSL shard file (type {shard.get('type')!r})")
-        shards.append(shard["classy_state_dict"]["base_model"])
+        with open_archive(uri) as reader:
+            shard = reader.obj
+            if not isinstance(shard, dict) or shard.get("type") != "shard":
+                found = shard.get("type") if isinstance(shard, dict) else type(shard).__name__
+                raise CheckpointError(f"{uri} is not a VISSL shard file (type {found!r})")
+            base_model = shard["classy_state_dict"]["base_model"]
+            model = {
+                part: {k: reader.read(v) for k, v in (base_model["model"].get(part) or {}).items()}
+                for part in ("trunk", "heads")
+            }
+        shards.append({"model": model, "meta": base_model.get("meta", {})})
     if not shards:
         raise CheckpointError(f"{list_uri} lists no shards; it is not a complete shard_list checkpoint")
     out: dict[str, dict[str, torch.Tensor]] = {"trunk": {}, "heads": {}}
