@@ -5,6 +5,9 @@ bit-exactly, and exports read back."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,3 +250,22 @@ def test_consolidated_tensor_order_is_trunk_then_heads(tmp_path):
     with open_consolidated(str(tmp_path / "m.pt"), PRESET) as reader:
         groups = [g for g, _, _ in consolidated_tensors(reader)]
     assert groups == sorted(groups, key=lambda g: g != "trunk") and "heads" in groups
+
+
+@pytest.mark.slow
+def test_import_shards_written_by_real_fairscale_fsdp(tmp_path):
+    model = randomized_model(4)
+    torch.save(vissl_checkpoint(model, False, False), tmp_path / "conso.torch")
+    script = Path(__file__).parent / "dist" / "ckpt_fairscale_shards.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    proc = subprocess.run(
+        [*cmd, str(tmp_path / "conso.torch"), str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shard0 = torch.load(tmp_path / "model_iteration5_shard0.torch", weights_only=True)
+    meta = shard0["classy_state_dict"]["base_model"]["meta"]["trunk"]
+    assert any(m["params"].get("flat_param_0") for m in meta["param_metadata"])  # really flattened + sharded
+    import_vissl(str(tmp_path / "model_iteration5.torch"), str(tmp_path / "m.pt"), PRESET)
+    fresh = build_swav_model(PRESET, "cpu", seed=8)
+    load_consolidated(fresh, str(tmp_path / "m.pt"))
+    assert same_state(fresh, model)
