@@ -2,12 +2,14 @@
 
 Per crop, in VISSL's order: RandomResizedCrop (ratio 3/4–4/3, bilinear, antialiased), horizontal flip
 p 0.5, colour jitter (brightness/contrast/saturation 0.8, hue 0.2, random op order) with p 0.8,
-grayscale p 0.2, Gaussian blur p 0.5 with sigma ~ U(0.1, 2), ImageNet normalisation.
+grayscale p 0.2, Gaussian blur p 0.5 with sigma ~ U(0.1, 2), ImageNet normalisation. VISSL runs these
+on PIL images (uint8 after every op, PIL's box-approximated blur); here they run in float, so values
+differ by rounding, not by distribution.
 
 Speed: a JPEG is decoded once, at a reduced DCT scale (PIL ``draft``) when every crop still gets at
-least its output resolution; crops are cut from one channels-last uint8 tensor and resized there; the
-photometric ops then run once per group of same-size crops on a float batch with per-crop factors.
-All randomness comes from one ``torch.Generator`` seeded from (seed, epoch, sample key), never from
+least its output resolution; crops are cut from one channels-last uint8 tensor and resized there
+(torch's fast uint8 antialiased path); the photometric ops then run in place on float crops, with
+allocation-light formulas (same results as torchvision's functional ops). All randomness comes from one ``torch.Generator`` seeded from (seed, epoch, sample key), never from
 global RNG state or the worker id, so a resumed run sees exactly the same crops.
 """
 
@@ -276,7 +278,7 @@ class MultiCropTransform:
 
     def _photometric(self, x: torch.Tensor, params: list[CropParams]) -> torch.Tensor:
         """Flip, jitter, grayscale, blur and normalise a float batch (N×3×S×S in [0, 1]) of same-size
-        crops. Per-crop steps work in place on views of the batch; blur and normalisation are batched."""
+        crops. Per-crop steps work in place on views of the batch; normalisation is batched."""
         for img, p in zip(x, params, strict=True):
             if p.flip:
                 img.copy_(img.flip(-1))
@@ -285,11 +287,8 @@ class MultiCropTransform:
                     _JITTER_OPS[op](img, p.jitter[op])
             if p.gray:
                 img.copy_(_luma(img).expand_as(img))
-        blurred = [i for i, p in enumerate(params) if p.blur_sigma is not None]
-        if len(blurred) == len(params):
-            x = _gaussian_blur(x, [p.blur_sigma for p in params])
-        elif blurred:
-            x[blurred] = _gaussian_blur(x[blurred], [params[i].blur_sigma for i in blurred])
+            if p.blur_sigma is not None:
+                img.copy_(_gaussian_blur(img, p.blur_sigma))
         return x.sub_(self.mean).div_(self.std)
 
 
@@ -344,26 +343,19 @@ def _hue(img: torch.Tensor, shift: float) -> None:
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 
 
-def _gaussian_blur(x: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
-    """Separable Gaussian blur, one sigma per image, kernel truncated at ceil(3·sigma), reflect padding.
-
-    One depthwise conv per axis over the whole batch (channels-last: oneDNN's fast depthwise path);
-    shorter kernels are zero-extended to the longest, which leaves their result unchanged.
-    """
-    n, c, height, width = x.shape
-    radii = [min(math.ceil(3 * s), height - 1, width - 1) for s in sigmas]
-    radius = max(radii)
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernels = []
-    for sigma, r in zip(sigmas, radii, strict=True):
-        k = torch.exp(-0.5 * (offsets / sigma) ** 2) * (offsets.abs() <= r)
-        kernels.append(k / k.sum())
-    kernel = torch.stack(kernels).repeat_interleave(c, dim=0)  # (n·c)×(2·radius+1)
-    y = nnf.pad(x.reshape(1, n * c, height, width), (radius, radius, radius, radius), mode="reflect")
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a 3×H×W image: kernel truncated at ceil(3·sigma), reflect padding
+    (torchvision's ``gaussian_blur`` with kernel size 2·ceil(3·sigma) + 1). Depthwise convs on
+    channels-last memory take oneDNN's fast path."""
+    c, height, width = img.shape
+    radius = min(math.ceil(3 * sigma), height - 1, width - 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=img.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).expand(c, -1)
+    y = nnf.pad(img.unsqueeze(0), (radius, radius, radius, radius), mode="reflect")
     y = y.contiguous(memory_format=torch.channels_last)
-    y = nnf.conv2d(y, kernel.view(n * c, 1, 1, -1), groups=n * c)
-    y = nnf.conv2d(y, kernel.view(n * c, 1, -1, 1), groups=n * c)
-    return y.reshape(n, c, height, width)
+    y = nnf.conv2d(y, kernel.reshape(c, 1, 1, -1), groups=c)
+    return nnf.conv2d(y, kernel.reshape(c, 1, -1, 1), groups=c)[0]
 
 
 def collate_multicrop(
