@@ -205,12 +205,15 @@ class MultiCropTransform:
     def __call__(
         self, image: bytes | Image.Image | torch.Tensor, sample_key: str | int, epoch: int = 0
     ) -> list[torch.Tensor]:
-        full_h, full_w, pixels = self._decode(image)
-        params = iter(self.params(full_h, full_w, sample_key, epoch))
+        image = self._open(image)
+        full_h, full_w = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[1:]
+        params = self.params(full_h, full_w, sample_key, epoch)
+        pixels = self._pixels(image, params)
         fy, fx = pixels.shape[1] / full_h, pixels.shape[2] / full_w
         out: list[torch.Tensor] = []
+        remaining = iter(params)
         for spec in self.specs:
-            group = [next(params) for _ in range(spec.count)]
+            group = [next(remaining) for _ in range(spec.count)]
             resized = []
             for p in group:
                 top, left, h, w = p.box
@@ -222,42 +225,54 @@ class MultiCropTransform:
             out.extend(self._photometric(batch, group).unbind(0))
         return out
 
-    def _decode(self, image: bytes | Image.Image | torch.Tensor) -> tuple[int, int, torch.Tensor]:
-        """(full height, full width, channels-last uint8 view 3×h×w, maybe reduced)."""
+    @staticmethod
+    def _open(image: bytes | Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        """A lazily opened PIL image (header read, pixels not decoded yet) or a validated uint8 tensor."""
         if isinstance(image, (bytes, bytearray, memoryview)):
             try:
-                image = Image.open(io.BytesIO(image))
+                return Image.open(io.BytesIO(image))
             except Exception as err:
                 raise TransformError(
                     f"cannot decode image bytes ({err}); pass JPEG/PNG bytes, a PIL image or a uint8 tensor"
                 ) from err
         if isinstance(image, Image.Image):
-            full_w, full_h = image.size
-            if self.reduced_decode and image.format == "JPEG":
-                factor = self._decode_factor(full_h, full_w)
-                if factor < 1:
-                    image.draft("RGB", (math.ceil(full_w * factor), math.ceil(full_h * factor)))
-            arr = np.array(image.convert("RGB"))
-            return full_h, full_w, torch.from_numpy(arr).permute(2, 0, 1)
+            return image
         if isinstance(image, torch.Tensor):
             if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
                 raise TransformError(
                     f"image tensor has dtype {image.dtype} and shape {tuple(image.shape)}; "
                     "pass a uint8 tensor shaped C×H×W with C = 1 or 3"
                 )
-            if image.shape[0] == 1:
-                image = image.expand(3, -1, -1)
-            # Channels-last memory makes uint8 antialiased resizing several times faster.
-            hwc = image.permute(1, 2, 0).contiguous()
-            return image.shape[1], image.shape[2], hwc.permute(2, 0, 1)
+            return image
         raise TransformError(
             f"cannot augment a {type(image).__name__}; pass encoded image bytes, a PIL image or a uint8 tensor"
         )
 
-    def _decode_factor(self, height: int, width: int) -> float:
-        """Smallest JPEG DCT scale (1, 1/2, 1/4, 1/8) at which the smallest likely crop of every spec
-        (minimum area, most elongated aspect ratio) still has at least its output resolution."""
-        need = max(s.size / math.sqrt(s.scale[0] * height * width * 3 / 4) for s in self.specs)
+    def _pixels(self, image: Image.Image | torch.Tensor, params: list[CropParams]) -> torch.Tensor:
+        """Channels-last uint8 view 3×h×w; a JPEG is decoded at the smallest DCT scale that still gives
+        every crop of this sample at least its output resolution."""
+        if isinstance(image, Image.Image):
+            if self.reduced_decode and image.format == "JPEG":
+                factor = self.decode_factor(params)
+                if factor < 1:
+                    image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
+            try:
+                arr = np.array(image.convert("RGB"))
+            except OSError as err:
+                raise TransformError(
+                    f"cannot decode image ({err}); the file is truncated or corrupt"
+                ) from err
+            return torch.from_numpy(arr).permute(2, 0, 1)
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        # Channels-last memory makes uint8 antialiased resizing several times faster.
+        return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+    def decode_factor(self, params: list[CropParams]) -> float:
+        """Smallest JPEG DCT scale (1/8, 1/4, 1/2 or 1) at which every crop box of `params` still spans
+        at least its output size in pixels, so the reduced decode loses no resolution."""
+        sizes = [s.size for s in self.specs for _ in range(s.count)]
+        need = max(size / min(p.box[2], p.box[3]) for size, p in zip(sizes, params, strict=True))
         for factor in (1 / 8, 1 / 4, 1 / 2):
             if factor >= need:
                 return factor
