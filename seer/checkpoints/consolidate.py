@@ -221,9 +221,6 @@ class _Window(io.RawIOBase):
         self._pos += got
         return got
 
-    def close(self) -> None:
-        super().close()
-
 
 def read_dcp_manifest(ckpt_uri: str) -> dict[str, Any]:
     """The `seer_checkpoint.json` of a training checkpoint folder (its absence = incomplete)."""

@@ -229,6 +229,8 @@ def open_sliced(index_uri: str) -> SlicedIndex:
         if index.get("format") != SLICED_FORMAT:
             raise CheckpointError(f"{uri}: format {index.get('format')!r} is not {SLICED_FORMAT!r}")
         base = uri.rsplit("/", 1)[0]
+        if not isinstance(index.get("entries"), dict):
+            raise CheckpointError(f"{uri} has no entries; it is damaged, run `seer ckpt slice` again")
         entries = {
             fqn: SliceEntry(
                 fqn,
@@ -246,7 +248,12 @@ def open_sliced(index_uri: str) -> SlicedIndex:
         raise CheckpointError(
             f"{uri} is not a sliced checkpoint (neither {INDEX_NAME} nor a VISSL slice_list)"
         )
-    model = obj["classy_state_dict"]["base_model"]["model"]
+    try:
+        model = obj["classy_state_dict"]["base_model"]["model"]
+    except (KeyError, TypeError):
+        raise CheckpointError(
+            f"{uri}: slice_list without classy_state_dict.base_model.model; re-slice it"
+        ) from None
     layers = _vissl_layers_dir(uri)
     entries = {}
     for group, items in (("trunk", model.get("trunk", {})), ("heads", model.get("heads", {}))):

@@ -109,6 +109,13 @@ def seer_to_vissl_head(name: str) -> str:
     return f"0.{name}"
 
 
+def _base_model(obj: Any, uri: str) -> dict[str, Any]:
+    try:
+        return obj["classy_state_dict"]["base_model"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{uri} has no classy_state_dict.base_model: not a VISSL checkpoint") from None
+
+
 def _model_dict(obj: Any, uri: str) -> dict[str, Any]:
     try:
         model = obj["classy_state_dict"]["base_model"]["model"]
@@ -202,7 +209,7 @@ def consolidate_vissl_shards(list_uri: str, shard_list: dict[str, Any]) -> tuple
             if not isinstance(shard, dict) or shard.get("type") != "shard":
                 found = shard.get("type") if isinstance(shard, dict) else type(shard).__name__
                 raise CheckpointError(f"{uri} is not a VISSL shard file (type {found!r})")
-            base_model = shard["classy_state_dict"]["base_model"]
+            base_model = _base_model(shard, uri)
             model = {
                 part: {k: reader.read(v) for k, v in (base_model["model"].get(part) or {}).items()}
                 for part in ("trunk", "heads")
