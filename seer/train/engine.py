@@ -81,17 +81,19 @@ def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
     )
 
 
-class Trainer:
-    """State of one pretraining run on this rank; `run()` trains to `cfg.train.iterations`."""
+class SwAVStep:
+    """Model, optimizer, LR schedule and loss of a run, and `__call__`: one SwAV optimizer step.
 
-    def __init__(self, cfg: SeerConfig, output_uri: str, data_uri: str, env: DistEnv) -> None:
-        self.cfg, self.output, self.env = cfg, output_uri.rstrip("/"), env
+    The model is built on the meta device and sharded (`parallelize`); `bench/train_step.py`
+    times exactly this step.
+    """
+
+    def __init__(self, cfg: SeerConfig, env: DistEnv) -> None:
+        self.cfg, self.env = cfg, env
         self.global_batch = cfg.train.batch_per_gpu * env.world_size
-        torch.manual_seed(cfg.train.seed + env.rank)
         if env.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        model = build_model(cfg)
-        self.model, self.info = parallelize(model, cfg, env)
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: autotune the (grouped) convs once
+        self.model, self.info = parallelize(build_model(cfg), cfg, env)
         if cfg.swav.normalize_prototypes:  # unit rows from the start, as after every update
             normalize_prototypes_(self.model)
         if cfg.data.padded_single_pass:
@@ -111,6 +113,51 @@ class Trainer:
             embedding_dim=self.model.head.embedding_dim,
         ).to(env.device)
         self.freezer = PrototypeFreezer(cfg.swav.freeze_prototypes_iters)
+
+    def to_device(self, crops: list[Tensor] | PaddedCrops) -> list[Tensor] | PaddedCrops:
+        """Crops on this rank's device, channels-last when the run uses it."""
+        dev = self.env.device
+        fmt = torch.channels_last if self.info.channels_last else torch.contiguous_format
+        if isinstance(crops, PaddedCrops):
+            moved = crops.to(dev, non_blocking=True)
+            return dataclasses.replace(moved, tensor=moved.tensor.contiguous(memory_format=fmt))
+        return [c.to(dev, non_blocking=True).contiguous(memory_format=fmt) for c in crops]
+
+    def __call__(self, crops: list[Tensor] | PaddedCrops, iteration: int) -> tuple[Tensor, float]:
+        """Train on one batch as iteration `iteration` (0-based); returns (local loss, learning rate)."""
+        lr = self.schedule.apply(self.optimizer, iteration)
+        crops = self.to_device(crops)
+        if isinstance(crops, PaddedCrops):
+            embedding, scores = self.model.padded_forward(crops)
+        else:
+            embedding, scores = self.model(crops)
+        prototypes = None
+        if self.loss_fn.queue_length > 0:  # queued embeddings are scored with the current prototypes
+            prototypes = [_full(p.weight) for p in self.model.head.prototypes]
+        loss = self.loss_fn(embedding, scores, iteration, prototypes)
+        loss.backward()
+        self.freezer(self.model, iteration)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.swav.normalize_prototypes:
+            normalize_prototypes_(self.model)
+        return loss.detach(), lr
+
+
+class Trainer:
+    """State of one pretraining run on this rank; `run()` trains to `cfg.train.iterations`."""
+
+    def __init__(self, cfg: SeerConfig, output_uri: str, data_uri: str, env: DistEnv) -> None:
+        self.cfg, self.output, self.env = cfg, output_uri.rstrip("/"), env
+        torch.manual_seed(cfg.train.seed + env.rank)
+        self.step = SwAVStep(cfg, env)
+        self.global_batch = self.step.global_batch
+        self.model, self.optimizer, self.loss_fn, self.info = (
+            self.step.model,
+            self.step.optimizer,
+            self.step.loss_fn,
+            self.step.info,
+        )
         self.loader = build_data(cfg, data_uri, env)
         self.iteration = 0
         self.resumed_from: str | None = None
@@ -155,7 +202,7 @@ class Trainer:
             self.iteration,
             self.model,
             self.optimizer,
-            scheduler=dataclasses.asdict(self.schedule),
+            scheduler=dataclasses.asdict(self.step.schedule),
             rank_state={
                 "loader": self.loader.state_dict(),
                 "swav_queue": self.loss_fn.state_dict(),
@@ -170,37 +217,6 @@ class Trainer:
         if jlog is not None:
             jlog.write("checkpoint", iteration=self.iteration, uri=uri, seconds=round(seconds, 3))
             jlog.flush()
-
-    # ---- one step ---------------------------------------------------------------------------
-
-    def _to_device(self, crops: list[Tensor] | PaddedCrops) -> list[Tensor] | PaddedCrops:
-        dev, cl = self.env.device, self.info.channels_last
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        if isinstance(crops, PaddedCrops):
-            moved = crops.to(dev, non_blocking=True)
-            return dataclasses.replace(moved, tensor=moved.tensor.contiguous(memory_format=fmt))
-        return [c.to(dev, non_blocking=True).contiguous(memory_format=fmt) for c in crops]
-
-    def step(self, crops: list[Tensor] | PaddedCrops) -> tuple[Tensor, float]:
-        """One optimizer step on a batch; returns (local loss, learning rate)."""
-        lr = self.schedule.apply(self.optimizer, self.iteration)
-        crops = self._to_device(crops)
-        if isinstance(crops, PaddedCrops):
-            embedding, scores = self.model.padded_forward(crops)
-        else:
-            embedding, scores = self.model(crops)
-        prototypes = None
-        if self.loss_fn.queue_length > 0:  # queued embeddings are scored with the current prototypes
-            prototypes = [_full(p.weight) for p in self.model.head.prototypes]
-        loss = self.loss_fn(embedding, scores, self.iteration, prototypes)
-        loss.backward()
-        self.freezer(self.model, self.iteration)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.swav.normalize_prototypes:
-            normalize_prototypes_(self.model)
-        self.iteration += 1
-        return loss.detach(), lr
 
     def _global_mean(self, value: Tensor) -> float:
         value = value.float().clone()
@@ -247,7 +263,8 @@ class Trainer:
                     batches = iter(self.loader)  # next epoch
                     continue
                 data_wait = time.perf_counter() - t0
-                loss, lr = self.step(crops)
+                loss, lr = self.step(crops, self.iteration)
+                self.iteration += 1
                 logging_step = self.iteration % cfg.train.log_every == 0 or self.iteration == total
                 if logging_step:
                     last_loss = self._global_mean(loss)
@@ -293,7 +310,7 @@ class Trainer:
         self, start: int, final_loss: float, images_per_s: list[float], wall: float, shards: list
     ) -> dict[str, Any]:
         steady = images_per_s[1:] or images_per_s  # the first step includes warm-up
-        if not self.checkpoints:  # already finished before this start: report what exists
+        if self.env.is_main:  # what exists, including checkpoints of runs before a restart
             self.checkpoints = [c.uri for c in checkpoint.list_checkpoints(self.output) if c.complete]
         return {
             "preset": self.cfg.model.preset,

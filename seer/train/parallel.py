@@ -9,11 +9,11 @@ and materialised on `env.device`, so no rank ever holds the whole model (rg10b: 
    `CheckpointedStage` that recomputes the preset's block groups (VISSL `stage_checkpoints`,
    rg10b `[[2],[7],[9,17],[]]`) in backward. Parameter names do not change. BatchNorm running
    statistics are updated once per forward, not again during recomputation.
-3. FSDP2 `fully_shard`, innermost first (VISSL's nesting, seer_spec §3.2): in bf16, each BatchNorm
-   is its own fp32 unit (its output cast back to bf16); every conv with ≥ 1e8 parameters; every
-   RegNet block; the stem; the projection MLP; each prototype matrix in fp32 (its scores feed
-   Sinkhorn); finally the root. A stage holds no parameters of its own beyond its blocks, so its
-   blocks are its units. bf16 policy: parameters bf16, gradient reduction fp32.
+3. FSDP2 `fully_shard`, innermost first (VISSL's nesting, seer_spec §3.2): every conv with ≥ 1e8
+   parameters; every RegNet block; the stem; the projection MLP; each prototype matrix in fp32 (its
+   scores feed Sinkhorn); finally the root. A stage holds no parameters of its own beyond its
+   blocks, so its blocks are its units. bf16 policy: parameters bf16, gradient reduction fp32;
+   BatchNorm computes with fp32 affine parameters and fp32 running statistics on bf16 activations.
 4. `to_empty` on `env.device`, then SEER init (`seer.models.init`) tensor by tensor: each full tensor
    is drawn from its name-derived generator and this rank keeps its dim-0 chunk, so the weights do
    not depend on the number of ranks.
@@ -241,55 +241,88 @@ def apply_activation_checkpointing(trunk: SeerRegNet, groups: list[list[range]])
 
 @dataclass(frozen=True)
 class Unit:
-    """One FSDP unit: qualified name, module, kind (`bn`, `conv`, `block`, `stem`, `mlp`, `prototypes`)."""
+    """One FSDP unit: qualified name, module, kind (`conv`, `block`, `stem`, `mlp`, `prototypes`)."""
 
     name: str
     module: nn.Module
     kind: str
 
 
-def fsdp_units(model: SwAVModel, separate_bn: bool) -> list[Unit]:
+def fsdp_units(model: SwAVModel) -> list[Unit]:
     """The modules `parallelize` shards, innermost first (the root is sharded last, not listed)."""
     units: list[Unit] = []
 
-    def inner(prefix: str, module: nn.Module) -> None:
+    def large_convs(prefix: str, module: nn.Module) -> None:
         for name, sub in module.named_modules(prefix=prefix):
-            if separate_bn and isinstance(sub, _BN):
-                units.append(Unit(name, sub, "bn"))
-            elif isinstance(sub, nn.Conv2d) and sum(p.numel() for p in sub.parameters()) >= LARGE_CONV_PARAMS:
+            if isinstance(sub, nn.Conv2d) and sum(p.numel() for p in sub.parameters()) >= LARGE_CONV_PARAMS:
                 units.append(Unit(name, sub, "conv"))
 
-    inner("trunk.stem", model.trunk.stem)
+    large_convs("trunk.stem", model.trunk.stem)
     units.append(Unit("trunk.stem", model.trunk.stem, "stem"))
     for sname, stage in model.trunk.trunk_output.named_children():
         for bname, block in stage.named_children():
             name = f"trunk.trunk_output.{sname}.{bname}"
-            inner(name, block)
+            large_convs(name, block)
             units.append(Unit(name, block, "block"))
-    inner("head.projection_head", model.head.projection_head)
+    large_convs("head.projection_head", model.head.projection_head)
     units.append(Unit("head.projection_head", model.head.projection_head, "mlp"))
     for i, proto in enumerate(model.head.prototypes):
         units.append(Unit(f"head.prototypes.{i}", proto, "prototypes"))
     return units
 
 
+class _Fp32AffineNorm:
+    """BatchNorm mixin: run with fp32 affine parameters when FSDP gathered them in bf16.
+
+    The kernels accept bf16 activations with fp32 weight, bias and running statistics (as under
+    autocast), not bf16 weights with fp32 statistics. The cast is part of the module's own forward,
+    so activation-checkpoint recomputation repeats it exactly.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        params = self._parameters
+        low = {
+            n: p for n in ("weight", "bias") if (p := params.get(n)) is not None and p.dtype != torch.float32
+        }
+        for name, p in low.items():
+            params[name] = p.float()
+        try:
+            return super().forward(x)
+        finally:
+            params.update(low)
+
+
+_FP32_AFFINE: dict[type, type] = {}
+
+
+def apply_fp32_norms(model: nn.Module) -> int:
+    """Give every BatchNorm fp32 affine parameters at compute time (see `_Fp32AffineNorm`); returns how many."""
+    count = 0
+    for module in model.modules():
+        cls = type(module)
+        if isinstance(module, _BN) and not isinstance(module, _Fp32AffineNorm):
+            if cls not in _FP32_AFFINE:
+                _FP32_AFFINE[cls] = type(f"Fp32Affine{cls.__name__}", (_Fp32AffineNorm, cls), {})
+            module.__class__ = _FP32_AFFINE[cls]
+            count += 1
+    return count
+
+
 def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> list[Unit]:
-    """`fully_shard` every unit of `fsdp_units`, then the root; returns the units."""
+    """`fully_shard` every unit of `fsdp_units`, then the root; returns the units.
+
+    On one rank nothing is sharded, so parameters stay gathered between forward and backward.
+    """
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     main = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    # bf16 BatchNorm kernels need fp32 running stats *and* fp32 affine parameters.
-    bn = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=param_dtype)
-    mixed = param_dtype != torch.float32
-    units = fsdp_units(model, separate_bn=mixed)
+    if param_dtype != torch.float32:
+        apply_fp32_norms(model)
+    reshard = mesh.size() > 1
+    units = fsdp_units(model)
     for unit in units:
-        if unit.kind == "bn":
-            # Tiny: keep them gathered between forward and backward instead of re-gathering.
-            fully_shard(unit.module, mesh=mesh, mp_policy=bn, reshard_after_forward=False)
-        elif unit.kind == "prototypes":
-            fully_shard(unit.module, mesh=mesh, mp_policy=fp32)
-        else:
-            fully_shard(unit.module, mesh=mesh, mp_policy=main)
-    fully_shard(model, mesh=mesh, mp_policy=main)
+        policy = fp32 if unit.kind == "prototypes" else main
+        fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
     return units
 
 

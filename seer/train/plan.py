@@ -202,7 +202,6 @@ def estimate(
     batch = cfg.train.batch_per_gpu
     mixed = cfg.train.precision != "fp32"
     compute_bytes = 2 if mixed else 4
-    bn_bytes = 4  # BatchNorm runs in fp32 (its own FSDP unit under bf16)
     crops = [(c.size, c.count) for c in cfg.data.crops]
     notes: list[str] = []
     if cfg.data.padded_single_pass:
@@ -211,7 +210,7 @@ def estimate(
         notes.append(f"data.padded_single_pass: every crop runs padded to {largest} px")
 
     model = build_model(cfg)
-    units = fsdp_units(model, separate_bn=mixed)
+    units = fsdp_units(model)
     owner: dict[int, str] = {}
     unit_params: dict[str, int] = {}
     for unit in units:  # innermost first: a parameter belongs to the first unit that holds it
@@ -230,7 +229,7 @@ def estimate(
         return f"trunk.trunk_output.block{b.stage}.block{b.stage}-{b.index}"
 
     blocks, stem = block_activations(cfg.model.preset, crops, batch)
-    act = {name(b): b.compute * compute_bytes + b.bn * bn_bytes for b in blocks}
+    act = {name(b): (b.compute + b.bn) * compute_bytes for b in blocks}
     stem_bytes = stem * compute_bytes
     per_param = (2 * 2 + 2 + 4) if mixed else (2 * 4 + 4)  # 2 gathered units + grad (+ fp32 reduce copy)
     head_units = max(largest_in("head.projection_head"), largest_in("head.prototypes"))
