@@ -54,6 +54,7 @@ from seer.errors import NotFoundError
 
 SLICED_FORMAT = "seer-sliced-v1"
 INDEX_NAME = "index.json"
+_WHOLE_OBJECT_MAX = 64 << 20
 _PREFIX = {"trunk": "trunk.", "heads": "head."}
 
 
@@ -70,6 +71,7 @@ class SliceEntry:
     shape: tuple[int, ...] | None = None
     dtype: torch.dtype | None = None
     sha256: str | None = None
+    nbytes: int | None = None
 
 
 @dataclass
@@ -238,6 +240,7 @@ def open_sliced(index_uri: str) -> SlicedIndex:
                 tuple(e["shape"]),
                 dtype_from_name(e["dtype"]),
                 e.get("sha256"),
+                e.get("bytes"),
             )
             for fqn, e in index["entries"].items()
         }
@@ -272,8 +275,13 @@ def read_slice(entry: SliceEntry, rows: tuple[int, int] | None = None) -> torch.
     """
     local = storage.local_path(entry.uri)
     try:
-        # Local: stream from the file; remote: one request for the whole (single-tensor) object.
-        stream = open(local, "rb") if local is not None else io.BytesIO(storage.read_bytes(entry.uri))  # noqa: SIM115
+        # Local files and big objects are streamed; small objects come in one request.
+        if local is not None:
+            stream: Any = open(local, "rb")  # noqa: SIM115
+        elif entry.nbytes is not None and entry.nbytes > _WHOLE_OBJECT_MAX:
+            stream = storage.open(entry.uri, "rb")
+        else:
+            stream = io.BytesIO(storage.read_bytes(entry.uri))
     except (NotFoundError, FileNotFoundError):
         raise CorruptSliceError(
             f"slice for {entry.fqn} is missing ({entry.uri}); re-run `seer ckpt slice`"
