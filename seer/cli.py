@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "seer.registry",
     "seer.checkpoints.cli",
     "seer.train.cli",
+    "seer.eval.cli",
 ]
 
 

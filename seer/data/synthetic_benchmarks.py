@@ -89,7 +89,7 @@ def _write_split(
 def make_counting_set(
     out_uri: str, *, n_train: int = 240, n_val: int = 120, max_count: int = 4, size: int = 64, seed: int = 0
 ) -> dict[str, str]:
-    """CLEVR-count-like: 1..max_count random shapes on a gradient; label = the count.
+    """CLEVR-count-like: 1..max_count bright random shapes on a dark gradient; label = the count.
 
     Writes `train/<count>/<i>.jpg`, `val/<count>/<i>.jpg` (an image-folder layout) and
     `train.csv` / `val.csv` (`path,label`).
@@ -103,11 +103,11 @@ def make_counting_set(
         items = []
         for i in range(n):
             count = i % max_count + 1
-            image = _background(rng, size)
+            image = _background(rng, size, 0, 110)
             draw = ImageDraw.Draw(image)
             for cx, cy in _place(rng, count, size, radius):
                 r = radius * rng.uniform(0.7, 1.0)
-                _draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], cx, cy, r, _colour(rng))
+                _draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], cx, cy, r, _colour(rng, 140, 256))
             items.append((f"{count}/{i:05d}.jpg", image, [count]))
         rows = _write_split(out_uri, split, items)
         out[split] = storage.join(out_uri, f"{split}.csv")

@@ -18,7 +18,7 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1
 
     k larger than the number of classes is clipped (top-5 over 3 classes is always 1.0). Ties count
     against the label: a true class tied with others is ranked after them, so a constant score
-    matrix scores 0 rather than 100 %.
+    matrix scores 0 rather than 100 %; rows with NaN or infinite scores never count.
     """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
@@ -26,6 +26,7 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: Iterable[int] = (1
         raise ValueError(f"scores must be (N, classes) matching {len(labels)} labels, got {scores.shape}")
     true = scores[np.arange(len(labels)), labels]
     rank = (scores >= true[:, None]).sum(axis=1) - 1
+    rank[~np.isfinite(scores).all(axis=1)] = scores.shape[1]  # a NaN/inf row is never a hit
     return {f"top{k}": float((rank < k).mean()) if len(labels) else 0.0 for k in ks}
 
 

@@ -1,0 +1,195 @@
+"""Copy detection, CopyDays protocol (seer_spec §5.3): R-MAC over res4, PCA-whitening, cosine ranking.
+
+Per image: res4 map → R-MAC regions (3 levels) max-pooled and L2-normalised (done at extraction,
+pool `rmac:3`) → PCA-whitened with a projection learnt on a separate training set → L2 → summed
+over regions → L2. The database is ranked by dot product; ground truth comes from the query →
+reference pairs. Scores: mAP per query split (trapezoidal AP, revisitop rule), mP@{1,5,10}, and
+µAP over all queries' predictions pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from seer.errors import ConfigError
+from seer.eval import metrics, report
+from seer.eval.datasets import load_dataset, load_pairs
+from seer.eval.features import FeatureOptions, TransformSpec, extract_variants, load_trunk, resolve_device
+
+
+@dataclass
+class PCAWhitening:
+    """x ↦ D^{-1/2} Vᵀ (x − mean): eigenvectors of the centred XᵀX, eigenvalues floored at
+    `eig_floor`·max, top `dims` kept."""
+
+    mean: np.ndarray
+    projection: np.ndarray  # (dims, C)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dims: int = 1024, eig_floor: float = 1e-5) -> PCAWhitening:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ConfigError(
+                "PCA-whitening needs at least 2 training descriptors; give a larger whitening set"
+            )
+        mean = x.mean(axis=0)
+        centred = x - mean
+        eigvals, eigvecs = np.linalg.eigh(centred.T @ centred)
+        order = np.argsort(eigvals)[::-1][: min(dims, x.shape[1])]
+        eigvals = np.maximum(eigvals[order], eig_floor * eigvals.max())
+        projection = (eigvecs[:, order] / np.sqrt(eigvals)).T
+        return cls(mean=mean, projection=projection)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.projection.T
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def global_descriptors(regions: Sequence[np.ndarray], whitening: PCAWhitening | None) -> np.ndarray:
+    """Per image: whiten each (L2-normalised) region → L2 → sum → L2. (N, dims)."""
+    out = []
+    for r in regions:
+        r = _l2(whitening(r)) if whitening is not None else r
+        out.append(_l2(r.sum(axis=0)))
+    return np.stack(out).astype(np.float32)
+
+
+@dataclass
+class CopyDetectionResult:
+    """Metrics plus the pooled precision–recall curve (for the report)."""
+
+    metrics: dict[str, float]
+    per_split: dict[str, dict[str, float]]
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+def evaluate_ranking(
+    similarity: np.ndarray, truth: np.ndarray, splits: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> CopyDetectionResult:
+    """Score a (queries, database) similarity matrix against boolean ground truth.
+
+    Per split: mAP over queries with at least one relevant item, mP@k (precision among the top k),
+    and µAP over that split's pooled predictions. Overall: the same over all queries. Queries with
+    no relevant item only add false positives to µAP.
+    """
+    similarity, truth = np.asarray(similarity), np.asarray(truth, dtype=bool)
+    splits_arr = np.asarray(splits, dtype=object)
+    if similarity.shape != truth.shape or len(splits_arr) != len(truth):
+        raise ConfigError("similarity, ground truth and splits disagree in shape")
+
+    def score(rows: np.ndarray) -> dict[str, float]:
+        aps, precisions = [], {k: [] for k in ks}
+        for i in np.flatnonzero(rows):
+            n_pos = int(truth[i].sum())
+            if n_pos == 0:
+                continue
+            ranks = metrics.ranked_positive_positions(similarity[i], truth[i])
+            aps.append(metrics.average_precision(ranks, n_pos))
+            for k in ks:
+                precisions[k].append(float((ranks < k).sum()) / k)
+        n_pairs = int(truth[rows].sum())
+        out = {"mAP": float(np.mean(aps)) if aps else 0.0, "queries": int(rows.sum())}
+        out |= {f"mP@{k}": float(np.mean(v)) if v else 0.0 for k, v in precisions.items()}
+        if n_pairs:
+            out["uAP"] = metrics.micro_average_precision(similarity[rows], truth[rows], n_pairs)[0]
+        return out
+
+    per_split = {str(s): score(splits_arr == s) for s in sorted(set(splits_arr.tolist()))}
+    overall = score(np.ones(len(truth), dtype=bool))
+    flat: dict[str, float] = {"mAP": overall["mAP"], "uAP": overall.get("uAP", 0.0)}
+    for split, values in per_split.items():
+        flat[f"{split}.mAP"] = values["mAP"]
+    _, precision, recall = metrics.micro_average_precision(similarity, truth, max(int(truth.sum()), 1))
+    return CopyDetectionResult(metrics=flat, per_split=per_split, precision=precision, recall=recall)
+
+
+def copy_detection(
+    query_regions: Sequence[np.ndarray],
+    database_regions: Sequence[np.ndarray],
+    train_regions: Sequence[np.ndarray] | None,
+    truth: np.ndarray,
+    splits: Sequence[str],
+    pca_dims: int = 1024,
+) -> CopyDetectionResult:
+    """Whitening learnt on `train_regions` (None: no whitening), then ranking and scoring."""
+    whitening = None
+    if train_regions is not None:
+        whitening = PCAWhitening.fit(np.concatenate(list(train_regions)), dims=pca_dims)
+    q = global_descriptors(query_regions, whitening)
+    d = global_descriptors(database_regions, whitening)
+    return evaluate_ranking(q @ d.T, truth, splits)
+
+
+def run(
+    queries_uri: str,
+    checkpoint: str,
+    *,
+    database_uri: str | None = None,
+    whitening_uri: str | None = None,
+    preset: str | None = None,
+    options: FeatureOptions | None = None,
+    pca_dims: int = 1024,
+    baselines: tuple[str, ...] = (),
+    seed: int = 0,
+    device: str = "auto",
+    max_bad_rows: str | int = 0,
+    output: str | None = None,
+) -> dict:
+    """`seer eval copy-detection`: R-MAC features of queries, database and whitening set; mAP/µAP."""
+    options = options or FeatureOptions(
+        tap="res4", pool="rmac:3", transform=TransformSpec("longer", 224, 224)
+    )
+    options.validate()
+    if not options.pool.startswith("rmac:"):
+        raise ConfigError(f"copy detection needs R-MAC pooling (--pool rmac:3), got {options.pool!r}")
+    pairs = load_pairs(queries_uri, database_uri, max_bad_rows=max_bad_rows)
+    sets = {"queries": pairs.queries, "database": pairs.database}
+    if whitening_uri:
+        sets["whitening"] = load_dataset(whitening_uri, "images", max_bad_rows=max_bad_rows)
+    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=seed)
+    variants = extract_variants(loaded, sets, options, baselines, seed)
+    truth = pairs.ground_truth()
+    splits = [s.split for s in pairs.queries.samples]
+    results = {
+        name: copy_detection(
+            f["queries"].arrays,
+            f["database"].arrays,
+            f["whitening"].arrays if "whitening" in f else None,
+            truth,
+            splits,
+            pca_dims,
+        )
+        for name, f in variants.items()
+    }
+    main = results.pop("model")
+    doc = report.metrics_document(
+        "copy-detection",
+        main.metrics,
+        checkpoint=loaded.describe(),
+        datasets={role: ds.describe() for role, ds in sets.items()},
+        config={
+            **options.describe(),
+            "pca_dims": pca_dims,
+            "whitening": bool(whitening_uri),
+            "seed": seed,
+            "baselines": list(baselines),
+        },
+        baselines={name: r.metrics for name, r in results.items()},
+        details={"per_split": main.per_split},
+    )
+    if output:
+        plots = {
+            "mAP per query split": report.plot_bars(
+                {s: v["mAP"] for s, v in main.per_split.items()}, "mAP per split", "mAP"
+            ),
+            "precision–recall": report.plot_precision_recall(main.precision, main.recall),
+        }
+        report.write_report(output, doc, plots)
+    return doc

@@ -1,0 +1,508 @@
+"""Frozen-trunk feature extraction: checkpoint → trunk → tap → pooling, batched, cached in storage.
+
+`extract(dataset, options)` returns a `FeatureSet`. Features are cached under `options.cache` keyed
+by (checkpoint sha256, dataset sha256, tap, pooling, transform, precision): a second call with the
+same key reads the cache instead of running the trunk. Under torchrun (WORLD_SIZE > 1) each rank
+extracts a strided share of the images and the shares are gathered, so every rank returns the
+whole set; rank 0 writes the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from seer import storage
+from seer.checkpoints.io import open_archive, sha256_uri, walk_tensors
+from seer.checkpoints.mapping import timm_to_seer_name
+from seer.checkpoints.slice import INDEX_NAME, open_sliced, read_slice
+from seer.checkpoints.vissl import import_vissl
+from seer.errors import ConfigError, SeerError
+from seer.eval.datasets import EvalDataset, read_image
+from seer.models import build_trunk, get_preset
+from seer.models.regnet import SeerRegNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TAPS = ("res2", "res3", "res4", "res5", "avgpool")
+CACHE_VERSION = 1
+
+
+class CheckpointLoadError(SeerError):
+    """A checkpoint cannot be turned into a trunk (unknown format, missing preset, key mismatch)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms and pooling
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Test-time image transform.
+
+    mode `shorter`: resize the shorter side to `resize`, centre-crop `crop` (VISSL 256→224; 384→384
+    for test384); `square`: resize to `resize`×`resize` (the CLEVR protocol); `longer`: resize the
+    longer side to `resize`, keep the aspect ratio, no crop (copy detection). ImageNet normalisation.
+    """
+
+    mode: str = "shorter"
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"
+
+    def key(self) -> str:
+        return f"{self.mode}:{self.resize}:{self.crop}:{self.interpolation}"
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        interp = (
+            TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+        )
+        w, h = image.size
+        if self.mode == "square":
+            image = image.resize((self.resize, self.resize), _PIL_INTERP[self.interpolation])
+        elif self.mode == "longer":
+            scale = self.resize / max(w, h)
+            image = image.resize(
+                (max(1, round(w * scale)), max(1, round(h * scale))), _PIL_INTERP[self.interpolation]
+            )
+        else:
+            image = TF.resize(image, self.resize, interpolation=interp, antialias=True)
+            image = TF.center_crop(image, [self.crop, self.crop])
+        tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+        return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+
+_PIL_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def parse_transform(text: str) -> TransformSpec:
+    """`shorter:256:224[:bicubic]`, `square:224[:bicubic]` or `longer:224[:bicubic]`."""
+    parts = text.split(":")
+    interp = parts.pop() if parts[-1] in _PIL_INTERP else "bilinear"
+    try:
+        if parts[0] == "shorter" and len(parts) == 3:
+            return TransformSpec("shorter", int(parts[1]), int(parts[2]), interp)
+        if parts[0] in ("square", "longer") and len(parts) == 2:
+            return TransformSpec(parts[0], int(parts[1]), int(parts[1]), interp)
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"invalid transform {text!r}; use shorter:RESIZE:CROP, square:SIZE or longer:SIZE, "
+        "optionally ending in :bicubic (e.g. shorter:256:224, square:64, longer:224)"
+    )
+
+
+_POOL_RE = re.compile(r"^(none|avg|adaptive:(\d+)x(\d+)|rmac:(\d+))$")
+
+
+def parse_pool(text: str) -> str:
+    """Validate a pooling name: `none` (keep the map), `avg`, `adaptive:HxW` or `rmac:LEVELS`."""
+    if not _POOL_RE.match(text):
+        raise ConfigError(
+            f"invalid pooling {text!r}; use none, avg, adaptive:HxW (e.g. adaptive:2x1, §5.1) or rmac:3 (§5.3)"
+        )
+    return text
+
+
+def rmac_regions(
+    height: int, width: int, levels: int = 3, overlap: float = 0.4
+) -> list[tuple[int, int, int, int]]:
+    """R-MAC regions (Tolias et al.) as (y0, x0, side, side): level l has square regions of side
+    ⌊2·min(H,W)/(l+1)⌋, spread uniformly with about `overlap` overlap along each dimension."""
+
+    def starts(extent: int, side: int) -> list[int]:
+        if extent <= side:
+            return [0]
+        steps = int(np.ceil((extent - side) / (side * (1 - overlap))))
+        return sorted({round(i * (extent - side) / steps) for i in range(steps + 1)})
+
+    regions = []
+    for level in range(1, levels + 1):
+        side = (2 * min(height, width)) // (level + 1)
+        if side >= 1:
+            regions += [(y, x, side, side) for y in starts(height, side) for x in starts(width, side)]
+    return regions
+
+
+def rmac_region_descriptors(fmap: torch.Tensor, levels: int = 3) -> torch.Tensor:
+    """(C, H, W) map → (regions, C): max-pooled over each R-MAC region, then L2-normalised."""
+    regions = rmac_regions(fmap.shape[-2], fmap.shape[-1], levels)
+    pooled = torch.stack([fmap[:, y : y + h, x : x + w].amax(dim=(-2, -1)) for y, x, h, w in regions])
+    return F.normalize(pooled.float(), dim=1)
+
+
+def _pool_batch(x: torch.Tensor, pool: str) -> list[np.ndarray]:
+    """Apply pooling to a batch; one array per image (rmac arrays are (regions, C))."""
+    if pool.startswith("rmac:"):
+        levels = int(pool.split(":")[1])
+        return [rmac_region_descriptors(m, levels).cpu().numpy() for m in x]
+    if pool == "avg":
+        x = x.float().mean(dim=(-2, -1)) if x.dim() == 4 else x.float()
+    elif pool.startswith("adaptive:"):
+        h, w = (int(v) for v in pool.split(":")[1].split("x"))
+        x = F.adaptive_avg_pool2d(x.float(), (h, w))
+    return list(x.float().cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class LoadedTrunk:
+    """A frozen trunk in eval mode and what identifies its weights."""
+
+    trunk: SeerRegNet
+    preset: str
+    sha256: str
+    uri: str
+
+    def describe(self) -> dict[str, str]:
+        return {"uri": self.uri, "sha256": self.sha256, "preset": self.preset}
+
+
+def _is_sliced(uri: str) -> bool:
+    if uri.endswith(".json"):
+        return True
+    return not storage.exists(uri) and storage.exists(storage.join(uri, INDEX_NAME))
+
+
+def _trunk_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """seer/torchvision trunk names from seer, torchvision or timm keys (classifier `fc.*` dropped)."""
+    for prefix in ("module.", "trunk.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            return _trunk_names({k[len(prefix) :]: v for k, v in state.items()})
+    if any(k.startswith(("stem.conv.", "s1.b1.")) for k in state):
+        state = {timm_to_seer_name(k): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+
+
+def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.Tensor], str | None]:
+    with open_archive(uri) as reader:
+        obj = reader.obj
+        if not isinstance(obj, dict):
+            raise CheckpointLoadError(f"{uri} holds a {type(obj).__name__}, not a checkpoint dict")
+        if obj.get("type") == "slice_list":
+            return _read_sliced_trunk(uri)
+        if "classy_state_dict" in obj or obj.get("type") in ("consolidated", "shard_list"):
+            if preset is None:
+                raise CheckpointLoadError(f"{uri} is a VISSL checkpoint; pass --preset NAME to import it")
+            with tempfile.TemporaryDirectory(prefix="seer-eval-") as tmp:
+                converted = os.path.join(tmp, "consolidated.pt")
+                import_vissl(uri, converted, preset)
+                return _read_archive_trunk(converted, preset)
+        tree = obj["trunk"] if isinstance(obj.get("trunk"), dict) else obj.get("state_dict", obj)
+        tensors = dict(walk_tensors(tree))
+        if not tensors:
+            raise CheckpointLoadError(
+                f"{uri}: no trunk tensors found; expected a seer consolidated/classifier file, a trunk state "
+                "dict, or timm / torchvision / VISSL weights"
+            )
+        return _trunk_names({k: reader.read(t) for k, t in tensors.items()}), obj.get("preset")
+
+
+def _read_sliced_trunk(uri: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    index = open_sliced(uri)
+    state = {
+        fqn.removeprefix("trunk."): read_slice(e)
+        for fqn, e in index.entries.items()
+        if fqn.startswith("trunk.")
+    }
+    return state, index.preset
+
+
+def load_trunk(
+    checkpoint: str, preset: str | None = None, device: str | torch.device = "cpu", seed: int = 0
+) -> LoadedTrunk:
+    """A frozen eval-mode trunk from `checkpoint`, or a fresh one (seeded) for `random`.
+
+    Reads every format `seer.checkpoints` knows: seer consolidated files (and classifier files),
+    sliced checkpoints (a seer `index.json` folder or a VISSL `slice_list`), VISSL consolidated /
+    shard-list files (needs `preset`), timm and torchvision state dicts. `preset` supplies the
+    architecture when the file does not name one, and must match when it does. The sha256
+    identifies the weights: of the file, or of the sliced index (which lists every slice's sha256).
+    """
+    if checkpoint == "random":
+        if preset is None:
+            raise CheckpointLoadError("--checkpoint random needs --preset NAME (e.g. rg-tiny)")
+        trunk = build_trunk(get_preset(preset).name, device=device, seed=seed)
+        digest = hashlib.sha256(f"random:{preset}:{seed}".encode()).hexdigest()
+        return LoadedTrunk(trunk.eval().requires_grad_(False), preset, digest, f"random:{preset}:{seed}")
+    if _is_sliced(checkpoint):
+        index_uri = checkpoint if checkpoint.endswith(".json") else storage.join(checkpoint, INDEX_NAME)
+        state, named = _read_sliced_trunk(checkpoint)
+    else:
+        index_uri = checkpoint
+        state, named = _read_archive_trunk(checkpoint, preset)
+    if preset and named and preset != named:
+        raise CheckpointLoadError(
+            f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it"
+        )
+    name = preset or named
+    if name is None:
+        raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
+    trunk = build_trunk(get_preset(name).name, device=device, seed=None)
+    result = trunk.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointLoadError(
+            f"{checkpoint} does not fit preset {name!r}: missing {result.missing_keys[:3]}"
+            f"{' ...' if len(result.missing_keys) > 3 else ''}, unexpected {result.unexpected_keys[:3]}"
+            f"{' ...' if len(result.unexpected_keys) > 3 else ''}; pass the --preset it was trained with"
+        )
+    return LoadedTrunk(trunk.eval().requires_grad_(False), name, sha256_uri(index_uri), checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+@dataclass
+class FeatureOptions:
+    """What to extract and how; every field except the runtime ones (batch size, workers, device)
+    goes into the cache key."""
+
+    tap: str = "avgpool"
+    pool: str = "avg"
+    transform: TransformSpec = field(default_factory=TransformSpec)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    batch_size: int = 64
+    num_workers: int = 0
+    cache: str | None = None
+
+    def describe(self) -> dict[str, str]:
+        """The fields that change the features (what a report's config records)."""
+        return {
+            "tap": self.tap,
+            "pool": self.pool,
+            "transform": self.transform.key(),
+            "precision": self.precision,
+        }
+
+    def validate(self) -> None:
+        if self.tap not in TAPS:
+            raise ConfigError(f"unknown tap {self.tap!r}; choose one of {', '.join(TAPS)}")
+        parse_pool(self.pool)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("batch size must be >= 1 and workers >= 0")
+
+
+@dataclass
+class FeatureSet:
+    """Per-image features in dataset order: `arrays[i]` is image i's features ((C,), (C, h, w) or,
+    for R-MAC, (regions, C)). `meta` records the cache key fields; `from_cache` says how they came."""
+
+    arrays: list[np.ndarray]
+    meta: dict
+    from_cache: bool = False
+
+    def stacked(self) -> np.ndarray:
+        """(N, ...) array; fails for ragged features (R-MAC over images of different shapes)."""
+        shapes = {a.shape for a in self.arrays}
+        if len(shapes) != 1:
+            raise ConfigError(
+                f"features have different shapes {sorted(shapes)[:3]}; use a fixed-size transform"
+            )
+        return np.stack(self.arrays)
+
+
+class _Images(Dataset):
+    def __init__(self, dataset: EvalDataset, indices: list[int], transform: TransformSpec) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        index = self.indices[i]
+        return index, self.transform(read_image(self.dataset.samples[index]))
+
+
+def _collate(batch: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
+    return batch
+
+
+def _by_shape(batch: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    for index, tensor in batch:
+        groups.setdefault(tuple(tensor.shape), []).append((index, tensor))
+    for items in groups.values():
+        yield [i for i, _ in items], torch.stack([t for _, t in items])
+
+
+def cache_key(checkpoint_sha256: str, dataset_sha256: str, options: FeatureOptions) -> str:
+    """Hex key of a feature cache entry."""
+    fields = {
+        "version": CACHE_VERSION,
+        "checkpoint": checkpoint_sha256,
+        "dataset": dataset_sha256,
+        "tap": options.tap,
+        "pool": options.pool,
+        "transform": options.transform.key(),
+        "precision": options.precision,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _save_cache(uri: str, features: FeatureSet) -> None:
+    flat = (
+        np.concatenate([a.reshape(-1) for a in features.arrays])
+        if features.arrays
+        else np.zeros(0, np.float32)
+    )
+    shapes = np.array([list(a.shape) + [0] * (3 - a.ndim) for a in features.arrays], dtype=np.int64)
+    ndims = np.array([a.ndim for a in features.arrays], dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, flat=flat.astype(np.float32), shapes=shapes, ndims=ndims, meta=json.dumps(features.meta))
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def _load_cache(uri: str) -> FeatureSet:
+    with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
+        flat, shapes, ndims, meta = data["flat"], data["shapes"], data["ndims"], json.loads(str(data["meta"]))
+    arrays, offset = [], 0
+    for shape, ndim in zip(shapes, ndims, strict=True):
+        dims = tuple(int(d) for d in shape[:ndim])
+        size = int(np.prod(dims))
+        arrays.append(flat[offset : offset + size].reshape(dims))
+        offset += size
+    return FeatureSet(arrays, meta, from_cache=True)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when launched with WORLD_SIZE > 1."""
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _run_trunk(
+    loaded: LoadedTrunk, dataset: EvalDataset, indices: list[int], options: FeatureOptions, show: bool
+) -> dict[int, np.ndarray]:
+    device = next(loaded.trunk.parameters()).device
+    loader = DataLoader(
+        _Images(dataset, indices, options.transform),
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    out: dict[int, np.ndarray] = {}
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(indices), desc="features", unit="img", disable=None if show else True) as bar,
+    ):
+        for batch in loader:
+            for batch_indices, images in _by_shape(batch):
+                with _autocast(device, options.precision):
+                    fmap = loaded.trunk(images.to(device, non_blocking=True), taps=[options.tap])[options.tap]
+                out.update(zip(batch_indices, _pool_batch(fmap, options.pool), strict=True))
+            bar.update(len(batch))
+    return out
+
+
+def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) -> FeatureSet:
+    """Features of every image of `dataset` (cached when `options.cache` is set)."""
+    options.validate()
+    key = cache_key(loaded.sha256, dataset.sha256(), options)
+    meta = {
+        "cache_key": key,
+        "checkpoint_sha256": loaded.sha256,
+        "dataset_sha256": dataset.sha256(),
+        "preset": loaded.preset,
+        "tap": options.tap,
+        "pool": options.pool,
+        "transform": options.transform.key(),
+        "precision": options.precision,
+        "count": len(dataset),
+    }
+    cache_uri = storage.join(options.cache, f"{key}.npz") if options.cache else None
+    if cache_uri and storage.exists(cache_uri):
+        return _load_cache(cache_uri)
+    rank, world = _distributed()
+    mine = _run_trunk(loaded, dataset, list(range(rank, len(dataset), world)), options, show=rank == 0)
+    if world > 1:
+        parts: list[dict[int, np.ndarray]] = [{} for _ in range(world)]
+        dist.all_gather_object(parts, mine)
+        mine = {i: a for part in parts for i, a in part.items()}
+    features = FeatureSet([mine[i] for i in range(len(dataset))], meta)
+    if cache_uri and rank == 0:
+        _save_cache(cache_uri, features)
+    if world > 1:
+        dist.barrier()
+    return features
+
+
+def random_features(like: FeatureSet, seed: int = 0) -> FeatureSet:
+    """The chance baseline: i.i.d. Gaussian features with the same shapes as `like`."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(a.shape).astype(np.float32) for a in like.arrays]
+    return FeatureSet(arrays, {**like.meta, "baseline": "random-features", "seed": seed})
+
+
+BASELINES = ("random-init", "random-features")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` → CUDA when available (this rank's local GPU under torchrun), else CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def extract_variants(
+    loaded: LoadedTrunk,
+    datasets: dict[str, EvalDataset],
+    options: FeatureOptions,
+    baselines: tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict[str, dict[str, FeatureSet]]:
+    """Features of each dataset for the checkpoint (`"model"`) and for each requested baseline:
+    `random-init` (a freshly initialised trunk of the same preset) and `random-features` (chance)."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    out = {"model": {role: extract(loaded, ds, options) for role, ds in datasets.items()}}
+    if "random-init" in baselines:
+        device = next(loaded.trunk.parameters()).device
+        fresh = load_trunk("random", loaded.preset, device=device, seed=seed)
+        out["random-init"] = {role: extract(fresh, ds, options) for role, ds in datasets.items()}
+    if "random-features" in baselines:
+        out["random-features"] = {
+            role: random_features(feats, seed + i) for i, (role, feats) in enumerate(out["model"].items())
+        }
+    return out

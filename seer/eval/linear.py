@@ -1,0 +1,227 @@
+"""Linear probe on frozen features, VISSL protocol (seer_spec §5.1).
+
+Head = BatchNorm over channels (BatchNorm2d on a pooled map, eps 1e-5, momentum 0.1, affine) →
+flatten → Linear. SGD Nesterov, momentum 0.9, weight decay 5e-4 on the Linear (weight and bias),
+none on BatchNorm; LR = base_lr × batch / 256 (base 0.01), ×0.1 at each milestone epoch.
+Features are extracted once with the test transform, so training sees no augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from seer.errors import ConfigError
+from seer.eval import metrics, report
+from seer.eval.datasets import load_dataset
+from seer.eval.features import FeatureOptions, extract_variants, load_trunk, resolve_device
+from seer.eval.test384 import save_classifier
+
+
+@dataclass
+class LinearConfig:
+    """Probe hyper-parameters (defaults: VISSL's ImageNet linear eval, on a 256 global batch)."""
+
+    epochs: int = 28
+    milestones: tuple[int, ...] = (8, 16, 24)
+    base_lr: float = 0.01
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0:
+            raise ConfigError("linear probe needs epochs >= 1, batch size >= 1 and a positive learning rate")
+        if list(self.milestones) != sorted(set(self.milestones)) or any(m < 1 for m in self.milestones):
+            raise ConfigError(f"LR milestones {list(self.milestones)} must be increasing positive epochs")
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 256
+
+
+class ProbeHead(nn.Module):
+    """BatchNorm over the channel axis of (N, C[, h, w]) features, then flatten → Linear."""
+
+    def __init__(self, feature_shape: Sequence[int], n_classes: int) -> None:
+        super().__init__()
+        channels = feature_shape[0]
+        self.norm = nn.BatchNorm2d(channels) if len(feature_shape) == 3 else nn.BatchNorm1d(channels)
+        self.fc = nn.Linear(int(np.prod(feature_shape)), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x).flatten(1))
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of one Linear equal to this head in eval mode (BatchNorm folded in)."""
+        norm = self.norm
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        spatial = self.fc.in_features // scale.numel()
+        scale_flat, shift_flat = scale.repeat_interleave(spatial), shift.repeat_interleave(spatial)
+        weight = self.fc.weight * scale_flat
+        bias = self.fc.bias + self.fc.weight @ shift_flat
+        return weight.detach().clone(), bias.detach().clone()
+
+
+@dataclass
+class ProbeResult:
+    """Scores on the evaluation set plus what the report plots."""
+
+    scores: np.ndarray  # (N, classes) logits
+    labels: np.ndarray
+    metrics: dict[str, float]
+    per_class: np.ndarray
+    confusion: np.ndarray
+    head: ProbeHead
+    loss_history: list[float] = field(default_factory=list)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.scores.argmax(axis=1)
+
+
+def classification_result(scores: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """top-1/top-5, per-class accuracy and confusion matrix of a score matrix."""
+    pred = scores.argmax(axis=1)
+    return {
+        "metrics": metrics.topk_accuracy(scores, labels, (1, 5)),
+        "per_class": metrics.per_class_accuracy(pred, labels, n_classes),
+        "confusion": metrics.confusion_matrix(pred, labels, n_classes),
+    }
+
+
+def train_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    n_classes: int,
+    config: LinearConfig | None = None,
+) -> tuple[ProbeHead, list[float]]:
+    """Train the BN + Linear head on frozen features; returns the head and the per-epoch mean loss."""
+    config = config or LinearConfig()
+    config.validate()
+    torch.manual_seed(config.seed)
+    x = torch.as_tensor(train_x, dtype=torch.float32)
+    y = torch.as_tensor(train_y, dtype=torch.long)
+    if len(x) < 2:
+        raise ConfigError("the linear probe needs at least 2 training samples")
+    head = ProbeHead(tuple(x.shape[1:]), n_classes)
+    optimizer = torch.optim.SGD(
+        [
+            {"params": head.norm.parameters(), "weight_decay": 0.0},
+            {"params": head.fc.parameters(), "weight_decay": config.weight_decay},
+        ],
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
+    )
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=0.1)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    history = []
+    head.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on one sample
+                continue
+            loss = loss_fn(head(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        schedule.step()
+        history.append(total / len(x))
+        if not np.isfinite(history[-1]):
+            raise ConfigError(
+                f"the linear probe diverged (loss {history[-1]}) at LR {config.lr:g}; lower --base-lr"
+            )
+    return head.eval(), history
+
+
+def predict(head: ProbeHead, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Logits of the head (eval mode) for (N, ...) features."""
+    head.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            out.append(head(torch.as_tensor(features[start : start + batch_size], dtype=torch.float32)))
+    return torch.cat(out).numpy() if out else np.zeros((0, head.fc.out_features), np.float32)
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    n_classes: int,
+    config: LinearConfig | None = None,
+) -> ProbeResult:
+    """Train on (train_x, train_y), score (val_x, val_y): top-1/top-5, per-class, confusion."""
+    head, history = train_probe(train_x, train_y, n_classes, config)
+    scores = predict(head, val_x)
+    result = classification_result(scores, np.asarray(val_y), n_classes)
+    return ProbeResult(scores=scores, labels=np.asarray(val_y), head=head, loss_history=history, **result)
+
+
+def run(
+    train_uri: str,
+    val_uri: str,
+    checkpoint: str,
+    *,
+    preset: str | None = None,
+    options: FeatureOptions | None = None,
+    config: LinearConfig | None = None,
+    baselines: tuple[str, ...] = (),
+    device: str = "auto",
+    fmt: str = "auto",
+    max_bad_rows: str | int = 0,
+    output: str | None = None,
+    save_classifier_uri: str | None = None,
+) -> dict:
+    """`seer eval linear`: load + validate both sets, extract features, train and score the probe
+    for the checkpoint and each baseline, write the report; returns the metrics document."""
+    options = options or FeatureOptions()
+    config = config or LinearConfig()
+    options.validate()
+    config.validate()
+    train = load_dataset(train_uri, "classification", fmt=fmt, max_bad_rows=max_bad_rows)
+    val = load_dataset(val_uri, "classification", fmt=fmt, classes=train.classes, max_bad_rows=max_bad_rows)
+    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=config.seed)
+    variants = extract_variants(loaded, {"train": train, "val": val}, options, baselines, config.seed)
+    results = {
+        name: linear_probe(
+            f["train"].stacked(), train.labels, f["val"].stacked(), val.labels, len(train.classes), config
+        )
+        for name, f in variants.items()
+    }
+    main = results.pop("model")
+    if save_classifier_uri:
+        weight, bias = main.head.folded()
+        save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
+    doc = report.metrics_document(
+        "linear",
+        main.metrics,
+        checkpoint=loaded.describe(),
+        datasets={"train": train.describe(), "val": val.describe()},
+        config={**options.describe(), **asdict(config), "baselines": list(baselines)},
+        baselines={name: r.metrics for name, r in results.items()},
+        details={
+            "classes": train.classes,
+            "per_class_accuracy": dict(zip(train.classes, main.per_class, strict=True)),
+            "confusion": main.confusion,
+            "train_loss": main.loss_history,
+        },
+    )
+    if output:
+        report.write_report(
+            output, doc, report.classification_plots(main.per_class, main.confusion, train.classes)
+        )
+    return doc
