@@ -177,3 +177,29 @@ def test_submit_module_runs_as_a_script() -> None:
         text=True,
     )
     assert result.returncode == 0 and "KFP_HOST" in result.stdout and "DRY_RUN" in result.stdout
+
+
+@pytest.mark.slow
+def test_job_mode_dry_run_renders_the_job_on_the_given_shards(fake_kfp, tmp_path, capsys) -> None:
+    argv = [
+        "--mode",
+        "job",
+        "--dry-run",
+        "--data-uri",
+        "s3://seer/shards",
+        "--output-uri",
+        "s3://seer/runs/r1",
+    ]
+    assert submit.main(argv) == 0
+    job = yaml.safe_load((tmp_path / "submit" / "pytorchjob.yaml").read_text())
+    check_pytorchjob(job)
+    cmd = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert (
+        cmd[cmd.index("--data") + 1] == "s3://seer/shards"
+        and cmd[cmd.index("--output") + 1] == "s3://seer/runs/r1"
+    )
+    out = capsys.readouterr().out
+    assert (
+        "DRY_RUN: nothing was submitted" in out and not (tmp_path / "submit" / "seer-pretrain.yaml").exists()
+    )
+    assert fake_kfp.calls == []
