@@ -138,6 +138,7 @@ def fake_kfp(monkeypatch, tmp_path):
     return FakeClient
 
 
+@pytest.mark.slow
 def test_schedule_creates_a_cron_run_without_caching_or_catchup(fake_kfp, capsys) -> None:
     rc = schedule.main(
         ["--kfp-host", "http://kfp.test", "--cron", "0 30 2 * * 1", "--model-name", "seer-rg10b"]
