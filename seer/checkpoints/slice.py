@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,13 +86,45 @@ class SlicedIndex:
     iteration: int | None = None
 
 
+class _BackgroundCommits:
+    """Commits finished slice files (fsync + rename, or upload) in threads while the next slice is written."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slice-commit")
+        self._pending: list[Future] = []
+
+    def submit(self, stream: Any) -> None:
+        self._pending.append(self._pool.submit(stream.close))
+
+    def wait(self, raise_errors: bool = True) -> None:
+        """Wait for every commit; re-raise the first failure unless `raise_errors` is False."""
+        try:
+            for job in self._pending:
+                if raise_errors:
+                    job.result()
+                else:
+                    job.exception()
+        finally:
+            self._pool.shutdown()
+
+
 def _write_slice(
-    uri: str, src_chunks: Any, dtype: torch.dtype, shape: tuple[int, ...], crc: int | None = None
+    uri: str,
+    src_chunks: Any,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    crc: int | None,
+    commits: _BackgroundCommits,
 ) -> Any:
-    with storage.open(uri, "wb") as f:
+    f = storage.open(uri, "wb")
+    try:
         writer = ArchiveWriter(f, archive="slice", hash_tensors=True)
         record = writer.write_stream(dtype, shape, src_chunks, crc)
         writer.close({"type": "slice", "weight": record})
+    except BaseException:
+        f.discard()  # type: ignore[attr-defined]
+        raise
+    commits.submit(f)
     return record
 
 
@@ -124,6 +157,7 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
             disable=None,
             leave=False,
         )
+        commits = _BackgroundCommits()
         try:
             entries: dict[str, Any] = {}
             vissl_model: dict[str, dict[str, str]] = {"trunk": {}, "heads": {}}
@@ -137,9 +171,8 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
                     uri = storage.join(layers, hashlib.sha1(key.encode()).hexdigest() + ".torch")
                     vissl_model[group][key] = _absolute(uri)
                 written.append(uri)
-                record = _write_slice(
-                    uri, _counted(reader.iter_chunks(t), bar), t.dtype, t.shape, reader.record_crc(t)
-                )
+                chunks = _counted(reader.iter_chunks(t), bar)
+                record = _write_slice(uri, chunks, t.dtype, t.shape, reader.record_crc(t), commits)
                 if layout == "seer":
                     entries[fqn] = {
                         "file": rel,
@@ -148,6 +181,7 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
                         "sha256": record.sha256,
                         "bytes": record.nbytes,
                     }
+            commits.wait()
             if layout == "seer":
                 storage.write_json(
                     index_uri,
@@ -172,6 +206,7 @@ def slice_checkpoint(consolidated_uri: str, output_uri: str, layout: str = "seer
                 )
                 storage.write_bytes(index_uri, buf.getvalue())
         except BaseException:
+            commits.wait(raise_errors=False)
             _cleanup(written)
             raise
         finally:
