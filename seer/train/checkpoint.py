@@ -19,8 +19,9 @@ The DCP state dict has three top-level keys:
 `seer_checkpoint.json` = `{"iteration", "preset", "config", "world_size", "created", "format"}`.
 A folder without it is an interrupted save: it is never resumed from, and it is deleted when a
 run starts and when a newer checkpoint completes. The newest `keep_last` complete checkpoints
-are kept. For object storage each rank writes DCP files to a local staging folder and uploads
-them; rank 0 writes the marker after every rank has finished uploading.
+are kept. A local `<output>` is written in place, so with several nodes it must be a filesystem
+they all mount (or use object storage). For object storage each rank writes its DCP files to a
+local staging folder and uploads them; rank 0 writes the marker after every rank has uploaded.
 """
 
 from __future__ import annotations

@@ -83,7 +83,14 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
         if "WORLD_SIZE" in os.environ:
             dist.init_process_group(backend, timeout=timeout, device_id=device if cuda else None)
         else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+            dist.init_process_group(
+                backend,
+                store=dist.HashStore(),
+                rank=0,
+                world_size=1,
+                timeout=timeout,
+                device_id=device if cuda else None,
+            )
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
