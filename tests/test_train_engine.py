@@ -43,7 +43,11 @@ RUN_ARGS = [
     "--set", "optim.warmup_iters=3",
     "--set", "swav.freeze_prototypes_iters=2",
 ]  # fmt: skip
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _env() -> dict[str, str]:
+    """This process's environment (S3 test settings included), one thread per rank."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _torchrun(output: Path, data: Path, *extra: str) -> list[str]:
@@ -53,7 +57,7 @@ def _torchrun(output: Path, data: Path, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -131,7 +135,7 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(
     output = tmp_path / "out"
     cmd = _torchrun(output, shards)
     proc = subprocess.Popen(
-        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     first = output / "checkpoints" / "iter-00000003" / checkpoint.MARKER
     deadline = time.monotonic() + 300
@@ -171,6 +175,23 @@ def test_a_save_killed_midway_is_ignored_and_the_previous_checkpoint_used(
         assert got[i] == pytest.approx(expected[i], abs=1e-5)
 
 
+def test_object_storage_output_checkpoints_resumes_and_summarises(shards: Path, s3_bucket: str) -> None:
+    from seer import storage
+
+    output = f"s3://{s3_bucket}/runs/tiny"
+    cmd = [sys.executable, "-m", "seer", "pretrain", *RUN_ARGS, "--set", "train.checkpoint_every=2",
+           "--data", str(shards), "--output", output]  # fmt: skip
+    _run([*cmd, "--set", "train.iterations=4"])
+    _run([*cmd, "--set", "train.iterations=6"])  # a longer run over the same output continues it
+    assert [(c.iteration, c.complete) for c in checkpoint.list_checkpoints(output)] == [(4, True), (6, True)]
+    log = read_jsonl(storage.join(output, "train_log.jsonl"))
+    assert [r["iteration"] for r in log if r["event"] == "resume"] == [4]
+    assert [r["iteration"] for r in log if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
+    summary = storage.read_json(storage.join(output, "summary.json"))
+    assert summary["iterations"] == 6 and summary["start_iteration"] == 4
+    assert summary["checkpoints"] == [checkpoint.checkpoint_uri(output, i) for i in (4, 6)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +203,7 @@ def test_metrics_endpoint_moves_during_a_run(shards: Path, tmp_path: Path) -> No
     cmd = [sys.executable, "-m", "seer", "pretrain", *RUN_ARGS, "--set", "train.iterations=200",
            "--set", f"train.metrics_port={port}", "--data", str(shards), "--output", str(tmp_path / "out")]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     scrapes: list[dict[str, float]] = []
     try:
