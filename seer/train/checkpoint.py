@@ -22,11 +22,11 @@ run starts and when a newer checkpoint completes. The newest `keep_last` complet
 are kept. A local `<output>` is written in place, so with several nodes it must be a filesystem
 they all mount (or use object storage). For object storage each rank writes its DCP files to a
 local staging folder and uploads them; rank 0 writes the marker after every rank has uploaded.
+Restoring from object storage downloads `.metadata` and only the data files this rank reads.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
 import random
 import re
@@ -43,17 +43,17 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.futures import Future
 
 from seer import storage
 from seer.errors import SeerError
-
-log = logging.getLogger(__name__)
 
 FORMAT = "seer-dcp-v1"
 MARKER = "seer_checkpoint.json"
@@ -238,6 +238,22 @@ def save(
     return uri
 
 
+class _FetchingReader(dcp.FileSystemReader):
+    """A DCP reader over a local folder that first downloads, from object storage, only the files
+    holding what this rank's load plan reads (not the whole checkpoint on every rank)."""
+
+    def __init__(self, folder: Path, remote_uri: str) -> None:
+        super().__init__(str(folder))
+        self._folder, self._remote = folder, remote_uri
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        needed = {self.storage_data[item.storage_index].relative_path for item in plan.items}
+        for name in sorted(needed):
+            if not (self._folder / name).exists():
+                storage.get(storage.join(self._remote, name), self._folder / name)
+        return super().read_data(plan, planner)
+
+
 @dataclass
 class Restored:
     """What `load` put back besides the model and optimizer."""
@@ -257,15 +273,12 @@ def load(ckpt_uri: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> R
     staging: Path | None = None
     if local is None:
         staging = Path(tempfile.mkdtemp(prefix=f"seer-restore-rank{rank}-"))
-        for obj in storage.list(ckpt_uri, recursive=True):
-            name = obj.uri.rstrip("/").rsplit("/", 1)[-1]
-            if name != MARKER:
-                storage.get(obj.uri, staging / name)
+        storage.get(storage.join(ckpt_uri, ".metadata"), staging / ".metadata")
         folder = staging
     else:
         folder = Path(local)
     try:
-        reader = dcp.FileSystemReader(str(folder))
+        reader = dcp.FileSystemReader(str(folder)) if staging is None else _FetchingReader(staging, ckpt_uri)
         keys = reader.read_metadata().state_dict_metadata
         mine = f"extra.rank{rank}"
         state: dict[str, Any] = {
