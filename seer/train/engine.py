@@ -35,7 +35,7 @@ from seer import storage
 from seer.config import SeerConfig, config_to_dict, validate
 from seer.data.stream import ShardLoader, ShardStream, build_loader
 from seer.data.transforms import MultiCropTransform
-from seer.errors import ConfigError
+from seer.errors import ConfigError, SeerError
 from seer.metrics import JsonlLog, TrainMetrics
 from seer.models.swav_model import SwAVModel
 from seer.ssl.multicrop import PaddedCrops, padded_trunk_features
@@ -45,6 +45,11 @@ from seer.train import checkpoint
 from seer.train.parallel import DistEnv, ParallelInfo, build_model, init_distributed, parallelize
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(SeerError):
+    """Training diverged (the loss is not finite)."""
+
 
 LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "summary.json"
@@ -250,7 +255,6 @@ class Trainer:
                 jlog.write("resume", iteration=self.iteration, checkpoint=self.resumed_from)
             jlog.flush()
         bar = tqdm(total=total, initial=self.iteration, disable=None if env.is_main else True, unit="it")
-        losses: list[float] = []
         images_per_s: list[float] = []
         last_loss = float("nan")
         try:
@@ -269,7 +273,10 @@ class Trainer:
                 if logging_step:
                     last_loss = self._global_mean(loss)
                     if not math.isfinite(last_loss):
-                        raise FloatingPointError(f"loss is {last_loss} at iteration {self.iteration}")
+                        raise TrainingError(
+                            f"the loss is {last_loss} at iteration {self.iteration}; lower optim.base_lr or "
+                            "raise optim.warmup_iters, then rerun (it resumes from the last checkpoint)"
+                        )
                 elif env.device.type == "cuda":
                     torch.cuda.synchronize(env.device)
                 step_s = time.perf_counter() - t0
@@ -278,7 +285,6 @@ class Trainer:
                 metrics.record_step(self.iteration, self.global_batch, step_s, data_wait, last_loss, lr, mem)
                 bar.update(1)
                 if logging_step:
-                    losses.append(last_loss)
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}")
                     if jlog is not None:
                         jlog.write(
