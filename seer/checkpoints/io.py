@@ -14,18 +14,15 @@ the same digest in a consolidated file, a slice and in memory.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import io
 import pickle
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
@@ -126,19 +123,6 @@ def sha256_uri(uri: str, chunk: int = CHUNK_BYTES) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def local_copy(uri: str) -> Iterator[Path]:
-    """A local path for `uri`: the file itself when local, else a temporary download (removed after)."""
-    path = storage.local_path(uri)
-    if path is not None:
-        if not path.exists():
-            raise CheckpointError(f"{uri} does not exist; check the path")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="seer-ckpt-") as tmp:
-        yield storage.get(uri, Path(tmp))
 
 
 @dataclass(frozen=True)
@@ -527,12 +511,3 @@ def save_streamed(
     with storage.open(uri, "wb") as f:
         writer = ArchiveWriter(f, archive, hash_tensors=hash_tensors)
         writer.close(build(writer))
-
-
-def walk_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, LazyTensor]]:
-    """(dotted path, LazyTensor) for every lazy tensor in nested dicts, in insertion order."""
-    if isinstance(tree, LazyTensor):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from walk_tensors(v, f"{prefix}.{k}" if prefix else str(k))
