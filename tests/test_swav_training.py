@@ -65,12 +65,14 @@ def test_tiny_regnet_swav_loss_drops_well_below_start_and_uniform() -> None:
     assert end < start - 1.0, (start, end)
     # Below log K: the model predicts the other crops' assignments better than uniformly (not just
     # flattening its predictions, which reaches log K and stops).
-    assert end < math.log(num_prototypes) - 0.15, (end, math.log(num_prototypes))
+    assert end < math.log(num_prototypes) - 0.3, (end, math.log(num_prototypes))
 
 
 def train() -> tuple[list[float], int]:
     images = shape_images(256)
-    transform = MultiCropTransform([(48, 2, (0.3, 1.0)), (24, 2, (0.1, 0.3))], seed=0)
+    # Half SEER's colour-jitter strength: with full strength a 200-step run sometimes sits on the
+    # uniform-prediction plateau (loss = log K) throughout; at 0.5 it leaves it for every seed tried.
+    transform = MultiCropTransform([(48, 2, (0.3, 1.0)), (24, 2, (0.1, 0.3))], seed=0, jitter_strength=0.5)
     torch.manual_seed(0)
     model = build_swav_model("rg-tiny")
     normalize_prototypes_(model)
