@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from seer import storage
-from seer.checkpoints.io import open_archive, sha256_uri, walk_tensors
+from seer.checkpoints.io import LazyTensor, open_archive, sha256_uri
 from seer.checkpoints.mapping import timm_to_seer_name
 from seer.checkpoints.slice import INDEX_NAME, open_sliced, read_slice
 from seer.checkpoints.vissl import import_vissl
@@ -193,6 +193,15 @@ def _trunk_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
 
 
+def _lazy_tensors(tree: object, prefix: str = "") -> Iterator[tuple[str, LazyTensor]]:
+    """(dotted name, LazyTensor) for every tensor in nested dicts of a lazily read checkpoint."""
+    if isinstance(tree, LazyTensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _lazy_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+
+
 def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.Tensor], str | None]:
     with open_archive(uri) as reader:
         obj = reader.obj
@@ -208,7 +217,7 @@ def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.T
                 import_vissl(uri, converted, preset)
                 return _read_archive_trunk(converted, preset)
         tree = obj["trunk"] if isinstance(obj.get("trunk"), dict) else obj.get("state_dict", obj)
-        tensors = dict(walk_tensors(tree))
+        tensors = dict(_lazy_tensors(tree))
         if not tensors:
             raise CheckpointLoadError(
                 f"{uri}: no trunk tensors found; expected a seer consolidated/classifier file, a trunk state "
@@ -258,13 +267,22 @@ def load_trunk(
     if name is None:
         raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
     trunk = build_trunk(get_preset(name).name, device=device, seed=None)
-    result = trunk.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = trunk.state_dict()
+    # BatchNorm's step counter is bookkeeping, not a weight: released checkpoints often lack it.
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state}
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k} is {list(state[k].shape)}, not {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
         raise CheckpointLoadError(
-            f"{checkpoint} does not fit preset {name!r}: missing {result.missing_keys[:3]}"
-            f"{' ...' if len(result.missing_keys) > 3 else ''}, unexpected {result.unexpected_keys[:3]}"
-            f"{' ...' if len(result.unexpected_keys) > 3 else ''}; pass the --preset it was trained with"
+            f"{checkpoint} does not fit preset {name!r} ({len(problems)} problems: {'; '.join(problems[:3])}"
+            f"{' ...' if len(problems) > 3 else ''}); pass the --preset it was trained with"
         )
+    trunk.load_state_dict(state)
     return LoadedTrunk(trunk.eval().requires_grad_(False), name, sha256_uri(index_uri), checkpoint)
 
 
