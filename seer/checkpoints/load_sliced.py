@@ -9,6 +9,7 @@ unsharded model loads the same way, tensor by tensor.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import torch
@@ -32,9 +33,17 @@ def _fsdp_units(model: nn.Module) -> dict[str, str]:
     return owner
 
 
+_WRAPPERS = re.compile(r"(^|\.)(_checkpoint_wrapped_module|_fsdp_wrapped_module|_orig_mod)(?=\.|$)")
+
+
+def _clean(name: str) -> str:
+    """A module/parameter name without wrapper components (activation checkpointing, FSDP1, compile)."""
+    return _WRAPPERS.sub("", name).lstrip(".")
+
+
 def _names_in_index(model: nn.Module, index: SlicedIndex) -> tuple[str, dict[str, str]]:
     """The prefix that maps model names to index names ("" for SwAVModel, "trunk." for a bare trunk)."""
-    names = [n for n, _ in model.named_parameters()]
+    names = [_clean(n) for n, _ in model.named_parameters()]
     prefix = "" if any(n.startswith(("trunk.", "head.")) for n in names) else "trunk."
     return prefix, {k[len(prefix) :]: k for k in index.entries if k.startswith(prefix)}
 
@@ -67,7 +76,7 @@ def load_sliced_into_(model: nn.Module, index_uri: str, strict: bool = True) -> 
         for local, tensor in tensors:
             if tensor is None:
                 continue
-            fqn = f"{mod_name}.{local}" if mod_name else local
+            fqn = _clean(f"{mod_name}.{local}" if mod_name else local)
             by_unit[owner[mod_name]].append((fqn, tensor))
     model_names = {fqn for items in by_unit.values() for fqn, _ in items}
     missing = sorted(model_names - set(wanted))

@@ -5,6 +5,9 @@ saved with DCP in the training engine's layout; rank 0 consolidates and slices i
 layouts); a freshly initialised sharded model on both ranks loads each sliced checkpoint unit by
 unit. Every full parameter and buffer must equal the trained one bit for bit. Rank 0 writes
 OUT_DIR/result.json.
+
+`... OUT_DIR SLICED REFERENCE` runs only the load and the comparison, for a sliced checkpoint made
+elsewhere (the training engine) and a torch file with the expected full state dict.
 """
 
 from __future__ import annotations
@@ -51,8 +54,28 @@ def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def main(out: Path) -> None:
-    dist.init_process_group("gloo")
+def load_and_compare(indexes: list[str], trained: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Load each sliced checkpoint into a fresh sharded model; what was sharded and what differs."""
+    results = {}
+    for index in indexes:
+        fresh = sharded_model(seed=123)
+        units = sum(isinstance(m, FSDPModule) for m in fresh.modules())
+        sharded = [
+            p for p in fresh.parameters() if isinstance(p, DTensor) and p.to_local().numel() < p.numel()
+        ]
+        load_sliced_into_(fresh, index)
+        loaded = full_state(fresh)
+        results[index] = {
+            "units": units,
+            "sharded_params": len(sharded),
+            "tensors": len(loaded),
+            "mismatched": [k for k in trained if not torch.equal(trained[k], loaded[k])],
+        }
+    return results
+
+
+def train_save_and_slice(out: Path) -> dict[str, torch.Tensor]:
+    """One SGD step of a sharded model, a DCP checkpoint of it, consolidated and sliced by rank 0."""
     rank = dist.get_rank()
     torch.manual_seed(0)  # same batch on both ranks: BN statistics agree, as with SyncBN in training
     model = sharded_model(seed=0)
@@ -83,27 +106,20 @@ def main(out: Path) -> None:
         bad_crc = zipfile.ZipFile(out / "model.pt").testzip()
         (out / "crc.json").write_text(json.dumps({"bad_crc": bad_crc}))
     dist.barrier()
+    return trained
 
-    results = {}
-    for index in (str(out / "sliced"), str(out / "vissl" / "model.torch")):
-        fresh = sharded_model(seed=123)
-        units = sum(isinstance(m, FSDPModule) for m in fresh.modules())
-        sharded = [
-            p for p in fresh.parameters() if isinstance(p, DTensor) and p.to_local().numel() < p.numel()
-        ]
-        load_sliced_into_(fresh, index)
-        loaded = full_state(fresh)
-        mismatched = [k for k in trained if not torch.equal(trained[k], loaded[k])]
-        results[index] = {
-            "units": units,
-            "sharded_params": len(sharded),
-            "tensors": len(loaded),
-            "mismatched": mismatched,
-        }
-    if rank == 0:
+
+def main(out: Path, sliced: str | None = None, reference: str | None = None) -> None:
+    dist.init_process_group("gloo")
+    if sliced is not None and reference is not None:
+        results = load_and_compare([sliced], torch.load(reference, weights_only=True))
+    else:
+        trained = train_save_and_slice(out)
+        results = load_and_compare([str(out / "sliced"), str(out / "vissl" / "model.torch")], trained)
+    if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:4])
