@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# One torch/OpenMP thread per process: the suite runs multi-process (torchrun, DataLoader workers) on
+# 2 cores, where oversubscribed threads make small CPU steps tens of times slower.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 .PHONY: help install test test-fast lint demo compile pretrain-10b schedule-reeval images push clean docker-check
 
@@ -20,10 +23,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install seer with kfp + test extras (idempotent)
 
 test: install  ## run the whole test suite (slow tests included)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install  ## run the tests not marked slow
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install  ## ruff check + format check
 	$(VENV)/bin/ruff check .
