@@ -269,3 +269,24 @@ def test_import_shards_written_by_real_fairscale_fsdp(tmp_path):
     fresh = build_swav_model(PRESET, "cpu", seed=8)
     load_consolidated(fresh, str(tmp_path / "m.pt"))
     assert same_state(fresh, model)
+
+
+def test_fine_tuned_classifier_head_is_kept_and_trunk_loads_alone(tmp_path):
+    model = randomized_model(5)
+    ckpt = vissl_checkpoint(model, False, True)
+    clf = {"0.clf.0.weight": torch.randn(10, model.trunk.feature_dim), "0.clf.0.bias": torch.randn(10)}
+    ckpt["classy_state_dict"]["base_model"]["model"]["heads"] = clf
+    torch.save(ckpt, tmp_path / "ft.torch")
+    import_vissl(str(tmp_path / "ft.torch"), str(tmp_path / "m.pt"), PRESET)
+    loaded = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert set(loaded["heads"]) == {"clf.0.weight", "clf.0.bias"}
+    assert torch.equal(loaded["heads"]["clf.0.weight"], clf["0.clf.0.weight"])
+    slice_checkpoint(str(tmp_path / "m.pt"), str(tmp_path / "s"))
+    trunk = build_swav_model(PRESET, "cpu", seed=6).trunk
+    load_sliced_into_(trunk, str(tmp_path / "s"))
+    assert all(torch.equal(v, model.trunk.state_dict()[k]) for k, v in trunk.state_dict().items())
+    export_vissl(str(tmp_path / "m.pt"), str(tmp_path / "back.torch"))
+    heads = torch.load(tmp_path / "back.torch", weights_only=True)["classy_state_dict"]["base_model"][
+        "model"
+    ]["heads"]
+    assert set(heads) == set(clf)
