@@ -358,12 +358,17 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
             f"{key}.scale: must be [low, high] with 0 < low <= high <= 1, got {lo_hi}",
         )
     _require(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
-    _require(cfg.data.shuffle_buffer >= 0, f"data.shuffle_buffer: must be >= 0, got {cfg.data.shuffle_buffer}")
+    _require(
+        cfg.data.shuffle_buffer >= 0, f"data.shuffle_buffer: must be >= 0, got {cfg.data.shuffle_buffer}"
+    )
 
     n_crops = sum(c.count for c in crops)
     swav = cfg.swav
     _require(swav.epsilon > 0, f"swav.epsilon: must be > 0 (SEER uses 0.05, 10B 0.03), got {swav.epsilon}")
-    _require(swav.sinkhorn_iterations >= 1, f"swav.sinkhorn_iterations: must be >= 1, got {swav.sinkhorn_iterations}")
+    _require(
+        swav.sinkhorn_iterations >= 1,
+        f"swav.sinkhorn_iterations: must be >= 1, got {swav.sinkhorn_iterations}",
+    )
     _require(swav.temperature > 0, f"swav.temperature: must be > 0 (SEER uses 0.1), got {swav.temperature}")
     _require(len(swav.crops_for_assign) > 0, "swav.crops_for_assign: empty; SEER assigns from crops [0, 1]")
     _require(
@@ -376,13 +381,23 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     _require(swav.freeze_prototypes_iters >= 0, "swav.freeze_prototypes_iters: must be >= 0")
 
     opt = cfg.optim
-    for name in ("base_lr", "start_lr", "final_lr_ratio", "weight_decay", "momentum", "larc_trust", "larc_eps"):
+    for name in (
+        "base_lr",
+        "start_lr",
+        "final_lr_ratio",
+        "weight_decay",
+        "momentum",
+        "larc_trust",
+        "larc_eps",
+    ):
         value = getattr(opt, name)
         _require(value >= 0, f"optim.{name}: must be >= 0, got {value}")
     _require(opt.base_lr > 0, f"optim.base_lr: must be > 0 (SEER uses 0.3 per 256 images), got {opt.base_lr}")
     _require(opt.base_batch > 0, f"optim.base_batch: must be > 0, got {opt.base_batch}")
     _require(opt.momentum < 1, f"optim.momentum: must be in [0, 1), got {opt.momentum}")
-    _require(0 <= opt.warmup_fraction < 1, f"optim.warmup_fraction: must be in [0, 1), got {opt.warmup_fraction}")
+    _require(
+        0 <= opt.warmup_fraction < 1, f"optim.warmup_fraction: must be in [0, 1), got {opt.warmup_fraction}"
+    )
     if opt.warmup_iters is not None:
         _require(opt.warmup_iters >= 0, f"optim.warmup_iters: must be >= 0 or null, got {opt.warmup_iters}")
 
@@ -392,8 +407,13 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     _require(tr.checkpoint_every > 0, f"train.checkpoint_every: must be >= 1, got {tr.checkpoint_every}")
     _require(tr.keep_last >= 1, f"train.keep_last: must keep at least 1 checkpoint, got {tr.keep_last}")
     _require(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
-    _require(tr.sync_bn_group >= 0, f"train.sync_bn_group: must be >= 0 (0 = all ranks), got {tr.sync_bn_group}")
-    _require(0 <= tr.metrics_port < 65536, f"train.metrics_port: must be 0 (off) or a TCP port, got {tr.metrics_port}")
+    _require(
+        tr.sync_bn_group >= 0, f"train.sync_bn_group: must be >= 0 (0 = all ranks), got {tr.sync_bn_group}"
+    )
+    _require(
+        0 <= tr.metrics_port < 65536,
+        f"train.metrics_port: must be 0 (off) or a TCP port, got {tr.metrics_port}",
+    )
     if world_size is not None:
         _require(world_size >= 1, f"world size must be >= 1, got {world_size}")
         if tr.global_batch is not None:

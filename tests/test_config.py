@@ -35,7 +35,12 @@ def test_inherited_preset_overrides_only_what_it_names() -> None:
 def test_overrides_are_parsed_as_yaml_and_typed() -> None:
     cfg = load_config(
         "rg-tiny",
-        ["optim.base_lr=0.6", "swav.crops_for_assign=[0, 1]", "train.activation_checkpointing=true", "train.iterations=7"],
+        [
+            "optim.base_lr=0.6",
+            "swav.crops_for_assign=[0, 1]",
+            "train.activation_checkpointing=true",
+            "train.iterations=7",
+        ],
     )
     assert cfg.optim.base_lr == 0.6
     assert cfg.train.activation_checkpointing is True
