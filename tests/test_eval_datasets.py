@@ -78,7 +78,7 @@ def test_corrupt_rows_report_line_numbers(tmp_path) -> None:
     assert "train.csv:4: empty label" in message
     assert "train.csv:6: expected 2 columns (path,label), got 3" in message
     assert "--max-bad-rows" in message
-    assert [p.where for p in err.value.problems] == ["train.csv:4", "train.csv:6", "train.csv:3"]
+    assert [p.where for p in err.value.problems] == ["train.csv:3", "train.csv:4", "train.csv:6"]
     # within the policy the rows are skipped and counted
     kept = load_dataset(manifest, max_bad_rows="60%")
     assert len(kept) == 2 and len(kept.bad_rows) == 3 and kept.describe()["bad_rows"] == 3

@@ -401,6 +401,12 @@ def _from_shards(uri: str, task: str, checker: _RowChecker) -> list[tuple[Sample
     return out
 
 
+def _row_order(row: BadRow) -> tuple[str, int, str]:
+    """Sort key putting `file:12` before `file:100`."""
+    name, _, line = row.where.rpartition(":")
+    return (name, int(line), "") if line.isdigit() else (row.where, 0, "")
+
+
 def _enforce_policy(uri: str, total: int, bad: list[BadRow], max_bad_rows: str | int | float) -> None:
     if not bad:
         return
@@ -408,10 +414,11 @@ def _enforce_policy(uri: str, total: int, bad: list[BadRow], max_bad_rows: str |
     allowed = count if count is not None else math.floor((share or 0.0) * total)
     if len(bad) <= allowed:
         return
-    shown = "\n  ".join(str(b) for b in bad[:SHOW_PROBLEMS])
-    more = f"\n  ... and {len(bad) - SHOW_PROBLEMS} more" if len(bad) > SHOW_PROBLEMS else ""
+    bad.sort(key=_row_order)
+    shown = "; ".join(str(b) for b in bad[:SHOW_PROBLEMS])
+    more = f"; ... and {len(bad) - SHOW_PROBLEMS} more" if len(bad) > SHOW_PROBLEMS else ""
     raise DatasetError(
-        f"{uri}: {len(bad)} of {total} rows are unusable (policy allows {allowed}):\n  {shown}{more}\n"
+        f"{uri}: {len(bad)} of {total} rows are unusable (policy allows {allowed}): {shown}{more} — "
         "fix these rows, or pass --max-bad-rows N (or P%) to skip up to that many",
         bad,
     )
