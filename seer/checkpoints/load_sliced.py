@@ -1,10 +1,12 @@
 """Load a sliced checkpoint into a model, FSDP unit by FSDP unit, without materialising the whole model.
 
-For an FSDP2-sharded model (`fully_shard`), every rank walks the FSDP units in module order; for
-each unit it reads only the slices of the parameters and buffers the unit owns directly, takes its
-local shard of each (`distribute_tensor(..., src_data_rank=None)`: no communication) and copies it
-into the local DTensor shard. Peak memory per rank ≈ the largest tensor plus its shard. An
-unsharded model loads the same way, tensor by tensor.
+For an FSDP2-sharded model (`fully_shard`), every rank walks the FSDP units in module order and, for
+each unit, reads only the slices of the parameters and buffers that unit owns directly. A `Shard(0)`
+parameter (FSDP2's layout) keeps only this rank's rows while its slice is streamed (every byte still
+goes into the checksum), so peak memory per rank ≈ one shard plus a read buffer; other placements
+go through `distribute_tensor(..., src_data_rank=None)` (no communication). An unsharded model loads
+the same way, tensor by tensor. Wrapper name components (activation checkpointing, FSDP1,
+`torch.compile`) are ignored when matching names.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ def _clean(name: str) -> str:
     return _WRAPPERS.sub("", name).lstrip(".")
 
 
-def _names_in_index(model: nn.Module, index: SlicedIndex) -> tuple[str, dict[str, str]]:
-    """The prefix that maps model names to index names ("" for SwAVModel, "trunk." for a bare trunk)."""
+def _names_in_index(model: nn.Module, index: SlicedIndex) -> dict[str, str]:
+    """Model name → index name: the same for a SwAVModel, `trunk.`-prefixed for a bare trunk."""
     names = [_clean(n) for n, _ in model.named_parameters()]
     prefix = "" if any(n.startswith(("trunk.", "head.")) for n in names) else "trunk."
-    return prefix, {k[len(prefix) :]: k for k in index.entries if k.startswith(prefix)}
+    return {k[len(prefix) :]: k for k in index.entries if k.startswith(prefix)}
 
 
 def _shard_rows(tensor: torch.Tensor) -> tuple[int, int] | None:
@@ -68,7 +70,7 @@ def load_sliced_into_(model: nn.Module, index_uri: str, strict: bool = True) -> 
     slice and (for the loaded part) every slice a tensor. Slices are checked (shape, dtype, sha256).
     """
     index = open_sliced(index_uri)
-    _, wanted = _names_in_index(model, index)
+    wanted = _names_in_index(model, index)
     owner = _fsdp_units(model)
     by_unit: dict[str, list[tuple[str, torch.Tensor]]] = defaultdict(list)
     for mod_name, module in model.named_modules():
