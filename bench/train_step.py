@@ -4,10 +4,10 @@ Baseline (../shared/reference/perf_baseline.md): torchvision `RegNet` with the p
 numbers (= `regnet_y_32gf` / `regnet_y_128gf`), a [W, 8192, 256] MLP with BN, 16,000 prototypes,
 Sinkhorn 3 iterations, plain SGD, bf16 autocast, channels-last, cuDNN defaults. It is run twice:
 as is, and with `cudnn.benchmark` on, so the table shows how much autotuning alone gives.
-seer: `seer.train.engine.SwAVStep` for the preset's config (FSDP2 unit wrapping on one GPU, bf16
-parameters with fp32 BatchNorm affine/statistics, fp32 prototypes and reduction, LARC, the preset's
-Sinkhorn iterations, channels-last, cudnn.benchmark), without and with activation checkpointing,
-and once with plain SGD instead of LARC to show what the LARC update costs.
+seer: `seer.train.engine.SwAVStep` for the preset's config (on one GPU unsharded: fp32 parameters,
+bf16 autocast, fp32 BatchNorm affine/statistics and prototypes, channels-last weights; on CPU FSDP2 as
+on every multi-process run; LARC, the preset's Sinkhorn iterations, cudnn.benchmark), without and
+with activation checkpointing, and once with plain SGD instead of LARC to show what LARC costs.
 
 Random data, crops from the preset's config (SEER 2021: 2×224 + 4×96). img/s = batch / median
 step time over --steps steps after --warmup. Model FLOPs per image = 3 × the forward FLOPs counted
@@ -243,6 +243,66 @@ def _row(
     }
 
 
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    ratios = {}
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        by = {r["variant"]: r for r in rows if r["preset"] == preset and "img_per_sec" in r}
+        if "seer" in by:
+            ratios[preset] = {
+                f"seer/{base}": by["seer"]["img_per_sec"] / by[base]["img_per_sec"]
+                for base in ("baseline", "baseline+cudnn.benchmark")
+                if base in by
+            }
+    return ratios
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _write_results(rows: list[dict[str, Any]], device: torch.device, peak: float) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"train_step_{device.type}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "device": device.type,
+                "device_name": _device_name(device),
+                "torch": torch.__version__,
+                "matmul_peak_tflops": peak,
+                "timing": "wall, CUDA-synchronised"
+                if device.type == "cuda"
+                else "process CPU time, 1 thread",
+                "rows": rows,
+                "ratios": _ratios(rows),
+            },
+            indent=2,
+        )
+    )
+    return out
+
+
+def _print_table(rows: list[dict[str, Any]], device: torch.device, peak: float) -> None:
+    print(
+        f"\ndevice: {_device_name(device)}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul peak {peak:.1f} TFLOP/s"
+    )
+    header = f"{'preset':8} {'variant':26} {'batch':>5} {'precision':>13} {'img/s':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak mem':>9}"
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['preset']:8} {r['variant']:26} {r['batch']:>5} {r['error']}")
+            continue
+        mem = f"{r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] is not None else "-"
+        print(
+            f"{r['preset']:8} {r['variant']:26} {r['batch']:>5} {r['precision']:>13} {r['img_per_sec']:>9.2f} "
+            f"{r['model_gflop_per_image']:>10.4g} {r['tflops']:>8.3g} {r['mfu']:>6.1%} {mem:>9}"
+        )
+    for preset, ratio in _ratios(rows).items():
+        print(f"{preset}: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratio.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -256,6 +316,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-act-ckpt", action="store_true", help="skip the seer variant with activation checkpointing"
+    )
+    parser.add_argument(
+        "--no-sgd", action="store_true", help="skip the seer variant with plain SGD instead of LARC"
     )
     parser.add_argument(
         "--profile", action="store_true", help="print the top operators of each variant's timed steps"
@@ -283,8 +346,10 @@ def main() -> None:
             runs.insert(1, ("baseline+cudnn.benchmark", partial(bench_baseline, *common, tuned=True)))
         if not args.no_act_ckpt:
             runs.append(("seer+act-ckpt", partial(bench_seer, *common, checkpointing=True)))
-        # The same step with plain SGD: how much of the step the LARC update costs.
-        runs.append(("seer (SGD, no LARC)", partial(bench_seer, *common, checkpointing=False, larc=False)))
+        if not args.no_sgd:  # the same step with plain SGD: how much of the step the LARC update costs
+            runs.append(
+                ("seer (SGD, no LARC)", partial(bench_seer, *common, checkpointing=False, larc=False))
+            )
         for variant, run in runs:
             _release(device)
             try:
@@ -299,55 +364,10 @@ def main() -> None:
             row["mfu"] = row["tflops"] / peak if "tflops" in row else None
             rows.append(row)
             print(json.dumps(row), flush=True)
+            _write_results(rows, device, peak)  # after every row: a run cut short still leaves its numbers
 
-    ratios = {}
-    for preset in dict.fromkeys(r["preset"] for r in rows):
-        by = {r["variant"]: r for r in rows if r["preset"] == preset and "img_per_sec" in r}
-        if "seer" in by:
-            ratios[preset] = {
-                f"seer/{base}": by["seer"]["img_per_sec"] / by[base]["img_per_sec"]
-                for base in ("baseline", "baseline+cudnn.benchmark")
-                if base in by
-            }
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
-    print(
-        f"\ndevice: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul peak {peak:.1f} TFLOP/s"
-    )
-    header = f"{'preset':8} {'variant':26} {'batch':>5} {'precision':>13} {'img/s':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak mem':>9}"
-    print(header + "\n" + "-" * len(header))
-    for r in rows:
-        if "error" in r:
-            print(f"{r['preset']:8} {r['variant']:26} {r['batch']:>5} {r['error']}")
-            continue
-        mem = f"{r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] is not None else "-"
-        print(
-            f"{r['preset']:8} {r['variant']:26} {r['batch']:>5} {r['precision']:>13} {r['img_per_sec']:>9.2f} "
-            f"{r['model_gflop_per_image']:>10.4g} {r['tflops']:>8.3g} {r['mfu']:>6.1%} {mem:>9}"
-        )
-    for preset, ratio in ratios.items():
-        print(f"{preset}: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratio.items()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"train_step_{device.type}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "device": device.type,
-                "device_name": name,
-                "torch": torch.__version__,
-                "matmul_peak_tflops": peak,
-                "timing": "wall, CUDA-synchronised"
-                if device.type == "cuda"
-                else "process CPU time, 1 thread",
-                "rows": rows,
-                "ratios": ratios,
-            },
-            indent=2,
-        )
-    )
+    out = _write_results(rows, device, peak)
+    _print_table(rows, device, peak)
     print(f"wrote {out}")
 
 

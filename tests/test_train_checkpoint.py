@@ -126,3 +126,24 @@ def test_incomplete_saves_are_never_resumed_and_get_pruned(storage_root: str) ->
     assert [c.iteration for c in checkpoint.list_checkpoints(output)] == [4, 6, 8]
     assert checkpoint.remove_incomplete(output) == [checkpoint.checkpoint_uri(output, 8)]
     assert [(c.iteration, c.complete) for c in checkpoint.list_checkpoints(output)] == [(4, True), (6, True)]
+
+
+def test_one_gpu_unsharded_checkpoint_loads_into_the_sharded_model(
+    single_process_group: None, tmp_path
+) -> None:
+    """The one-GPU path (`shard=False`, bf16 autocast) saves the same DCP keys; a sharded model restores it."""
+    cfg = load_config("rg-tiny", ["train.precision=bf16", "train.channels_last='on'"])
+    env = init_distributed()
+    local, _ = parallelize(build_model(cfg), cfg, env, shard=False)
+    optimizer = torch.optim.SGD(local.parameters(), lr=0.1, momentum=0.9)
+    _, scores = local([torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)])
+    scores[0].square().mean().backward()
+    optimizer.step()
+    uri = checkpoint.save(str(tmp_path / "run"), 3, local, optimizer, scheduler={}, rank_state={},
+                          marker={"preset": "rg-tiny"}, keep_last=1)  # fmt: skip
+    sharded, _ = parallelize(build_model(cfg), cfg, env)
+    sharded_opt = torch.optim.SGD(sharded.parameters(), lr=0.1, momentum=0.9)
+    assert checkpoint.load(uri, sharded, sharded_opt).iteration == 3
+    for name, value in sharded.state_dict().items():
+        whole = value.full_tensor() if hasattr(value, "full_tensor") else value
+        assert torch.equal(whole, local.state_dict()[name]), name

@@ -111,3 +111,33 @@ def test_bf16_policy_computes_in_bf16_but_keeps_prototypes_bn_and_master_weights
     assert all(g.dtype == torch.float32 for g in grads[0].values())
     for name, grad in grads[0].items():  # recomputation repeats the forward exactly (casts included)
         torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_one_gpu_path_keeps_names_init_and_bf16_numerics_of_the_fsdp_policy(
+    single_process_group: None,
+) -> None:
+    """`shard=False` (what one process on a GPU gets), exercised on CPU: plain fp32 parameters with the
+    sharded model's names and initial values, channels-last conv weights, a forward under bf16 autocast
+    that matches the FSDP2 bf16 policy, fp32 prototype scores and fp32 gradients."""
+    env = init_distributed()
+    cfg = load_config("rg-tiny", ["train.precision=bf16", "train.channels_last='on'"])
+    sharded, _ = parallelize(build_model(cfg), cfg, env)
+    local, info = parallelize(build_model(cfg), cfg, env, shard=False)
+    assert info.fsdp_units == 0 and info.param_dtype == "bfloat16" and info.channels_last
+    assert list(local.state_dict()) == list(sharded.state_dict())
+    for name, value in sharded.state_dict().items():
+        whole = value.full_tensor() if hasattr(value, "full_tensor") else value
+        assert type(local.state_dict()[name]) is torch.Tensor
+        assert torch.equal(local.state_dict()[name], whole), name
+    assert all(p.dtype == torch.float32 for p in local.parameters())
+    stem = local.trunk.stem[0].weight
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    x = [torch.randn(2, 3, 32, 32, generator=gen)] * 2 + [torch.randn(2, 3, 16, 16, generator=gen)] * 2
+    x = [c.contiguous(memory_format=torch.channels_last) for c in x]
+    _, scores_s = sharded(x)
+    emb_l, scores_l = local(x)
+    assert emb_l.dtype == torch.bfloat16 and scores_l[0].dtype == torch.float32
+    torch.testing.assert_close(scores_l[0], scores_s[0], atol=1e-3, rtol=1e-2)
+    scores_l[0].logsumexp(dim=1).mean().backward()
+    assert all(p.grad.dtype == torch.float32 for p in local.parameters())

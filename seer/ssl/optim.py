@@ -36,22 +36,42 @@ def _reduce_groups(t: torch.Tensor) -> tuple[dist.ProcessGroup, ...]:
 
 def global_sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Squared L2 norm of each (possibly sharded) tensor, in fp32 (fp64 if any tensor is), one all-reduce
-    per process group."""
+    per process group. Local norms come from one multi-tensor kernel per (device, dtype) and nothing
+    waits for the host."""
     if not tensors:
         return torch.zeros(0)
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    sq = torch.stack([_local(t).detach().to(dtype).pow(2).sum() for t in tensors])
+    local = [_local(t).detach() for t in tensors]
+    sq = torch.stack(_foreach_sq_norms([t if t.dtype == dtype else t.to(dtype) for t in local]))
     by_groups: dict[tuple[dist.ProcessGroup, ...], list[int]] = {}
     for i, t in enumerate(tensors):
         by_groups.setdefault(_reduce_groups(t), []).append(i)
     for groups, idx in by_groups.items():
         if not groups:
             continue
-        part = sq[idx]
+        part = sq if len(idx) == len(tensors) else sq[idx]
         for group in groups:
             dist.all_reduce(part, group=group)
-        sq[idx] = part
+        if part is not sq:
+            sq[idx] = part
     return sq
+
+
+def _foreach_sq_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Squared L2 norms (0-dim, in each tensor's dtype), batched per (device, dtype)."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for idx in _by_device_dtype(tensors).values():
+        norms = torch._foreach_norm([tensors[i] for i in idx])
+        for i, sq in zip(idx, torch._foreach_mul(norms, norms), strict=True):
+            out[i] = sq
+    return out  # type: ignore[return-value]
+
+
+def _by_device_dtype(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
 
 
 class LARC(torch.optim.SGD):
@@ -96,9 +116,7 @@ class LARC(torch.optim.SGD):
                     adaptive = (adaptive / lr).clamp(max=1.0)
                 adaptive = torch.where(ok, adaptive, torch.ones_like(adaptive))
                 decay = ok.to(p_norm.dtype) * wd
-                for i, p in enumerate(params):
-                    g = _local(p.grad)
-                    g.add_(_local(p).to(g.dtype) * decay[i].to(g)).mul_(adaptive[i].to(g))
+                _scale_grads_(params, decay, adaptive)
             saved_wd.append(wd)
             group["weight_decay"] = 0.0
         try:
@@ -107,6 +125,21 @@ class LARC(torch.optim.SGD):
             for group, wd in zip(self.param_groups, saved_wd, strict=True):
                 group["weight_decay"] = wd
         return loss
+
+
+def _scale_grads_(params: list[torch.Tensor], decay: torch.Tensor, adaptive: torch.Tensor) -> None:
+    """``g_i ← (g_i + decay_i·p_i)·adaptive_i`` for every parameter, on local shards, with multi-tensor
+    kernels per (device, dtype) of the gradients; the per-parameter factors stay on the device."""
+    grads = [_local(p.grad) for p in params]
+    for (device, dtype), idx in _by_device_dtype(grads).items():
+        g = [grads[i] for i in idx]
+        p = [_local(params[i]).detach() for i in idx]
+        p = [t if t.dtype == dtype else t.to(dtype) for t in p]
+        sel = torch.tensor(idx, device=decay.device) if len(idx) != len(grads) else None
+        d = decay if sel is None else decay[sel]
+        a = adaptive if sel is None else adaptive[sel]
+        torch._foreach_addcmul_(g, p, d.to(device=device, dtype=dtype).unbind())
+        torch._foreach_mul_(g, a.to(device=device, dtype=dtype).unbind())
 
 
 _OPTIM_KEYS = ("lr", "momentum", "weight_decay", "larc", "larc_trust", "larc_eps", "larc_clip")

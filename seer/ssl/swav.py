@@ -8,7 +8,7 @@ prototypes after each optimizer step and freezing them for the first iterations.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -38,13 +38,25 @@ def _all_reduce(
 
 
 def _replace_inf_(t: torch.Tensor) -> torch.Tensor:
-    """Replace +inf by the largest and −inf by the smallest finite value (VISSL's guard), in place."""
+    """Replace +inf by the largest and −inf by the smallest finite value (VISSL's guard), in place.
+
+    Without finite values both become 0. Branch-free: nothing waits for the device.
+    """
     inf = torch.isinf(t)
-    if inf.any():
-        finite = t[~inf]
-        hi, lo = (finite.max(), finite.min()) if finite.numel() else (t.new_zeros(()), t.new_zeros(()))
-        t[inf] = torch.where(t[inf] > 0, hi, lo)
-    return t
+    hi = torch.where(inf, float("-inf"), t).amax()
+    lo = torch.where(inf, float("inf"), t).amin()
+    any_finite = ~inf.all()
+    hi, lo = torch.where(any_finite, hi, 0.0), torch.where(any_finite, lo, 0.0)
+    return t.copy_(torch.where(inf, torch.where(t > 0, hi, lo), t))
+
+
+def _nudge_if_zero_(
+    q: torch.Tensor, sums: torch.Tensor, recompute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """If any of `sums` is 0, add 1e-12 to `q` and return `recompute()`; else `sums` (no host sync)."""
+    zero = (sums == 0).any()
+    q += zero.to(q.dtype) * 1e-12
+    return torch.where(zero, recompute(), sums)
 
 
 @torch.no_grad()
@@ -68,16 +80,19 @@ def sinkhorn_knopp(
     q /= _all_reduce(q.sum().reshape(1), dist.ReduceOp.SUM, group)
     k, b = q.shape
     r, c = 1.0 / k, 1.0 / (b * _world(group))
+
+    def row_sums() -> torch.Tensor:  # q is only ever updated in place
+        return _all_reduce(q.sum(dim=1), dist.ReduceOp.SUM, group)
+
+    def col_sums() -> torch.Tensor:
+        return q.sum(dim=0)
+
     for _ in range(n_iters):
-        u = _all_reduce(q.sum(dim=1), dist.ReduceOp.SUM, group)
-        if (u == 0).any():  # u is global, so every rank takes this branch together
-            q += 1e-12
-            u = _all_reduce(q.sum(dim=1), dist.ReduceOp.SUM, group)
+        # u is global, so every rank nudges together; a zero column is a sample whose scores all
+        # underflowed (VISSL would return NaN). The guards are arithmetic, not branches: no host sync.
+        u = _nudge_if_zero_(q, row_sums(), row_sums)
         q *= _replace_inf_(r / u).unsqueeze(1)
-        col = q.sum(dim=0)
-        if (col == 0).any():  # a sample whose scores all underflowed; VISSL would return NaN here
-            q += 1e-12
-            col = q.sum(dim=0)
+        col = _nudge_if_zero_(q, col_sums(), col_sums)
         q *= (c / col).unsqueeze(0)
     q /= q.sum(dim=0, keepdim=True)
     return q.t().float()
@@ -181,8 +196,8 @@ class SwAVLoss(nn.Module):
             raise SwAVError("the SwAV queue is active: pass prototypes=[K×D weight per head] to the loss")
 
         total = embedding.new_zeros((), dtype=torch.float32)
-        log_probs = [[nnf.log_softmax(s[p * bs : (p + 1) * bs].float() / self.temperature, dim=1)
-                      for p in range(self.num_crops)] for s in heads]  # fmt: skip
+        # one row-wise log-softmax per head, sliced per crop
+        log_probs = [nnf.log_softmax(s.float() / self.temperature, dim=1).split(bs) for s in heads]
         for h, s in enumerate(heads):
             head_loss = embedding.new_zeros((), dtype=torch.float32)
             for i, c in enumerate(self.crops_for_assign):

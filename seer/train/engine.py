@@ -42,7 +42,14 @@ from seer.ssl.multicrop import PaddedCrops, padded_trunk_features
 from seer.ssl.optim import LRSchedule, build_optimizer
 from seer.ssl.swav import PrototypeFreezer, SwAVLoss, normalize_prototypes_
 from seer.train import checkpoint
-from seer.train.parallel import DistEnv, ParallelInfo, build_model, init_distributed, parallelize
+from seer.train.parallel import (
+    DistEnv,
+    ParallelInfo,
+    autocast_context,
+    build_model,
+    init_distributed,
+    parallelize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,8 @@ def manifest_uri(data_uri: str) -> str:
 
 def _padded_forward(self: SwAVModel, crops: PaddedCrops) -> tuple[Tensor, list[Tensor]]:
     """SEER 10B single pass: all crops padded to one size, masked pooling, then the head."""
-    return self.head(padded_trunk_features(self.trunk, crops))
+    with autocast_context(self):  # a no-op unless the model runs unsharded in mixed precision
+        return self.head(padded_trunk_features(self.trunk, crops))
 
 
 def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:

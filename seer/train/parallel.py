@@ -17,6 +17,14 @@ and materialised on `env.device`, so no rank ever holds the whole model (rg10b: 
 4. `to_empty` on `env.device`, then SEER init (`seer.models.init`) tensor by tensor: each full tensor
    is drawn from its name-derived generator and this rank keeps its dim-0 chunk, so the weights do
    not depend on the number of ranks.
+
+One process on a GPU has nothing to shard, and FSDP2's per-unit hooks (casts, copies, gradient
+"reduction") only cost time there, so step 3 is replaced by local mixed precision: fp32 parameters,
+the forward under bf16 autocast (BatchNorm keeps fp32 affine parameters and statistics), prototypes
+scored in fp32 (embeddings cast up, as FSDP2's fp32 prototype unit does), and channels-last conv
+weights when the run uses channels-last.
+Parameter names, initial values and the checkpoint format are the same as with FSDP2 (DCP loads either
+into the other); CPU runs keep FSDP2 on every world size.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -333,6 +342,54 @@ def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
     return units
 
 
+# ----------------------------------------------------------------------------------------------
+# One GPU: no FSDP, local mixed precision
+
+
+class _AutocastForward:
+    """Model mixin: `forward` runs under autocast to `compute_dtype` (set by `apply_local_precision`)."""
+
+    compute_dtype: torch.dtype
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        with autocast_context(self):
+            return super().forward(*args, **kwargs)
+
+
+class _Fp32Prototypes(nn.Linear):
+    """A prototype matrix that scores in fp32 under autocast (its scores feed Sinkhorn)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
+
+
+_AUTOCAST: dict[type, type] = {}
+
+
+def autocast_context(model: nn.Module) -> AbstractContextManager:
+    """Autocast to the model's compute dtype when `apply_local_precision` gave it one, else a no-op."""
+    dtype = getattr(model, "compute_dtype", None)
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=dtype)
+
+
+def apply_local_precision(model: SwAVModel, param_dtype: torch.dtype) -> None:
+    """Unsharded mixed precision (see the module docstring); the parameters stay fp32."""
+    if param_dtype == torch.float32:
+        return
+    cls = type(model)
+    if cls not in _AUTOCAST:
+        _AUTOCAST[cls] = type(f"Autocast{cls.__name__}", (_AutocastForward, cls), {})
+    model.__class__ = _AUTOCAST[cls]
+    model.compute_dtype = param_dtype
+    for proto in model.head.prototypes:
+        if type(proto) is nn.Linear:
+            proto.__class__ = _Fp32Prototypes
+
+
 def materialize_sharded_(model: nn.Module, device: torch.device, seed: int) -> None:
     """Allocate the local shards on `device` and fill them with SEER init, independent of world size."""
     model.to_empty(device=device)
@@ -372,35 +429,45 @@ class ParallelInfo:
     param_dtype: str
     sync_bn: str
     checkpoint_groups: int
-    fsdp_units: int
+    fsdp_units: int  # 0: not sharded (one process on a GPU; local mixed precision)
     channels_last: bool
     local_params: int
     global_params: int
 
 
 def parallelize(
-    model: SwAVModel, cfg: SeerConfig, env: DistEnv, materialize: bool = True
+    model: SwAVModel, cfg: SeerConfig, env: DistEnv, materialize: bool = True, shard: bool | None = None
 ) -> tuple[SwAVModel, ParallelInfo]:
     """Shard a meta-device `SwAVModel` over all ranks (see the module docstring); in place.
 
-    `materialize=False` leaves the shards on the meta device (memory planning, tests).
+    `materialize=False` leaves the shards on the meta device (memory planning, tests). `shard`: FSDP2
+    or local mixed precision; None (default) shards unless this is one process on a GPU.
     """
     param_dtype = resolve_precision(cfg, env.device)
+    if shard is None:
+        shard = env.world_size > 1 or env.device.type != "cuda"
+    channels_last = use_channels_last(cfg, env.device)
     sync_bn = apply_sync_bn(model, cfg.train.sync_bn_group, env)
     groups = 0
     if cfg.train.activation_checkpointing:
         groups = apply_activation_checkpointing(model.trunk, get_preset(cfg.model.preset).checkpoint_groups())
-    mesh = init_device_mesh(env.device.type, (env.world_size,))
-    units = apply_fsdp(model, mesh, param_dtype)
+    units: list[Unit] = []
+    if shard:
+        mesh = init_device_mesh(env.device.type, (env.world_size,))
+        units = apply_fsdp(model, mesh, param_dtype)
+    else:
+        apply_local_precision(model, param_dtype)
     if materialize:
         materialize_sharded_(model, env.device, cfg.train.seed)
+        if not shard and channels_last:
+            model.to(memory_format=torch.channels_last)
     sizes = shard_sizes(model)
     info = ParallelInfo(
         param_dtype=str(param_dtype).removeprefix("torch."),
         sync_bn=sync_bn,
         checkpoint_groups=groups,
-        fsdp_units=len(units) + 1,
-        channels_last=use_channels_last(cfg, env.device),
+        fsdp_units=len(units) + 1 if shard else 0,
+        channels_last=channels_last,
         local_params=sizes["local"],
         global_params=sizes["global"],
     )
