@@ -572,10 +572,16 @@ def read_image_bytes(sample: Sample) -> bytes:
     return _shard_cache[sample.uri][sample.member]
 
 
-def read_image(sample: Sample) -> Image.Image:
-    """Decode `sample` as RGB; an undecodable image raises DatasetError naming its row."""
+def read_image(sample: Sample, min_size: int | None = None) -> Image.Image:
+    """Decode `sample` as RGB; an undecodable image raises DatasetError naming its row.
+
+    `min_size`: JPEGs may be decoded at a reduced power-of-two scale (libjpeg DCT scaling) that
+    keeps both sides >= min_size, which is much faster for photos larger than the model input.
+    """
     try:
         image = Image.open(io.BytesIO(read_image_bytes(sample)))
+        if min_size is not None and image.format == "JPEG":
+            image.draft("RGB", (min_size, min_size))
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(

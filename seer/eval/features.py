@@ -59,6 +59,7 @@ class TransformSpec:
     mode `shorter`: resize the shorter side to `resize`, centre-crop `crop` (VISSL 256→224; 384→384
     for test384); `square`: resize to `resize`×`resize` (the CLEVR protocol); `longer`: resize the
     longer side to `resize`, keep the aspect ratio, no crop (copy detection). ImageNet normalisation.
+    JPEGs are decoded at the largest power-of-two reduction that stays >= `resize` (`read_image`).
     """
 
     mode: str = "shorter"
@@ -70,6 +71,7 @@ class TransformSpec:
         return f"{self.mode}:{self.resize}:{self.crop}:{self.interpolation}"
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Resized uint8 C×H×W tensor; `normalize` scales and normalises a batch on the model's device."""
         interp = (
             TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
         )
@@ -84,11 +86,21 @@ class TransformSpec:
         else:
             image = TF.resize(image, self.resize, interpolation=interp, antialias=True)
             image = TF.center_crop(image, [self.crop, self.crop])
-        tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
-        return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+        return TF.pil_to_tensor(image)
 
 
 _PIL_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def normalize(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 B×3×H×W → float on `device`, scaled to [0, 1] and ImageNet-normalised (channels-last on
+    CUDA). Moving uint8 and normalising there sends 4× fewer bytes and spares the decoding workers."""
+    x = images.to(device, non_blocking=True).float()
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    return (x - mean) / std
 
 
 def parse_transform(text: str) -> TransformSpec:
@@ -350,19 +362,16 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         index = self.indices[i]
-        return index, self.transform(read_image(self.dataset.samples[index]))
+        image = read_image(self.dataset.samples[index], min_size=self.transform.resize)
+        return index, self.transform(image)
 
 
-def _collate(batch: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
-    return batch
-
-
-def _by_shape(batch: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[list[int], torch.Tensor]]:
+def _collate(batch: list[tuple[int, torch.Tensor]]) -> list[tuple[list[int], torch.Tensor]]:
+    """Stack a batch in the worker, one stack per image shape (fixed-size transforms give one)."""
     groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for index, tensor in batch:
         groups.setdefault(tuple(tensor.shape), []).append((index, tensor))
-    for items in groups.values():
-        yield [i for i, _ in items], torch.stack([t for _, t in items])
+    return [([i for i, _ in items], torch.stack([t for _, t in items])) for items in groups.values()]
 
 
 def cache_key(checkpoint_sha256: str, dataset_sha256: str, options: FeatureOptions) -> str:
@@ -426,6 +435,8 @@ def _run_trunk(
     loaded: LoadedTrunk, dataset: EvalDataset, indices: list[int], options: FeatureOptions, show: bool
 ) -> dict[int, np.ndarray]:
     device = next(loaded.trunk.parameters()).device
+    if device.type == "cuda":
+        loaded.trunk.to(memory_format=torch.channels_last)
     loader = DataLoader(
         _Images(dataset, indices, options.transform),
         batch_size=options.batch_size,
@@ -439,12 +450,12 @@ def _run_trunk(
         torch.inference_mode(),
         tqdm(total=len(indices), desc="features", unit="img", disable=None if show else True) as bar,
     ):
-        for batch in loader:
-            for batch_indices, images in _by_shape(batch):
+        for groups in loader:
+            for batch_indices, images in groups:
                 with _autocast(device, options.precision):
-                    fmap = loaded.trunk(images.to(device, non_blocking=True), taps=[options.tap])[options.tap]
+                    fmap = loaded.trunk(normalize(images, device), taps=[options.tap])[options.tap]
                 out.update(zip(batch_indices, _pool_batch(fmap, options.pool), strict=True))
-            bar.update(len(batch))
+                bar.update(len(batch_indices))
     return out
 
 
