@@ -102,10 +102,13 @@ def _png(fig: Figure) -> bytes:
 def plot_bars(values: Mapping[str, float], title: str, ylabel: str = "accuracy") -> bytes:
     """Bar chart of one number per class or group (NaN bars are drawn empty)."""
     names = list(values)
-    heights = [0.0 if v is None or not np.isfinite(v) else v for v in values.values()]
+    known = [v is not None and bool(np.isfinite(v)) for v in values.values()]
+    heights = [float(v) if ok else 0.0 for v, ok in zip(values.values(), known, strict=True)]
     fig, ax = _figure(max(4.0, 0.45 * len(names) + 1.5), 3.2)
     bars = ax.bar(range(len(names)), heights, color="#4c78a8")
-    ax.bar_label(bars, labels=[f"{h:.2f}" for h in heights], fontsize=7)
+    ax.bar_label(
+        bars, labels=[f"{h:.2f}" if ok else "n/a" for h, ok in zip(heights, known, strict=True)], fontsize=7
+    )
     ax.set_xticks(
         range(len(names)),
         names,
