@@ -109,13 +109,19 @@ def pretrained(benchmarks: dict, tmp_path_factory: pytest.TempPathFactory) -> st
     images = torch.cat(
         [_pixels(benchmarks["counting"]["train"], "classification"), _pixels(benchmarks["copy"]["train"])]
     )
-    trunk = pretrain(images, steps=120, batch=48, size=32, lr=0.3)
+    # One thread: on a loaded 2-core machine OpenMP's spinning threads make a step 10-20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trunk = pretrain(images, steps=250, batch=48, size=32, lr=0.3)
+    finally:
+        torch.set_num_threads(threads)
     uri = str(tmp_path_factory.mktemp("ckpt") / "rg-tiny-ssl.pt")
     torch.save(
         {
             "format": "seer-consolidated-v1",
             "preset": "rg-tiny",
-            "iteration": 120,
+            "iteration": 250,
             "trunk": trunk,
             "heads": {},
         },
@@ -142,7 +148,7 @@ def test_pretrained_rg_tiny_linear_probe_beats_random_init_on_counting(
     print(
         f"counting linear probe top-1: pretrained rg-tiny {trained:.3f} vs random-init rg-tiny {random_init:.3f}"
     )
-    assert trained >= random_init + 0.08
+    assert trained >= random_init + 0.15
     written = json.loads(storage.read_text(f"{out}/metrics.json"))
     assert (
         written["metrics"]["top1"] == trained and written["baselines"]["random-init"]["top1"] == random_init
