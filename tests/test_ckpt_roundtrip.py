@@ -45,14 +45,16 @@ def trained_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def write_dcp(model: torch.nn.Module, folder: Path, iteration: int = 7) -> None:
+def write_dcp(
+    model: torch.nn.Module, folder: Path, iteration: int = 7, model_config: dict | None = None
+) -> None:
     """A checkpoint in the training engine's layout (DCP files + seer_checkpoint.json last)."""
     state = {"model": model.state_dict(), "extra": {"iteration": iteration}}
     dcp.save(state, checkpoint_id=str(folder), no_dist=True)
     manifest = {
         "iteration": iteration,
         "preset": PRESET,
-        "config": {"model": {"preset": PRESET}},
+        "config": {"model": model_config or {"preset": PRESET}},
         "world_size": 1,
         "created": "2026-01-01T00:00:00+00:00",
         "format": "seer-dcp-v1",
@@ -164,6 +166,32 @@ def test_checkpoint_for_another_architecture_fails_with_first_mismatches(tmp_pat
     with pytest.raises(ArchitectureMismatchError, match=r"shape mismatches.*checkpoint \[") as err:
         consolidate(str(folder), str(tmp_path / "c.pt"))
     assert "\n" not in str(err.value) and not (tmp_path / "c.pt").exists()
+
+
+def test_run_with_overridden_prototype_count_consolidates(tmp_path):
+    """`--set model.num_prototypes=[...]` changes the prototype matrix; consolidation follows the run's
+    config instead of refusing the checkpoint as another architecture."""
+    from seer.models.heads import SwAVHead
+    from seer.models.presets import get_preset
+
+    spec = get_preset(PRESET)
+    model = build_swav_model(PRESET, "cpu")
+    model.head = SwAVHead(spec.head_dims, spec.head_use_bn, [128])
+    folder = tmp_path / "iter"
+    write_dcp(model, folder, model_config={"preset": PRESET, "num_prototypes": [128]})
+    consolidate(str(folder), str(tmp_path / "c.pt"))
+    heads = torch.load(tmp_path / "c.pt", mmap=True, weights_only=True)["heads"]
+    assert torch.equal(heads["prototypes.0.weight"], model.head.state_dict()["prototypes.0.weight"])
+    slice_checkpoint(str(tmp_path / "c.pt"), str(tmp_path / "s"))
+    assert tuple(read_slice(open_sliced(str(tmp_path / "s")).entries["head.prototypes.0.weight"]).shape) == (
+        128,
+        spec.head_dims[-1],
+    )
+    # Without the override in its config, the same tensors are a mismatch, named in one line.
+    other = tmp_path / "iter2"
+    write_dcp(model, other)
+    with pytest.raises(ArchitectureMismatchError, match=r"prototypes\.0\.weight: checkpoint \[128, "):
+        consolidate(str(other), str(tmp_path / "d.pt"))
 
 
 def test_incomplete_training_checkpoint_is_rejected(model_and_ckpt, tmp_path):

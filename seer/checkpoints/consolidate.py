@@ -298,9 +298,10 @@ def consolidate(
             found[group][short] = tuple(tmd.size)
             entries.append((group, short, fqn, tmd))
         if ckpt_preset:
+            protos = ((manifest.get("config") or {}).get("model") or {}).get("num_prototypes")
             for group in GROUPS:
                 check_names_and_shapes(
-                    expected_shapes(ckpt_preset, group), found[group], f"{ckpt_uri} ({group})"
+                    expected_shapes(ckpt_preset, group, protos), found[group], f"{ckpt_uri} ({group})"
                 )
         total = sum(t.size.numel() * t.properties.dtype.itemsize for *_, t in entries)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="consolidate", disable=None, leave=False)

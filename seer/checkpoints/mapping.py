@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -95,19 +95,27 @@ def timm_to_seer_name(name: str) -> str:
 
 
 @functools.cache
-def _expected(preset: str) -> dict[str, dict[str, tuple[int, ...]]]:
-    from seer.models.swav_model import build_swav_model
+def _expected(preset: str, num_prototypes: tuple[int, ...] | None) -> dict[str, dict[str, tuple[int, ...]]]:
+    from seer.models.heads import SwAVHead
+    from seer.models.presets import get_preset
+    from seer.models.regnet import build_trunk
 
-    model = build_swav_model(preset, device="meta")
+    spec = get_preset(preset)
+    trunk = build_trunk(preset, device="meta")
+    with torch.device("meta"):
+        head = SwAVHead(spec.head_dims, spec.head_use_bn, list(num_prototypes or spec.num_prototypes))
     return {
-        "trunk": {k: tuple(v.shape) for k, v in model.trunk.state_dict().items()},
-        "heads": {k: tuple(v.shape) for k, v in model.head.state_dict().items()},
+        "trunk": {k: tuple(v.shape) for k, v in trunk.state_dict().items()},
+        "heads": {k: tuple(v.shape) for k, v in head.state_dict().items()},
     }
 
 
-def expected_shapes(preset: str, group: str) -> dict[str, tuple[int, ...]]:
-    """Name → shape of every trunk (`group="trunk"`) or head (`"heads"`) tensor of a preset."""
-    return dict(_expected(preset)[group])
+def expected_shapes(
+    preset: str, group: str, num_prototypes: Sequence[int] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every trunk (`group="trunk"`) or head (`"heads"`) tensor of a preset; a run that
+    overrode `model.num_prototypes` passes its counts so the prototype matrices are checked against them."""
+    return dict(_expected(preset, tuple(num_prototypes) if num_prototypes else None)[group])
 
 
 def check_names_and_shapes(
