@@ -52,7 +52,7 @@ def _env() -> dict[str, str]:
 
 def _torchrun(output: Path, data: Path, *extra: str) -> list[str]:
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    return [torchrun, "--nproc-per-node", "2", "-m", "seer", "pretrain", *RUN_ARGS, *extra,
+    return [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "seer", "pretrain", *RUN_ARGS, *extra,
             "--data", str(data), "--output", str(output)]  # fmt: skip
 
 

@@ -33,7 +33,7 @@ HELPER = Path(__file__).parent / "dist" / "train_meta_shard.py"
 def test_rg10b_is_sharded_over_two_cpu_ranks_on_the_meta_device() -> None:
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     done = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", str(HELPER), "rg10b"],
+        [torchrun, "--standalone", "--nproc-per-node", "2", str(HELPER), "rg10b"],
         capture_output=True,
         text=True,
         timeout=600,
