@@ -95,8 +95,11 @@ def test_bf16_policy_computes_in_bf16_but_keeps_prototypes_bn_and_master_weights
     single_process_group: None,
 ) -> None:
     env = init_distributed()
-    x = [torch.randn(2, 3, 16, 16)] * 2
-    grads, outputs = [], []
+    # 64 px keeps block4's map at 4x4. At 16 px (1x1 under a padded 3x3 grouped conv) CPU oneDNN's bf16
+    # weight-gradient kernel sporadically returned NaN where the gradient is 0 (depending on what the
+    # process ran before: seen in full-suite runs only), a kernel fault at a size training never uses.
+    x = [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))] * 2
+    grads = []
     for checkpointing in (False, True):
         cfg = load_config(
             "rg-tiny", ["train.precision=bf16", f"train.activation_checkpointing={checkpointing}"]
@@ -106,18 +109,11 @@ def test_bf16_policy_computes_in_bf16_but_keeps_prototypes_bn_and_master_weights
         assert all(p.dtype == torch.float32 for p in model.parameters())  # sharded master copies
         embedding, scores = model(x)
         assert embedding.dtype == torch.bfloat16 and scores[0].dtype == torch.float32
-        outputs.append((embedding.detach(), scores[0].detach()))
         scores[0].logsumexp(dim=1).mean().backward()
         grads.append({n: p.grad.to_local() for n, p in model.named_parameters()})
-    assert all(g.dtype == torch.float32 for g in grads[0].values())
-    # Checkpointing changes nothing in the forward: bit-identical outputs.
-    assert all(torch.equal(a, b) for a, b in zip(outputs[0], outputs[1], strict=True))
-    # The recomputed forward must run with the same casts (FSDP2 skipping its input casts during
-    # recompute made the recomputed BatchNorm fail on dtypes: the bug this guards). Gradients agree to
-    # bf16 rounding, not bit for bit: on CPU oneDNN may pick another grouped-conv weight-grad kernel for
-    # the recomputed pass's tensor layouts, which sums in another order (seen once in CI, block4's 3x3).
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, rtol=4e-3, atol=1e-6, msg=name)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads[0].values())
+    for name, grad in grads[0].items():  # recomputation repeats the forward exactly (casts included)
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=0, msg=name)
 
 
 def test_one_gpu_path_keeps_names_init_and_bf16_numerics_of_the_fsdp_policy(
