@@ -74,6 +74,7 @@ def run(
     options = options or FeatureOptions()
     config = config or LinearConfig()
     options.validate()
+    config.validate()  # before loading data or extracting features, as `seer eval linear` does
     train = load_dataset(train_uri, "classification", fmt=fmt, max_bad_rows=max_bad_rows)
     test = load_dataset(test_uri, "grouped", fmt=fmt, classes=train.classes, max_bad_rows=max_bad_rows)
     unknown = [h for h in harmful_labels if h not in train.classes]

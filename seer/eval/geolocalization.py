@@ -131,6 +131,7 @@ def run(
     options = options or FeatureOptions()
     config = config or LinearConfig()
     options.validate()
+    config.validate()  # before loading data or extracting features, as `seer eval linear` does
     train = load_dataset(train_uri, "geo", fmt=fmt, max_bad_rows=max_bad_rows)
     val = load_dataset(val_uri, "geo", fmt=fmt, max_bad_rows=max_bad_rows)
     centres = load_cells(cells_uri) if cells_uri else None
