@@ -72,13 +72,10 @@ def train(work: Path, name: str, overrides: list[str], shards: str, nproc: int) 
 def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str, float]:
     """The demo's linear (28 epochs), kNN and copy-detection evaluations: linear / knn top-1, copy mAP."""
     from seer.eval import copy_detection, knn, linear
-    from seer.eval.features import FeatureOptions, parse_pool, parse_transform
+    from seer.eval.features import parse_pool, parse_transform
     from seer.eval.linear import LinearConfig
+    from seer.eval.setup import FeatureOptions
 
-    epochs = 28
-    milestones = tuple(
-        sorted({m for m in (epochs * 2 // 7, epochs * 4 // 7, epochs * 6 // 7) if 0 < m < epochs})
-    )
     cls = FeatureOptions(transform=parse_transform("shorter:64:64"))
     cp = FeatureOptions(tap="res4", pool=parse_pool("rmac:3"), transform=parse_transform("longer:96"))
     c = sets["counting"]
@@ -88,7 +85,7 @@ def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str
             c["val"],
             checkpoint,
             options=cls,
-            config=LinearConfig(epochs=epochs, milestones=milestones),
+            config=LinearConfig.for_epochs(28),
             preset=preset,
             device="cpu",
         ),

@@ -30,9 +30,11 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from seer.checkpoints.load import load_trunk
 from seer.data.synthetic import synthetic_image
 from seer.eval.datasets import load_dataset
-from seer.eval.features import FeatureOptions, extract, load_trunk, parse_transform, resolve_device
+from seer.eval.features import extract, parse_transform
+from seer.eval.setup import FeatureOptions, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 

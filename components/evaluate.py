@@ -1,4 +1,5 @@
-"""Evaluation steps, one per SEER protocol (`seer eval …`). Each reads its sets from `datasets.json`
+"""Evaluation steps, one per SEER protocol (`seer eval …`), each a typed signature around
+`seer.eval.steps.run_step`; parameter defaults match the protocol dataclasses (tests check it). Each reads its sets from `datasets.json`
 (the eval_datasets step), writes `report.html` + `metrics.json` into `results`, logs the metrics to
 the KFP `Metrics` artifact, copies the report into the `HTML` artifact the UI renders and, for
 classification, logs the confusion matrix. `enabled=False` records a skipped evaluation instead, so a
@@ -78,26 +79,13 @@ def linear_eval(
         _skip("linear", results.path, report)
         _skip("linear", classifier.path, report)
         return
-    from seer import storage
-    from seer.eval import linear
-    from seer.eval.features import FeatureOptions, parse_transform
-    from seer.eval.linear import LinearConfig
+    from seer.eval.steps import run_step
 
-    sets = storage.read_json(storage.join(datasets.uri, "datasets.json"))
-    milestones = tuple(m for m in (epochs * 2 // 7, epochs * 4 // 7, epochs * 6 // 7) if 0 < m < epochs)
-    doc = linear.run(
-        sets["linear_train"],
-        sets["linear_val"],
-        model.uri,
-        options=FeatureOptions(
-            transform=parse_transform(transform), batch_size=batch_size, num_workers=workers
-        ),
-        config=LinearConfig(epochs=epochs, milestones=tuple(sorted(set(milestones))), seed=seed),
-        baselines=tuple(baselines),
-        device=device,
-        output=results.path,
+    doc = run_step(
+        "linear", model.uri, datasets.uri, results.path, transform=transform, batch_size=batch_size,
+        workers=workers, device=device, baselines=baselines, epochs=epochs, seed=seed,
         save_classifier_uri=classifier.path,
-    )
+    )  # fmt: skip
     _publish(doc, results.path, metrics, report, confusion)
 
 
@@ -141,25 +129,12 @@ def knn_eval(
     if not enabled:
         _skip("knn", results.path, report)
         return
-    from seer import storage
-    from seer.eval import knn
-    from seer.eval.features import FeatureOptions, parse_transform
+    from seer.eval.steps import run_step
 
-    sets = storage.read_json(storage.join(datasets.uri, "datasets.json"))
-    doc = knn.run(
-        sets["linear_train"],
-        sets["linear_val"],
-        model.uri,
-        options=FeatureOptions(
-            transform=parse_transform(transform), batch_size=batch_size, num_workers=workers
-        ),
-        k=k,
-        temperature=temperature,
-        baselines=tuple(baselines),
-        seed=seed,
-        device=device,
-        output=results.path,
-    )
+    doc = run_step(
+        "knn", model.uri, datasets.uri, results.path, transform=transform, batch_size=batch_size,
+        workers=workers, device=device, baselines=baselines, k=k, temperature=temperature, seed=seed,
+    )  # fmt: skip
     _publish(doc, results.path, metrics, report, confusion)
 
 
@@ -199,29 +174,12 @@ def copy_detection_eval(
     if not enabled:
         _skip("copy-detection", results.path, report)
         return
-    from seer import storage
-    from seer.eval import copy_detection
-    from seer.eval.features import FeatureOptions, parse_pool, parse_transform
+    from seer.eval.steps import run_step
 
-    sets = storage.read_json(storage.join(datasets.uri, "datasets.json"))
-    doc = copy_detection.run(
-        sets["copy_queries"],
-        model.uri,
-        database_uri=sets.get("copy_database"),
-        whitening_uri=sets.get("copy_whitening"),
-        options=FeatureOptions(
-            tap="res4",
-            pool=parse_pool("rmac:3"),
-            transform=parse_transform(transform),
-            batch_size=batch_size,
-            num_workers=workers,
-        ),
-        pca_dims=pca_dims,
-        baselines=tuple(baselines),
-        seed=seed,
-        device=device,
-        output=results.path,
-    )
+    doc = run_step(
+        "copy-detection", model.uri, datasets.uri, results.path, transform=transform, batch_size=batch_size,
+        workers=workers, device=device, baselines=baselines, pca_dims=pca_dims, seed=seed,
+    )  # fmt: skip
     _publish(doc, results.path, metrics, report)
 
 
@@ -259,24 +217,12 @@ def geolocalization_eval(
     if not enabled:
         _skip("geolocalization", results.path, report)
         return
-    from seer import storage
-    from seer.eval import geolocalization
-    from seer.eval.features import FeatureOptions, parse_transform
+    from seer.eval.steps import run_step
 
-    sets = storage.read_json(storage.join(datasets.uri, "datasets.json"))
-    doc = geolocalization.run(
-        sets["geo_train"],
-        sets["geo_val"],
-        model.uri,
-        method=method,
-        cells_uri=sets.get("geo_cells"),
-        options=FeatureOptions(
-            transform=parse_transform(transform), batch_size=batch_size, num_workers=workers
-        ),
-        baselines=tuple(baselines),
-        device=device,
-        output=results.path,
-    )
+    doc = run_step(
+        "geolocalization", model.uri, datasets.uri, results.path, transform=transform, batch_size=batch_size,
+        workers=workers, device=device, baselines=baselines, method=method,
+    )  # fmt: skip
     _publish(doc, results.path, metrics, report)
 
 
@@ -316,24 +262,12 @@ def fairness_eval(
     if not enabled:
         _skip("fairness", results.path, report)
         return
-    from seer import storage
-    from seer.eval import fairness
-    from seer.eval.features import FeatureOptions, parse_transform
+    from seer.eval.steps import run_step
 
-    sets = storage.read_json(storage.join(datasets.uri, "datasets.json"))
-    doc = fairness.run(
-        sets["fairness_train"],
-        sets["fairness_test"],
-        model.uri,
-        harmful_labels=tuple(harmful_labels),
-        classifier=classifier,
-        options=FeatureOptions(
-            transform=parse_transform(transform), batch_size=batch_size, num_workers=workers
-        ),
-        baselines=tuple(baselines),
-        device=device,
-        output=results.path,
-    )
+    doc = run_step(
+        "fairness", model.uri, datasets.uri, results.path, transform=transform, batch_size=batch_size,
+        workers=workers, device=device, baselines=baselines, harmful_labels=harmful_labels, classifier=classifier,
+    )  # fmt: skip
     _publish(doc, results.path, metrics, report)
 
 
@@ -367,20 +301,10 @@ def test384_eval(
     if not enabled:
         _skip("test384", results.path, report)
         return
-    from seer import storage
-    from seer.errors import ConfigError
-    from seer.eval import test384
+    from seer.eval.steps import run_step
 
-    if storage.exists(storage.join(classifier.uri, "skipped.json")):
-        raise ConfigError("test384 evaluates the linear step's classifier: enable the linear evaluation too")
-    sets = storage.read_json(storage.join(datasets.uri, "datasets.json"))
-    doc = test384.run(
-        sets["linear_val"],
-        classifier.uri,
-        resolution=resolution,
-        batch_size=batch_size,
-        num_workers=workers,
-        device=device,
-        output=results.path,
-    )
+    doc = run_step(
+        "test384", classifier.uri, datasets.uri, results.path, batch_size=batch_size, workers=workers,
+        device=device, resolution=resolution,
+    )  # fmt: skip
     _publish(doc, results.path, metrics, report)

@@ -10,13 +10,13 @@ import torchvision
 from torchvision.models.regnet import BlockParams
 
 from seer.checkpoints.consolidate import TensorSource, write_consolidated
+from seer.checkpoints.convert import convert
 from seer.checkpoints.io import CheckpointError, tensor_bytes
 from seer.checkpoints.mapping import (
     TIMM_MODELS,
     TORCHVISION_MODELS,
     ArchitectureMismatchError,
     UnknownKeyError,
-    convert,
     expected_shapes,
     seer_to_timm_name,
     timm_to_seer_name,

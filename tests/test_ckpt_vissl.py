@@ -15,9 +15,9 @@ import torch
 from seer.checkpoints.consolidate import consolidated_tensors, open_consolidated
 from seer.checkpoints.io import CheckpointError
 from seer.checkpoints.load_sliced import load_sliced_into_
-from seer.checkpoints.mapping import ArchitectureMismatchError, UnknownKeyError
+from seer.checkpoints.mapping import ArchitectureMismatchError, UnknownKeyError, vissl_to_seer_trunk
 from seer.checkpoints.slice import slice_checkpoint
-from seer.checkpoints.vissl import export_vissl, import_vissl, vissl_to_seer_trunk
+from seer.checkpoints.vissl import export_vissl, import_vissl
 from seer.models.swav_model import build_swav_model
 
 PRESET = "rg-tiny"

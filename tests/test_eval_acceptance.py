@@ -25,7 +25,8 @@ from seer import storage
 from seer.data.synthetic_benchmarks import make_copy_detection_set, make_counting_set
 from seer.eval import copy_detection, linear
 from seer.eval.datasets import load_dataset, read_image
-from seer.eval.features import IMAGENET_MEAN, IMAGENET_STD, FeatureOptions, parse_transform
+from seer.eval.features import IMAGENET_MEAN, IMAGENET_STD, parse_transform
+from seer.eval.setup import FeatureOptions
 from seer.models import build_swav_model
 
 pytestmark = pytest.mark.slow

@@ -11,22 +11,15 @@ import pytest
 import torch
 
 from seer import storage
+from seer.checkpoints.load import CheckpointLoadError, load_trunk
 from seer.checkpoints.mapping import seer_to_timm_name
 from seer.checkpoints.slice import slice_checkpoint
 from seer.data.synthetic_benchmarks import make_counting_set
 from seer.errors import ConfigError
 from seer.eval import features
 from seer.eval.datasets import load_dataset
-from seer.eval.features import (
-    CheckpointLoadError,
-    FeatureOptions,
-    TransformSpec,
-    cache_key,
-    extract,
-    load_trunk,
-    parse_pool,
-    parse_transform,
-)
+from seer.eval.features import TransformSpec, cache_key, extract, parse_pool, parse_transform
+from seer.eval.setup import FeatureOptions
 from seer.models import build_trunk
 
 
@@ -149,7 +142,9 @@ def test_torchrun_ranks_extract_strided_shares_and_gather(images: str, tmp_path)
             f"""
             import numpy as np, torch.distributed as dist
             from seer.eval.datasets import load_dataset
-            from seer.eval.features import FeatureOptions, extract, load_trunk, parse_transform
+            from seer.checkpoints.load import load_trunk
+            from seer.eval.features import extract, parse_transform
+            from seer.eval.setup import FeatureOptions
             options = FeatureOptions(transform=parse_transform("square:32"), batch_size=3, cache={str(tmp_path / "cache")!r})
             feats = extract(load_trunk("random", "rg-tiny"), load_dataset({images!r}), options)
             np.save(f"{tmp_path}/rank{{dist.get_rank()}}.npy", feats.stacked())

@@ -7,9 +7,10 @@ from seer.checkpoints.consolidate import (
     open_consolidated,
     verify_consolidated,
 )
+from seer.checkpoints.convert import convert
 from seer.checkpoints.io import CheckpointError
 from seer.checkpoints.load_sliced import load_sliced_into_
-from seer.checkpoints.mapping import ArchitectureMismatchError, convert
+from seer.checkpoints.mapping import ArchitectureMismatchError
 from seer.checkpoints.slice import (
     SLICED_FORMAT,
     CorruptSliceError,

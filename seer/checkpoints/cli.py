@@ -44,7 +44,7 @@ def _export_vissl(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from seer.checkpoints.mapping import convert
+    from seer.checkpoints.convert import convert
 
     print(convert(args.input, args.output, args.to, preset=args.preset))
     return 0

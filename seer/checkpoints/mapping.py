@@ -1,5 +1,5 @@
 """Weight-name mapping between seer (torchvision names), timm `regnety_*` and torchvision `regnet_y_*`,
-plus the architecture check every import runs.
+plus the VISSL names and the architecture check every import runs. Pure: no file is read or written here.
 
 The architectures are identical (seer_spec §1.4); only the names differ:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -141,6 +141,11 @@ def check_names_and_shapes(
         )
 
 
+def is_timm(names: Iterable[str]) -> bool:
+    """Whether state-dict names are timm's (`stem.conv.*`, `s1.b1.*`) rather than seer/torchvision's."""
+    return any(k.startswith(("stem.conv.", "s1.b1.")) for k in names)
+
+
 def trunk_and_classifier_from_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm `regnety_*` state dict → seer names (`fc.*` kept for the classifier)."""
     return {timm_to_seer_name(k): v for k, v in state.items()}
@@ -171,94 +176,81 @@ def split_classifier(
     return trunk, heads
 
 
-def _state_dict_of(obj: object, uri: str) -> dict:
-    from seer.checkpoints.io import CheckpointError, LazyTensor
+# VISSL names (seer_spec §1.6): trunk `_feature_blocks.…`, heads `0.projection_head.…`
 
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, LazyTensor) for v in inner.values()):
-                return inner
-        if obj and all(isinstance(v, LazyTensor) for v in obj.values()):
-            return obj
-    raise CheckpointError(
-        f"{uri} is not a state dict of tensors (timm / torchvision weights); check the file"
-    )
-
-
-def _infer_preset(trunk_shapes: Mapping[str, tuple[int, ...]], table: Mapping[str, str], uri: str) -> str:
-    for preset in table:
-        expected = expected_shapes(preset, "trunk")
-        if expected.keys() == trunk_shapes.keys() and all(
-            tuple(trunk_shapes[k]) == v for k, v in expected.items()
-        ):
-            return preset
-    first = next(iter(table))
-    check_names_and_shapes(expected_shapes(first, "trunk"), trunk_shapes, f"{uri} (closest: {first})")
-    return first
+_WRAPPERS = re.compile(r"(^|\.)(_fsdp_wrapped_module|_fpw_module)(?=\.|$)")
+_PART = re.compile(r"\.block(\d+)-part\d+(?=\.)")
+_BLOCK_TO_VISSL = {
+    "f.a.0": "f.a.0",
+    "f.a.1": "f.a.1",
+    "f.b.0": "f.b.0",
+    "f.b.1": "f.b.1",
+    "f.se.fc1": "f.se.excitation.0",
+    "f.se.fc2": "f.se.excitation.2",
+    "f.c.0": "f.c",
+    "f.c.1": "f.final_bn",
+    "proj.0": "proj",
+    "proj.1": "bn",
+}
+_VISSL_TO_BLOCK = {v: k for k, v in _BLOCK_TO_VISSL.items()}
 
 
-def convert(input_uri: str, output_uri: str, to: str, preset: str | None = None) -> str:
-    """Convert weights between seer consolidated files and timm / torchvision state-dict files.
+def strip_fsdp(name: str) -> str:
+    """Remove FSDP wrapper components (`_fsdp_wrapped_module`, `_fpw_module`) from a dotted name."""
+    return _WRAPPERS.sub("", name).lstrip(".")
 
-    `to="timm"` / `"torchvision"`: input is a seer consolidated file, output a plain state dict that
-    `timm.create_model(...).load_state_dict` / `torchvision.models.regnet_y_*().load_state_dict`
-    accepts (with `fc` only if the file has a `clf.0` classifier). `to="seer"`: input is a timm or
-    torchvision state dict; the preset is checked (or inferred from the shapes). Streams tensor by
-    tensor. Returns a one-line description of what was written.
-    """
-    from seer.checkpoints.consolidate import (
-        CONSOLIDATED_FORMAT,
-        TensorSource,
-        consolidated_tensors,
-        open_consolidated,
-        write_consolidated,
-    )
-    from seer.checkpoints.io import CheckpointError, open_archive, save_streamed
 
-    tables = {"timm": TIMM_MODELS, "torchvision": TORCHVISION_MODELS}
-    if to not in ("seer", *tables):
-        raise CheckpointError(f"unknown target {to!r}; use seer, timm or torchvision")
-    if to in tables:
-        reader = open_consolidated(input_uri, preset)
-        with reader:
-            ckpt_preset = reader.obj.get("preset")
-            if ckpt_preset not in tables[to]:
-                raise CheckpointError(
-                    f"preset {ckpt_preset!r} has no {to} equivalent; {to} has: "
-                    + ", ".join(f"{p} = {m}" for p, m in tables[to].items())
-                )
-            trunk = {n: t for g, n, t in consolidated_tensors(reader) if g == "trunk"}
-            heads = {n: t for g, n, t in consolidated_tensors(reader) if g == "heads"}
-            names = (to_timm if to == "timm" else to_torchvision)(trunk, heads)
+def _map_tail(tail: str, table: dict[str, str]) -> str | None:
+    for src in sorted(table, key=len, reverse=True):
+        if tail.startswith(src + "."):
+            return f"{table[src]}.{tail[len(src) + 1 :]}"
+    return None
 
-            def build(writer: object) -> dict:
-                return {
-                    k: writer.write_stream(t.dtype, t.shape, reader.iter_chunks(t), reader.record_crc(t))
-                    for k, t in names.items()
-                }  # type: ignore[attr-defined]
 
-            save_streamed(output_uri, build, archive=tables[to][ckpt_preset])
-        return f"{to} {tables[to][ckpt_preset]} state dict ({len(names)} tensors) at {output_uri}"
-    with open_archive(input_uri) as reader:
-        if isinstance(reader.obj, dict) and reader.obj.get("format") == CONSOLIDATED_FORMAT:
-            raise CheckpointError(
-                f"{input_uri} is already a seer consolidated file; use --to timm or torchvision"
-            )
-        state = _state_dict_of(reader.obj, input_uri)
-        source = "timm" if any(k.startswith(("stem.conv.", "s1.")) for k in state) else "torchvision"
-        mapped = trunk_and_classifier_from_timm(state) if source == "timm" else dict(state)
-        trunk, heads = split_classifier(mapped)
-        trunk_shapes = {k: t.shape for k, t in trunk.items()}
-        if preset is None:
-            preset = _infer_preset(trunk_shapes, tables[source], input_uri)
-        check_names_and_shapes(
-            expected_shapes(preset, "trunk"), trunk_shapes, f"{input_uri} (preset {preset})"
-        )
-        sources = (
-            TensorSource(g, n, t.dtype, t.shape, reader.iter_chunks(t), reader.record_crc(t))
-            for g, items in (("trunk", trunk), ("heads", heads))
-            for n, t in items.items()
-        )
-        write_consolidated(output_uri, preset, None, None, sources, source=input_uri)
-    return f"seer consolidated {preset} ({len(trunk)} trunk, {len(heads)} classifier tensors) from {source} at {output_uri}"
+def vissl_to_seer_trunk(name: str) -> str:
+    """VISSL trunk key (wrappers, `trunk.` prefix and 10B `-part` levels allowed) → seer trunk name."""
+    clean = _PART.sub("", strip_fsdp(name)).removeprefix("trunk.")
+    if clean.startswith("_feature_blocks.conv1.stem."):
+        return "stem." + clean[len("_feature_blocks.conv1.stem.") :]
+    m = re.fullmatch(r"_feature_blocks\.res(\d+)\.block(\d+)-(\d+)\.(.+)", clean)
+    if m and int(m[1]) == int(m[2]) + 1 and (tail := _map_tail(m[4], _VISSL_TO_BLOCK)):
+        return f"trunk_output.block{m[2]}.block{m[2]}-{m[3]}.{tail}"
+    raise UnknownKeyError(f"VISSL trunk key {name!r} is not a RegNetY (regnet / regnet_fsdp) tensor name")
+
+
+def seer_to_vissl_trunk(name: str, parts: list[list[range]] | None = None) -> str:
+    """seer trunk name → VISSL key; with `parts` (per stage, block ranges) add the 10B `-part{g}` level."""
+    if name.startswith("stem."):
+        return "_feature_blocks.conv1." + name
+    m = re.fullmatch(r"trunk_output\.block(\d+)\.block\1-(\d+)\.(.+)", name)
+    tail = _map_tail(m[3], _BLOCK_TO_VISSL) if m else None
+    if not m or tail is None:
+        raise UnknownKeyError(f"cannot map {name!r} to VISSL: not a RegNetY trunk tensor name")
+    stage, block = int(m[1]), int(m[2])
+    part = ""
+    if parts:
+        groups = parts[stage - 1] or [range(0, block + 1)]
+        g = next((g for g, r in enumerate(groups) if block in r), len(groups) - 1)
+        part = f"block{stage}-part{g}."
+    return f"_feature_blocks.res{stage + 1}.{part}block{stage}-{block}.{tail}"
+
+
+def vissl_to_seer_head(name: str) -> str:
+    """VISSL head key `0.projection_head.*` / `0.prototypes{k}.weight` / `0.clf.0.*` → seer head name."""
+    clean = strip_fsdp(name).removeprefix("heads.")
+    m = re.fullmatch(r"(\d+)\.(.+)", clean)
+    if not m or m[1] != "0":
+        raise UnknownKeyError(f"VISSL head key {name!r}: expected '0.<param>' (only head 0 is supported)")
+    rest = m[2]
+    if p := re.fullmatch(r"prototypes(\d+)\.(weight|bias)", rest):
+        return f"prototypes.{p[1]}.{p[2]}"
+    if rest.startswith(("projection_head.", "clf.")):
+        return rest
+    raise UnknownKeyError(f"VISSL head key {name!r} is not a SwAV projection, prototype or clf tensor")
+
+
+def seer_to_vissl_head(name: str) -> str:
+    """Inverse of `vissl_to_seer_head` (head index 0)."""
+    if p := re.fullmatch(r"prototypes\.(\d+)\.(weight|bias)", name):
+        return f"0.prototypes{p[1]}.{p[2]}"
+    return f"0.{name}"

@@ -30,10 +30,8 @@ from tqdm import tqdm
 
 import seer.storage as storage
 from seer.checkpoints.consolidate import (
-    TensorSource,
     consolidated_tensors,
     open_consolidated,
-    write_consolidated,
 )
 from seer.checkpoints.io import (
     ArchiveReader,
@@ -45,7 +43,7 @@ from seer.checkpoints.io import (
     open_archive,
     tensor_bytes,
 )
-from seer.checkpoints.vissl import (
+from seer.checkpoints.mapping import (
     seer_to_vissl_head,
     seer_to_vissl_trunk,
     vissl_to_seer_head,
@@ -382,34 +380,7 @@ def verify_sliced(index_uri: str) -> SlicedIndex:
     return index
 
 
-def vissl_slices_to_consolidated(
-    index_uri: str, output_uri: str, preset: str, iteration: int | None
-) -> dict[str, Any]:
-    """A VISSL slice_list → seer consolidated file (one slice in memory at a time); returns the sidecar."""
-    from seer.checkpoints.mapping import check_names_and_shapes, expected_shapes
-
-    index = open_sliced(index_uri)
-    trunk = {k[len("trunk.") :]: e for k, e in index.entries.items() if k.startswith("trunk.")}
-    heads = {k[len("head.") :]: e for k, e in index.entries.items() if k.startswith("head.")}
-
-    def sources() -> Iterator[TensorSource]:
-        for group, items in (("trunk", trunk), ("heads", heads)):
-            for name, entry in items.items():
-                t = read_slice(entry)
-                yield TensorSource(group, name, t.dtype, tuple(t.shape), [tensor_bytes(t)])
-
-    # Shapes are checked against the preset from the slice headers before any data is copied.
-    shapes = {
-        g: {n: _slice_shape(e) for n, e in items.items()} for g, items in (("trunk", trunk), ("heads", heads))
-    }
-    check_names_and_shapes(expected_shapes(preset, "trunk"), shapes["trunk"], f"{index_uri} trunk")
-    swav = {k: v for k, v in shapes["heads"].items() if not k.startswith("clf.")}
-    if swav:
-        check_names_and_shapes(expected_shapes(preset, "heads"), swav, f"{index_uri} heads")
-    return write_consolidated(output_uri, preset, iteration, None, sources(), source=index_uri)
-
-
-def _slice_shape(entry: SliceEntry) -> tuple[int, ...]:
+def slice_shape(entry: SliceEntry) -> tuple[int, ...]:
     if entry.shape is not None:
         return entry.shape
     if not storage.exists(entry.uri):

@@ -10,12 +10,11 @@ VISSL keeps weights under `classy_state_dict.base_model.model.{trunk, heads}`:
   fine-tuned classifiers `{h}.clf.0.*`. Only head 0 is supported.
 
 Checkpoint types: `consolidated` (or no type), `shard_list` + per-rank `shard` files (fairscale FSDP;
-consolidated with `FullyShardedDataParallel.consolidate_shard_weights`), `slice_list` (see slice.py).
+consolidated with `FullyShardedDataParallel.consolidate_shard_weights`), `slice_list` (see slice.py). The name tables live in mapping.py.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,84 +28,16 @@ from seer.checkpoints.consolidate import (
     write_consolidated,
 )
 from seer.checkpoints.io import ArchiveReader, CheckpointError, LazyTensor, open_archive, tensor_bytes
-from seer.checkpoints.mapping import CLASSIFIER, UnknownKeyError, check_names_and_shapes, expected_shapes
-
-_WRAPPERS = re.compile(r"(^|\.)(_fsdp_wrapped_module|_fpw_module)(?=\.|$)")
-_PART = re.compile(r"\.block(\d+)-part\d+(?=\.)")
-_BLOCK_TO_VISSL = {
-    "f.a.0": "f.a.0",
-    "f.a.1": "f.a.1",
-    "f.b.0": "f.b.0",
-    "f.b.1": "f.b.1",
-    "f.se.fc1": "f.se.excitation.0",
-    "f.se.fc2": "f.se.excitation.2",
-    "f.c.0": "f.c",
-    "f.c.1": "f.final_bn",
-    "proj.0": "proj",
-    "proj.1": "bn",
-}
-_VISSL_TO_BLOCK = {v: k for k, v in _BLOCK_TO_VISSL.items()}
-
-
-def strip_fsdp(name: str) -> str:
-    """Remove FSDP wrapper components (`_fsdp_wrapped_module`, `_fpw_module`) from a dotted name."""
-    return _WRAPPERS.sub("", name).lstrip(".")
-
-
-def _map_tail(tail: str, table: dict[str, str]) -> str | None:
-    for src in sorted(table, key=len, reverse=True):
-        if tail.startswith(src + "."):
-            return f"{table[src]}.{tail[len(src) + 1 :]}"
-    return None
-
-
-def vissl_to_seer_trunk(name: str) -> str:
-    """VISSL trunk key (wrappers, `trunk.` prefix and 10B `-part` levels allowed) → seer trunk name."""
-    clean = _PART.sub("", strip_fsdp(name)).removeprefix("trunk.")
-    if clean.startswith("_feature_blocks.conv1.stem."):
-        return "stem." + clean[len("_feature_blocks.conv1.stem.") :]
-    m = re.fullmatch(r"_feature_blocks\.res(\d+)\.block(\d+)-(\d+)\.(.+)", clean)
-    if m and int(m[1]) == int(m[2]) + 1 and (tail := _map_tail(m[4], _VISSL_TO_BLOCK)):
-        return f"trunk_output.block{m[2]}.block{m[2]}-{m[3]}.{tail}"
-    raise UnknownKeyError(f"VISSL trunk key {name!r} is not a RegNetY (regnet / regnet_fsdp) tensor name")
-
-
-def seer_to_vissl_trunk(name: str, parts: list[list[range]] | None = None) -> str:
-    """seer trunk name → VISSL key; with `parts` (per stage, block ranges) add the 10B `-part{g}` level."""
-    if name.startswith("stem."):
-        return "_feature_blocks.conv1." + name
-    m = re.fullmatch(r"trunk_output\.block(\d+)\.block\1-(\d+)\.(.+)", name)
-    tail = _map_tail(m[3], _BLOCK_TO_VISSL) if m else None
-    if not m or tail is None:
-        raise UnknownKeyError(f"cannot map {name!r} to VISSL: not a RegNetY trunk tensor name")
-    stage, block = int(m[1]), int(m[2])
-    part = ""
-    if parts:
-        groups = parts[stage - 1] or [range(0, block + 1)]
-        g = next((g for g, r in enumerate(groups) if block in r), len(groups) - 1)
-        part = f"block{stage}-part{g}."
-    return f"_feature_blocks.res{stage + 1}.{part}block{stage}-{block}.{tail}"
-
-
-def vissl_to_seer_head(name: str) -> str:
-    """VISSL head key `0.projection_head.*` / `0.prototypes{k}.weight` / `0.clf.0.*` → seer head name."""
-    clean = strip_fsdp(name).removeprefix("heads.")
-    m = re.fullmatch(r"(\d+)\.(.+)", clean)
-    if not m or m[1] != "0":
-        raise UnknownKeyError(f"VISSL head key {name!r}: expected '0.<param>' (only head 0 is supported)")
-    rest = m[2]
-    if p := re.fullmatch(r"prototypes(\d+)\.(weight|bias)", rest):
-        return f"prototypes.{p[1]}.{p[2]}"
-    if rest.startswith(("projection_head.", "clf.")):
-        return rest
-    raise UnknownKeyError(f"VISSL head key {name!r} is not a SwAV projection, prototype or clf tensor")
-
-
-def seer_to_vissl_head(name: str) -> str:
-    """Inverse of `vissl_to_seer_head` (head index 0)."""
-    if p := re.fullmatch(r"prototypes\.(\d+)\.(weight|bias)", name):
-        return f"0.prototypes{p[1]}.{p[2]}"
-    return f"0.{name}"
+from seer.checkpoints.mapping import (
+    CLASSIFIER,
+    check_names_and_shapes,
+    expected_shapes,
+    seer_to_vissl_head,
+    seer_to_vissl_trunk,
+    vissl_to_seer_head,
+    vissl_to_seer_trunk,
+)
+from seer.checkpoints.slice import open_sliced, read_slice, slice_shape
 
 
 def _base_model(obj: Any, uri: str) -> dict[str, Any]:
@@ -168,8 +99,6 @@ def import_vissl(input_uri: str, output_uri: str, preset: str) -> dict[str, Any]
             ]
             return write_consolidated(output_uri, preset, iteration, None, sources, source=input_uri)
         if kind == "slice_list":
-            from seer.checkpoints.slice import vissl_slices_to_consolidated
-
             return vissl_slices_to_consolidated(input_uri, output_uri, preset, iteration)
         if kind != "consolidated":
             raise CheckpointError(
@@ -262,3 +191,28 @@ def export_vissl(consolidated_uri: str, output_uri: str, with_parts: bool = Fals
             }
 
         save_streamed(output_uri, build, archive="vissl")
+
+
+def vissl_slices_to_consolidated(
+    index_uri: str, output_uri: str, preset: str, iteration: int | None
+) -> dict[str, Any]:
+    """A VISSL slice_list → seer consolidated file (one slice in memory at a time); returns the sidecar."""
+    index = open_sliced(index_uri)
+    trunk = {k[len("trunk.") :]: e for k, e in index.entries.items() if k.startswith("trunk.")}
+    heads = {k[len("head.") :]: e for k, e in index.entries.items() if k.startswith("head.")}
+
+    def sources() -> Iterator[TensorSource]:
+        for group, items in (("trunk", trunk), ("heads", heads)):
+            for name, entry in items.items():
+                t = read_slice(entry)
+                yield TensorSource(group, name, t.dtype, tuple(t.shape), [tensor_bytes(t)])
+
+    # Shapes are checked against the preset from the slice headers before any data is copied.
+    shapes = {
+        g: {n: slice_shape(e) for n, e in items.items()} for g, items in (("trunk", trunk), ("heads", heads))
+    }
+    check_names_and_shapes(expected_shapes(preset, "trunk"), shapes["trunk"], f"{index_uri} trunk")
+    swav = {k: v for k, v in shapes["heads"].items() if not k.startswith("clf.")}
+    if swav:
+        check_names_and_shapes(expected_shapes(preset, "heads"), swav, f"{index_uri} heads")
+    return write_consolidated(output_uri, preset, iteration, None, sources(), source=index_uri)

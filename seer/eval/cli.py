@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import sys
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from seer.eval.setup import BASELINES, FeatureOptions, add_fields, from_args
 
 _EPILOG = (
     "Every URI is a local path, file://, s3:// or minio:// URI. Datasets: an image folder "
@@ -30,17 +36,6 @@ class _Formatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
 def _add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -52,7 +47,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--preset",
         default=None,
-        help="model preset (e.g. rg-tiny, rg32gf); needed when the checkpoint does not record one",
+        help="model preset, i.e. architecture (e.g. rg-tiny, rg32gf; not a pretraining config); needed when "
+        "the checkpoint does not record one",
     )
     g.add_argument(
         "--device",
@@ -64,52 +60,16 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_features(p: argparse.ArgumentParser, tap: str, pool: str, transform: str) -> None:
-    g = p.add_argument_group("features")
-    g.add_argument(
-        "--tap",
-        default=tap,
-        choices=("res2", "res3", "res4", "res5", "avgpool"),
-        help="trunk output to use",
-    )
-    g.add_argument(
-        "--pool",
-        default=pool,
-        help="pooling of the tap: avg (global average), adaptive:HxW (e.g. adaptive:2x1, the §5.1 res4/res5 "
-        "features), none (whole map), rmac:LEVELS (R-MAC regions)",
-    )
-    g.add_argument(
-        "--transform",
-        default=transform,
-        help="test transform: shorter:RESIZE:CROP (resize shorter side, centre crop), square:SIZE (resize to "
-        "SIZE×SIZE), longer:SIZE (resize longer side, no crop); append :bicubic for bicubic",
-    )
-    g.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="auto = bf16 autocast on CUDA, fp32 on CPU",
-    )
-    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass during extraction")
-    g.add_argument(
-        "--workers", type=int, default=4, help="image-decoding worker processes (0 = in the main process)"
-    )
-    g.add_argument(
-        "--cache",
-        default=None,
-        help="URI prefix of the feature cache, keyed by checkpoint sha256, dataset sha256, tap, pool, transform "
-        "and precision; a re-run with the same key skips extraction",
-    )
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
+def _add_data(p: argparse.ArgumentParser, formats: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--format",
-        default="auto",
-        choices=("auto", "folder", "csv", "jsonl", "shards"),
-        help="dataset layout (auto: from the URI)",
-    )
+    if formats:
+        g.add_argument(
+            "--format",
+            default="auto",
+            dest="fmt",
+            choices=("auto", "folder", "csv", "jsonl", "shards"),
+            help="dataset layout (auto: from the URI)",
+        )
     g.add_argument(
         "--max-bad-rows",
         default="0",
@@ -118,66 +78,170 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_output(p: argparse.ArgumentParser) -> None:
+def _add_output(p: argparse.ArgumentParser, baselines: bool = True) -> None:
     p.add_argument(
         "--output", default=None, help="folder for report.html + metrics.json (default: print only)"
     )
-    p.add_argument(
-        "--baseline",
-        action="append",
-        default=[],
-        choices=("random-init", "random-features"),
-        help="also evaluate a baseline and report it next to the checkpoint: random-init (a freshly "
-        "initialised trunk of the same preset) or random-features (Gaussian features, chance); repeatable",
+    if baselines:
+        p.add_argument(
+            "--baseline",
+            action="append",
+            default=[],
+            dest="baselines",
+            choices=BASELINES,
+            help="also evaluate a baseline and report it next to the checkpoint: random-init (a freshly "
+            "initialised trunk of the same preset) or random-features (Gaussian features, chance); repeatable",
+        )
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """How one `seer eval` subcommand maps onto its library `run`."""
+
+    module: str
+    help: str
+    description: str
+    inputs: dict[str, tuple[str, str, bool]]  # run() parameter → (flag, help, required)
+    config: str | None = None  # name of the config dataclass in the module
+    probe: bool = False  # also takes a LinearConfig (`probe=`)
+    features: dict[str, Any] = field(default_factory=dict)  # FeatureOptions default overrides
+    skip_features: tuple[str, ...] = ()
+    baselines: bool = True
+    formats: bool = True
+
+
+_TRAIN_VAL = {
+    "train_uri": ("--train", "labelled training set (folder or `path,label` manifest)", True),
+    "val_uri": ("--val", "labelled validation set, same classes as --train", True),
+}
+PROTOCOLS = {
+    "linear": _Protocol(
+        "linear",
+        "linear probe (BN + Linear on frozen features) → top-1/top-5",
+        "VISSL linear evaluation: BatchNorm + Linear trained on frozen trunk features with SGD Nesterov "
+        "(momentum 0.9, weight decay 5e-4 except BN, LR 0.01 per 256, ×0.1 at the milestones).",
+        {
+            **_TRAIN_VAL,
+            "save_classifier_uri": (
+                "--save-classifier",
+                "also write trunk + trained probe (BN folded into the Linear) as a classifier checkpoint for "
+                "test384",
+                False,
+            ),
+        },
+        config="LinearConfig",
+    ),
+    "knn": _Protocol(
+        "knn",
+        "weighted k-NN on frozen features → top-1/top-5",
+        "Cosine k-NN: each validation image's k nearest training images vote with weight exp(similarity / τ).",
+        {
+            "train_uri": ("--train", "labelled training set (the neighbours)", True),
+            "val_uri": _TRAIN_VAL["val_uri"],
+        },
+        config="KnnConfig",
+    ),
+    "test384": _Protocol(
+        "test384",
+        "fine-tuned classifier (trunk + linear) at 384 px → top-1/top-5",
+        "Test-only pass of a classifier checkpoint (consolidated file with a clf.0 head): resize shorter side "
+        "to --resolution (bicubic), centre crop, ImageNet normalisation (seer_spec §5.2). The checkpoint is "
+        "`seer eval linear --save-classifier` output or `seer ckpt convert --to seer` of a fine-tuned timm / "
+        "torchvision model.",
+        {"val_uri": ("--val", "labelled evaluation set; labels must be the classifier's class names", True)},
+        config="Test384Config",
+        features={"batch_size": 32},
+        skip_features=("tap", "pool", "transform"),
+        baselines=False,
+    ),
+    "copy-detection": _Protocol(
+        "copy_detection",
+        "R-MAC copy detection (CopyDays protocol) → mAP per split, µAP",
+        "R-MAC (3 levels) over res4, PCA-whitening learnt on --whitening, cosine ranking of the database "
+        "(seer_spec §5.3). AP is the trapezoidal (revisitop) rule; µAP pools every query's predictions.",
+        {
+            "queries_uri": ("--queries", "pairs manifest: query,reference[,split] (CSV or JSONL)", True),
+            "database_uri": (
+                "--database",
+                "database images incl. distractors (manifest or folder; default: the references)",
+                False,
+            ),
+            "whitening_uri": (
+                "--whitening",
+                "separate image set to learn PCA-whitening on (default: no whitening)",
+                False,
+            ),
+        },
+        config="CopyDetectionConfig",
+        features={"tap": "res4", "pool": "rmac:3", "transform": "longer:224"},
+        formats=False,
+    ),
+    "geolocalization": _Protocol(
+        "geolocalization",
+        "predict image locations → accuracy at 1/25/200/750/2500 km",
+        "Predict each validation image's location from the training images (nearest neighbour, or a cell "
+        "classifier) and score the great-circle (haversine, R = 6371 km) error.",
+        {
+            "train_uri": ("--train", "training set manifest: path,lat,lon", True),
+            "val_uri": ("--val", "validation set manifest: path,lat,lon", True),
+            "cells_uri": (
+                "--cells",
+                "partition CSV cell,lat,lon (cells method; default: a lat/lon grid)",
+                False,
+            ),
+        },
+        config="GeoConfig",
+        probe=True,
+    ),
+    "fairness": _Protocol(
+        "fairness",
+        "per-group accuracy, disparity and harmful-label predictions",
+        "Train a classifier on frozen features of --train, then report accuracy per group of --test, the "
+        "disparity across groups (max − min, min / max) and predictions of harmful labels per group.",
+        {
+            "train_uri": ("--train", "labelled training set (path,label[,group])", True),
+            "test_uri": ("--test", "grouped test set manifest: path,label,group", True),
+        },
+        config="FairnessConfig",
+        probe=True,
+    ),
+}
+
+
+def _with_seed(config: Any, seed: int | None) -> Any:
+    return (
+        replace(config, seed=seed)
+        if seed is not None and "seed" in {f.name for f in fields(config)}
+        else config
     )
 
 
-def _add_probe(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("linear probe (VISSL: BN + Linear, SGD Nesterov)")
-    g.add_argument("--epochs", type=int, default=28, help="training epochs over the frozen features")
-    g.add_argument(
-        "--milestones", type=_ints, default=(8, 16, 24), help="epochs where the LR is multiplied by 0.1"
-    )
-    g.add_argument(
-        "--base-lr", type=float, default=0.01, help="learning rate per 256 samples (scaled by batch/256)"
-    )
-    g.add_argument("--probe-batch-size", type=int, default=256, help="mini-batch size of the probe")
-    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    g.add_argument(
-        "--weight-decay", type=float, default=5e-4, help="weight decay of the Linear (BN is not decayed)"
-    )
-
-
-def _options(args: argparse.Namespace):
-    from seer.eval.features import FeatureOptions, parse_pool, parse_transform
-
-    return FeatureOptions(
-        tap=args.tap,
-        pool=parse_pool(args.pool),
-        transform=parse_transform(args.transform),
-        precision=args.precision,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        cache=args.cache,
-    )
-
-
-def _probe(args: argparse.Namespace):
+def _run(protocol: _Protocol, args: argparse.Namespace) -> int:
     from seer.eval.linear import LinearConfig
 
-    return LinearConfig(
-        epochs=args.epochs,
-        milestones=args.milestones,
-        base_lr=args.base_lr,
-        batch_size=args.probe_batch_size,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
+    module = importlib.import_module(f"seer.eval.{protocol.module}")
+    kwargs = {param: getattr(args, param) for param in protocol.inputs}
+    if protocol.config:
+        kwargs["config"] = _with_seed(
+            from_args(getattr(module, protocol.config), args), getattr(args, "seed", None)
+        )
+    if protocol.probe:
+        kwargs["probe"] = _with_seed(from_args(LinearConfig, args), args.seed)
+    settings = {"baselines": tuple(args.baselines)} if protocol.baselines else {}
+    if protocol.formats:
+        settings["fmt"] = args.fmt
+    if "preset" in args:
+        settings["preset"] = args.preset
+    doc = module.run(
+        checkpoint=args.checkpoint,
+        options=from_args(FeatureOptions, args),
+        device=args.device,
+        max_bad_rows=args.max_bad_rows,
+        output=args.output,
+        **settings,
+        **kwargs,
     )
-
-
-def _common(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "max_bad_rows": args.max_bad_rows, "output": args.output}
+    return _print(doc, args.output)
 
 
 def _print(doc: dict, output: str | None) -> int:
@@ -190,119 +254,6 @@ def _print(doc: dict, output: str | None) -> int:
     if output:
         print(f"report: {output}/report.html  metrics: {output}/metrics.json")
     return 0
-
-
-def _linear(args: argparse.Namespace) -> int:
-    from seer.eval import linear
-
-    doc = linear.run(
-        args.train,
-        args.val,
-        args.checkpoint,
-        preset=args.preset,
-        options=_options(args),
-        config=_probe(args),
-        baselines=tuple(args.baseline),
-        fmt=args.format,
-        save_classifier_uri=args.save_classifier,
-        **_common(args),
-    )
-    return _print(doc, args.output)
-
-
-def _knn(args: argparse.Namespace) -> int:
-    from seer.eval import knn
-
-    doc = knn.run(
-        args.train,
-        args.val,
-        args.checkpoint,
-        preset=args.preset,
-        options=_options(args),
-        k=args.k,
-        temperature=args.temperature,
-        baselines=tuple(args.baseline),
-        seed=args.seed,
-        fmt=args.format,
-        **_common(args),
-    )
-    return _print(doc, args.output)
-
-
-def _test384(args: argparse.Namespace) -> int:
-    from seer.eval import test384
-
-    doc = test384.run(
-        args.val,
-        args.checkpoint,
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        precision=args.precision,
-        cache=args.cache,
-        fmt=args.format,
-        **_common(args),
-    )
-    return _print(doc, args.output)
-
-
-def _copy_detection(args: argparse.Namespace) -> int:
-    from seer.eval import copy_detection
-
-    doc = copy_detection.run(
-        args.queries,
-        args.checkpoint,
-        database_uri=args.database,
-        whitening_uri=args.whitening,
-        preset=args.preset,
-        options=_options(args),
-        pca_dims=args.pca_dims,
-        baselines=tuple(args.baseline),
-        seed=args.seed,
-        **_common(args),
-    )
-    return _print(doc, args.output)
-
-
-def _geolocalization(args: argparse.Namespace) -> int:
-    from seer.eval import geolocalization
-
-    doc = geolocalization.run(
-        args.train,
-        args.val,
-        args.checkpoint,
-        method=args.method,
-        cells_uri=args.cells,
-        cell_deg=args.cell_deg,
-        preset=args.preset,
-        options=_options(args),
-        config=_probe(args),
-        baselines=tuple(args.baseline),
-        fmt=args.format,
-        **_common(args),
-    )
-    return _print(doc, args.output)
-
-
-def _fairness(args: argparse.Namespace) -> int:
-    from seer.eval import fairness
-
-    doc = fairness.run(
-        args.train,
-        args.test,
-        args.checkpoint,
-        harmful_labels=args.harmful_labels,
-        classifier=args.classifier,
-        k=args.k,
-        temperature=args.temperature,
-        preset=args.preset,
-        options=_options(args),
-        config=_probe(args),
-        baselines=tuple(args.baseline),
-        fmt=args.format,
-        **_common(args),
-    )
-    return _print(doc, args.output)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -331,6 +282,33 @@ def _make_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protocol) -> None:
+    from seer.eval.linear import LinearConfig
+
+    module = importlib.import_module(f"seer.eval.{protocol.module}")
+    p = sub.add_parser(
+        name, help=protocol.help, description=protocol.description, epilog=_EPILOG, formatter_class=_Formatter
+    )
+    for param, (flag, help_text, required) in protocol.inputs.items():
+        p.add_argument(flag, dest=param, required=required, default=None, help=help_text)
+    probe_group = "linear probe (VISSL: BN + Linear, SGD Nesterov)"
+    if protocol.config and protocol.config != "LinearConfig":
+        add_fields(p, getattr(module, protocol.config))
+    if protocol.baselines:
+        _add_model(p)
+    else:
+        p.add_argument("--checkpoint", required=True, help="classifier checkpoint (see the description)")
+        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
+    add_fields(
+        p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **protocol.features
+    )
+    if protocol.probe or protocol.config == "LinearConfig":
+        add_fields(p.add_argument_group(probe_group), LinearConfig)
+    _add_data(p, protocol.formats)
+    _add_output(p, protocol.baselines)
+    p.set_defaults(func=functools.partial(_run, protocol))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `seer eval` and its subcommands."""
     parser = subparsers.add_parser(
@@ -340,167 +318,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "HTML report; compare two runs' metrics.",
     )
     sub = parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
-
-    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=_EPILOG,
-            formatter_class=_Formatter,
-        )
-
-    p = add(
-        "linear",
-        "linear probe (BN + Linear on frozen features) → top-1/top-5",
-        "VISSL linear evaluation: BatchNorm + Linear trained on frozen trunk features with SGD Nesterov "
-        "(momentum 0.9, weight decay 5e-4 except BN, LR 0.01 per 256, ×0.1 at the milestones).",
-    )
-    p.add_argument("--train", required=True, help="labelled training set (folder or `path,label` manifest)")
-    p.add_argument("--val", required=True, help="labelled validation set, same classes as --train")
-    p.add_argument(
-        "--save-classifier",
-        default=None,
-        help="also write trunk + trained probe (BN folded into the Linear) as a classifier checkpoint for test384",
-    )
-    _add_model(p)
-    _add_features(p, "avgpool", "avg", "shorter:256:224")
-    _add_probe(p)
-    _add_data(p)
-    _add_output(p)
-    p.set_defaults(func=_linear)
-
-    p = add(
-        "knn",
-        "weighted k-NN on frozen features → top-1/top-5",
-        "Cosine k-NN: each validation image's k nearest training images vote with weight exp(similarity / τ).",
-    )
-    p.add_argument("--train", required=True, help="labelled training set (the neighbours)")
-    p.add_argument("--val", required=True, help="labelled validation set, same classes as --train")
-    p.add_argument("--k", type=int, default=20, help="number of neighbours")
-    p.add_argument("--temperature", type=float, default=0.07, help="τ of the exp(similarity / τ) vote weight")
-    _add_model(p)
-    _add_features(p, "avgpool", "avg", "shorter:256:224")
-    _add_data(p)
-    _add_output(p)
-    p.set_defaults(func=_knn)
-
-    p = add(
-        "test384",
-        "fine-tuned classifier (trunk + linear) at 384 px → top-1/top-5",
-        "Test-only pass of a classifier checkpoint (consolidated file with a clf.0 head): resize shorter side "
-        "to --resolution (bicubic), centre crop, ImageNet normalisation (seer_spec §5.2).",
-    )
-    p.add_argument(
-        "--val", required=True, help="labelled evaluation set; labels must be the classifier's class names"
-    )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="classifier checkpoint (`seer eval linear --save-classifier`, or `seer ckpt convert --to seer` of a "
-        "fine-tuned timm / torchvision model)",
-    )
-    p.add_argument("--resolution", type=int, default=384, help="test resolution (resize and crop size)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="auto = bf16 autocast on CUDA, fp32 on CPU",
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument(
-        "--workers", type=int, default=4, help="image-decoding worker processes (0 = in the main process)"
-    )
-    p.add_argument(
-        "--cache", default=None, help="URI prefix of the feature cache (see `seer eval linear --help`)"
-    )
-    _add_data(p)
-    p.add_argument(
-        "--output", default=None, help="folder for report.html + metrics.json (default: print only)"
-    )
-    p.set_defaults(func=_test384)
-
-    p = add(
-        "copy-detection",
-        "R-MAC copy detection (CopyDays protocol) → mAP per split, µAP",
-        "R-MAC (3 levels) over res4, PCA-whitening learnt on --whitening, cosine ranking of the database "
-        "(seer_spec §5.3). AP is the trapezoidal (revisitop) rule; µAP pools every query's predictions.",
-    )
-    p.add_argument("--queries", required=True, help="pairs manifest: query,reference[,split] (CSV or JSONL)")
-    p.add_argument(
-        "--database",
-        default=None,
-        help="database images incl. distractors (manifest or folder; default: the references)",
-    )
-    p.add_argument(
-        "--whitening",
-        default=None,
-        help="separate image set to learn PCA-whitening on (default: no whitening)",
-    )
-    p.add_argument("--pca-dims", type=int, default=1024, help="dimensions kept by the whitening (N_PCA)")
-    _add_model(p)
-    _add_features(p, "res4", "rmac:3", "longer:224")
-    _add_output(p)
-    p.add_argument(
-        "--max-bad-rows", default="0", help="bad pair rows to tolerate: a count (0) or a percentage (2%%)"
-    )
-    p.set_defaults(func=_copy_detection)
-
-    p = add(
-        "geolocalization",
-        "predict image locations → accuracy at 1/25/200/750/2500 km",
-        "Predict each validation image's location from the training images (nearest neighbour, or a cell "
-        "classifier) and score the great-circle (haversine, R = 6371 km) error.",
-    )
-    p.add_argument("--train", required=True, help="training set manifest: path,lat,lon")
-    p.add_argument("--val", required=True, help="validation set manifest: path,lat,lon")
-    p.add_argument(
-        "--method",
-        default="nn",
-        choices=("nn", "cells"),
-        help="nn: nearest training image; cells: cell classifier",
-    )
-    p.add_argument(
-        "--cells", default=None, help="partition CSV cell,lat,lon (cells method; default: a lat/lon grid)"
-    )
-    p.add_argument(
-        "--cell-deg", type=float, default=1.0, help="grid cell size in degrees when --cells is not given"
-    )
-    _add_model(p)
-    _add_features(p, "avgpool", "avg", "shorter:256:224")
-    _add_probe(p)
-    _add_data(p)
-    _add_output(p)
-    p.set_defaults(func=_geolocalization)
-
-    p = add(
-        "fairness",
-        "per-group accuracy, disparity and harmful-label predictions",
-        "Train a classifier on frozen features of --train, then report accuracy per group of --test, the "
-        "disparity across groups (max − min, min / max) and predictions of harmful labels per group.",
-    )
-    p.add_argument("--train", required=True, help="labelled training set (path,label[,group])")
-    p.add_argument("--test", required=True, help="grouped test set manifest: path,label,group")
-    p.add_argument(
-        "--harmful-labels",
-        type=_names,
-        default=(),
-        help="comma-separated class names counted as harmful predictions",
-    )
-    p.add_argument(
-        "--classifier", default="linear", choices=("linear", "knn"), help="classifier on the features"
-    )
-    p.add_argument("--k", type=int, default=20, help="neighbours (knn classifier)")
-    p.add_argument(
-        "--temperature", type=float, default=0.07, help="τ of the k-NN vote weight (knn classifier)"
-    )
-    _add_model(p)
-    _add_features(p, "avgpool", "avg", "shorter:256:224")
-    _add_probe(p)
-    _add_data(p)
-    _add_output(p)
-    p.set_defaults(func=_fairness)
+    for name, protocol in PROTOCOLS.items():
+        _add_protocol(sub, name, protocol)
 
     p = sub.add_parser(
         "compare",

@@ -10,14 +10,24 @@ reference pairs. Scores: mAP per query split (trapezoidal AP, revisitop rule), m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from seer.errors import ConfigError
 from seer.eval import metrics, report
-from seer.eval.datasets import load_dataset, load_pairs
-from seer.eval.features import FeatureOptions, TransformSpec, extract_variants, load_trunk, resolve_device
+from seer.eval.datasets import load_pairs
+from seer.eval.features import FeatureSet, TransformSpec
+from seer.eval.setup import FeatureOptions, Scored, arg, evaluate, prepare
+
+
+@dataclass
+class CopyDetectionConfig:
+    """Whitening size (N_PCA) and the seed of the baselines."""
+
+    pca_dims: int = field(default=1024, metadata=arg("dimensions kept by the whitening (N_PCA)"))
+    seed: int = 0
 
 
 @dataclass
@@ -127,69 +137,44 @@ def copy_detection(
     return evaluate_ranking(q @ d.T, truth, splits)
 
 
-def run(
-    queries_uri: str,
-    checkpoint: str,
-    *,
-    database_uri: str | None = None,
-    whitening_uri: str | None = None,
-    preset: str | None = None,
-    options: FeatureOptions | None = None,
-    pca_dims: int = 1024,
-    baselines: tuple[str, ...] = (),
-    seed: int = 0,
-    device: str = "auto",
-    max_bad_rows: str | int = 0,
-    output: str | None = None,
-) -> dict:
+def default_options() -> FeatureOptions:
+    """The CopyDays features: R-MAC (3 levels) over res4, longer side resized to 224."""
+    return FeatureOptions(tap="res4", pool="rmac:3", transform=TransformSpec("longer", 224, 224))
+
+
+def run(queries_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     """`seer eval copy-detection`: R-MAC features of queries, database and whitening set; mAP/µAP."""
-    options = options or FeatureOptions(
-        tap="res4", pool="rmac:3", transform=TransformSpec("longer", 224, 224)
-    )
-    options.validate()
+    database_uri = kwargs.pop("database_uri", None)
+    whitening_uri = kwargs.pop("whitening_uri", None)
+    run_settings, options, config = prepare(checkpoint, CopyDetectionConfig, kwargs, default_options)
     if not options.pool.startswith("rmac:"):
         raise ConfigError(f"copy detection needs R-MAC pooling (--pool rmac:3), got {options.pool!r}")
-    pairs = load_pairs(queries_uri, database_uri, max_bad_rows=max_bad_rows)
+    pairs = load_pairs(queries_uri, database_uri, max_bad_rows=run_settings.max_bad_rows)
     sets = {"queries": pairs.queries, "database": pairs.database}
     if whitening_uri:
-        sets["whitening"] = load_dataset(whitening_uri, "images", max_bad_rows=max_bad_rows)
-    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=seed)
-    variants = extract_variants(loaded, sets, options, baselines, seed)
+        sets["whitening"] = run_settings.load(whitening_uri, "images")
     truth = pairs.ground_truth()
     splits = [s.split for s in pairs.queries.samples]
-    results = {
-        name: copy_detection(
-            f["queries"].arrays,
-            f["database"].arrays,
-            f["whitening"].arrays if "whitening" in f else None,
-            truth,
-            splits,
-            pca_dims,
+
+    def score(f: dict[str, FeatureSet]) -> Scored:
+        whitening = f["whitening"].arrays if "whitening" in f else None
+        r = copy_detection(
+            f["queries"].arrays, f["database"].arrays, whitening, truth, splits, config.pca_dims
         )
-        for name, f in variants.items()
+        per_split_map = {s: v["mAP"] for s, v in r.per_split.items()}
+        return Scored(
+            r.metrics,
+            {"per_split": r.per_split},
+            lambda: {
+                "mAP per query split": report.plot_bars(per_split_map, "mAP per split", "mAP"),
+                "precision–recall": report.plot_precision_recall(r.precision, r.recall),
+            },
+        )
+
+    record = {
+        "pca_dims": config.pca_dims,
+        "whitening": bool(whitening_uri),
+        "seed": config.seed,
+        "baselines": list(run_settings.baselines),
     }
-    main = results.pop("model")
-    doc = report.metrics_document(
-        "copy-detection",
-        main.metrics,
-        checkpoint=loaded.describe(),
-        datasets={role: ds.describe() for role, ds in sets.items()},
-        config={
-            **options.describe(),
-            "pca_dims": pca_dims,
-            "whitening": bool(whitening_uri),
-            "seed": seed,
-            "baselines": list(baselines),
-        },
-        baselines={name: r.metrics for name, r in results.items()},
-        details={"per_split": main.per_split},
-    )
-    if output:
-        plots = {
-            "mAP per query split": report.plot_bars(
-                {s: v["mAP"] for s, v in main.per_split.items()}, "mAP per split", "mAP"
-            ),
-            "precision–recall": report.plot_precision_recall(main.precision, main.recall),
-        }
-        report.write_report(output, doc, plots)
-    return doc
+    return evaluate("copy-detection", run_settings, options, sets, score, record, seed=config.seed)[0]

@@ -9,22 +9,41 @@ list of harmful labels (labels that would be offensive when assigned to people o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from seer.errors import ConfigError
 from seer.eval import metrics, report
-from seer.eval.datasets import load_dataset
-from seer.eval.features import FeatureOptions, extract_variants, load_trunk, resolve_device
+from seer.eval.features import FeatureSet
 from seer.eval.knn import knn_scores
 from seer.eval.linear import LinearConfig, predict, train_probe
+from seer.eval.setup import Scored, arg, evaluate, names, prepare
 
 
 @dataclass
 class FairnessResult:
     metrics: dict[str, float]
     per_group: dict[str, dict[str, float]]
+
+
+@dataclass
+class FairnessConfig:
+    """Which classifier runs on the features and which labels count as harmful."""
+
+    harmful_labels: tuple[str, ...] = field(
+        default=(), metadata=arg("comma-separated class names counted as harmful predictions", parse=names)
+    )
+    classifier: str = field(
+        default="linear", metadata=arg("classifier on the features", choices=("linear", "knn"))
+    )
+    k: int = field(default=20, metadata=arg("neighbours (knn classifier)"))
+    temperature: float = field(default=0.07, metadata=arg("τ of the k-NN vote weight (knn classifier)"))
+
+    def validate(self) -> None:
+        if self.classifier not in ("linear", "knn"):
+            raise ConfigError(f"unknown classifier {self.classifier!r}; choose linear or knn")
 
 
 def fairness_report(
@@ -50,80 +69,49 @@ def fairness_report(
     return FairnessResult(metrics=flat, per_group=per_group)
 
 
-def run(
-    train_uri: str,
-    test_uri: str,
-    checkpoint: str,
-    *,
-    harmful_labels: Sequence[str] = (),
-    classifier: str = "linear",
-    k: int = 20,
-    temperature: float = 0.07,
-    preset: str | None = None,
-    options: FeatureOptions | None = None,
-    config: LinearConfig | None = None,
-    baselines: tuple[str, ...] = (),
-    device: str = "auto",
-    fmt: str = "auto",
-    max_bad_rows: str | int = 0,
-    output: str | None = None,
-) -> dict:
+def run(train_uri: str, test_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     """`seer eval fairness`: train a probe (or k-NN) on `train_uri`, score per group on `test_uri`."""
-    if classifier not in ("linear", "knn"):
-        raise ConfigError(f"unknown classifier {classifier!r}; choose linear or knn")
-    options = options or FeatureOptions()
-    config = config or LinearConfig()
-    options.validate()
-    config.validate()  # before loading data or extracting features, as `seer eval linear` does
-    train = load_dataset(train_uri, "classification", fmt=fmt, max_bad_rows=max_bad_rows)
-    test = load_dataset(test_uri, "grouped", fmt=fmt, classes=train.classes, max_bad_rows=max_bad_rows)
-    unknown = [h for h in harmful_labels if h not in train.classes]
+    probe = kwargs.pop("probe", None)
+    run_settings, options, config = prepare(checkpoint, FairnessConfig, kwargs)
+    probe = probe or LinearConfig()
+    probe.validate()  # before loading data or extracting features, as `seer eval linear` does
+    train = run_settings.load(train_uri, "classification")
+    test = run_settings.load(test_uri, "grouped", classes=train.classes)
+    unknown = [h for h in config.harmful_labels if h not in train.classes]
     if unknown:
         raise ConfigError(
             f"harmful label(s) {unknown} are not classes of {train_uri}; classes: {train.classes}"
         )
-    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=config.seed)
-    variants = extract_variants(loaded, {"train": train, "test": test}, options, baselines, config.seed)
-    results = {}
-    for name, f in variants.items():
-        if classifier == "linear":
-            head, _ = train_probe(f["train"].stacked(), train.labels, len(train.classes), config)
-            scores = predict(head, f["test"].stacked())
+
+    def score(f: dict[str, FeatureSet]) -> Scored:
+        train_x, test_x, n = f["train"].stacked(), f["test"].stacked(), len(train.classes)
+        if config.classifier == "linear":
+            scores = predict(train_probe(train_x, train.labels, n, probe)[0], test_x)
         else:
-            scores = knn_scores(
-                f["train"].stacked(), train.labels, f["test"].stacked(), len(train.classes), k, temperature
-            )
-        results[name] = fairness_report(
-            scores.argmax(axis=1), test.labels, test.groups, train.classes, harmful_labels
+            scores = knn_scores(train_x, train.labels, test_x, n, config.k, config.temperature)
+        r = fairness_report(
+            scores.argmax(axis=1), test.labels, test.groups, train.classes, config.harmful_labels
         )
-    main = results.pop("model")
-    settings = asdict(config) if classifier == "linear" else {"k": k, "temperature": temperature}
-    doc = report.metrics_document(
-        "fairness",
-        main.metrics,
-        checkpoint=loaded.describe(),
-        datasets={"train": train.describe(), "test": test.describe()},
-        config={
-            **options.describe(),
-            "classifier": classifier,
-            **settings,
-            "harmful_labels": list(harmful_labels),
-            "baselines": list(baselines),
-        },
-        lower_is_better=["disparity", "harmful_predictions"],
-        baselines={name: r.metrics for name, r in results.items()},
-        details={"per_group": main.per_group, "classes": train.classes},
-    )
-    if output:
         plots = {
-            "accuracy per group": report.plot_bars(
-                {g: v["accuracy"] for g, v in main.per_group.items()}, "accuracy per group"
-            ),
-            "harmful predictions per group": report.plot_bars(
-                {g: v["harmful_rate"] for g, v in main.per_group.items()},
+            "accuracy per group": ({g: v["accuracy"] for g, v in r.per_group.items()}, "accuracy per group"),
+            "harmful predictions per group": (
+                {g: v["harmful_rate"] for g, v in r.per_group.items()},
                 "harmful-label rate per group",
                 "rate",
             ),
         }
-        report.write_report(output, doc, plots)
-    return doc
+        details = {"per_group": r.per_group, "classes": train.classes}
+        return Scored(r.metrics, details, lambda: {k: report.plot_bars(*v) for k, v in plots.items()})
+
+    linear = config.classifier == "linear"
+    record = {
+        "classifier": config.classifier,
+        **(asdict(probe) if linear else {"k": config.k, "temperature": config.temperature}),
+        "harmful_labels": list(config.harmful_labels),
+        "baselines": list(run_settings.baselines),
+    }
+    sets = {"train": train, "test": test}
+    lower = ["disparity", "harmful_predictions"]
+    return evaluate(
+        "fairness", run_settings, options, sets, score, record, seed=probe.seed, lower_is_better=lower
+    )[0]

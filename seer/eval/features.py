@@ -1,4 +1,5 @@
-"""Frozen-trunk feature extraction: checkpoint → trunk → tap → pooling, batched, cached in storage.
+"""Frozen-trunk feature extraction: trunk → tap → pooling, batched, cached in storage (the trunk comes
+from `seer.checkpoints.load`).
 
 `extract(dataset, options)` returns a `FeatureSet`. Features are cached under `options.cache` keyed
 by (checkpoint sha256, dataset sha256, tap, pooling, transform, precision): a second call with the
@@ -15,9 +16,8 @@ import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,23 +29,17 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from seer import storage
-from seer.checkpoints.io import LazyTensor, open_archive, sha256_uri
-from seer.checkpoints.mapping import timm_to_seer_name
-from seer.checkpoints.slice import INDEX_NAME, open_sliced, read_slice
-from seer.checkpoints.vissl import import_vissl
-from seer.errors import ConfigError, SeerError
+from seer.errors import ConfigError
 from seer.eval.datasets import EvalDataset, read_image
-from seer.models import build_trunk, get_preset
-from seer.models.regnet import SeerRegNet
+
+if TYPE_CHECKING:  # the options are defined with the harness, which runs this extraction
+    from seer.checkpoints.load import LoadedTrunk
+    from seer.eval.setup import FeatureOptions
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TAPS = ("res2", "res3", "res4", "res5", "avgpool")
 CACHE_VERSION = 1
-
-
-class CheckpointLoadError(SeerError):
-    """A checkpoint cannot be turned into a trunk (unknown format, missing preset, key mismatch)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,6 +63,11 @@ class TransformSpec:
 
     def key(self) -> str:
         return f"{self.mode}:{self.resize}:{self.crop}:{self.interpolation}"
+
+    def text(self) -> str:
+        """The `parse_transform` spelling of this transform."""
+        size = f"{self.resize}:{self.crop}" if self.mode == "shorter" else str(self.resize)
+        return f"{self.mode}:{size}" + (":bicubic" if self.interpolation == "bicubic" else "")
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Resized uint8 C×H×W tensor; `normalize` scales and normalises a batch on the model's device."""
@@ -176,162 +175,8 @@ def _pool_batch(x: torch.Tensor, pool: str) -> list[np.ndarray]:
 # Checkpoints
 
 
-@dataclass
-class LoadedTrunk:
-    """A frozen trunk in eval mode and what identifies its weights."""
-
-    trunk: SeerRegNet
-    preset: str
-    sha256: str
-    uri: str
-
-    def describe(self) -> dict[str, str]:
-        return {"uri": self.uri, "sha256": self.sha256, "preset": self.preset}
-
-
-def _is_sliced(uri: str) -> bool:
-    if uri.endswith(".json"):
-        return True
-    return not storage.exists(uri) and storage.exists(storage.join(uri, INDEX_NAME))
-
-
-def _trunk_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """seer/torchvision trunk names from seer, torchvision or timm keys (classifier `fc.*` dropped)."""
-    for prefix in ("module.", "trunk.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            return _trunk_names({k[len(prefix) :]: v for k, v in state.items()})
-    if any(k.startswith(("stem.conv.", "s1.b1.")) for k in state):
-        state = {timm_to_seer_name(k): v for k, v in state.items()}
-    return {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
-
-
-def _lazy_tensors(tree: object, prefix: str = "") -> Iterator[tuple[str, LazyTensor]]:
-    """(dotted name, LazyTensor) for every tensor in nested dicts of a lazily read checkpoint."""
-    if isinstance(tree, LazyTensor):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _lazy_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-
-
-def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.Tensor], str | None]:
-    with open_archive(uri) as reader:
-        obj = reader.obj
-        if not isinstance(obj, dict):
-            raise CheckpointLoadError(f"{uri} holds a {type(obj).__name__}, not a checkpoint dict")
-        if obj.get("type") == "slice_list":
-            return _read_sliced_trunk(uri)
-        if "classy_state_dict" in obj or obj.get("type") in ("consolidated", "shard_list"):
-            if preset is None:
-                raise CheckpointLoadError(f"{uri} is a VISSL checkpoint; pass --preset NAME to import it")
-            with tempfile.TemporaryDirectory(prefix="seer-eval-") as tmp:
-                converted = os.path.join(tmp, "consolidated.pt")
-                import_vissl(uri, converted, preset)
-                return _read_archive_trunk(converted, preset)
-        tree = obj["trunk"] if isinstance(obj.get("trunk"), dict) else obj.get("state_dict", obj)
-        tensors = dict(_lazy_tensors(tree))
-        if not tensors:
-            raise CheckpointLoadError(
-                f"{uri}: no trunk tensors found; expected a seer consolidated/classifier file, a trunk state "
-                "dict, or timm / torchvision / VISSL weights"
-            )
-        return _trunk_names({k: reader.read(t) for k, t in tensors.items()}), obj.get("preset")
-
-
-def _read_sliced_trunk(uri: str) -> tuple[dict[str, torch.Tensor], str | None]:
-    index = open_sliced(uri)
-    state = {
-        fqn.removeprefix("trunk."): read_slice(e)
-        for fqn, e in index.entries.items()
-        if fqn.startswith("trunk.")
-    }
-    return state, index.preset
-
-
-def load_trunk(
-    checkpoint: str, preset: str | None = None, device: str | torch.device = "cpu", seed: int = 0
-) -> LoadedTrunk:
-    """A frozen eval-mode trunk from `checkpoint`, or a fresh one (seeded) for `random`.
-
-    Reads every format `seer.checkpoints` knows: seer consolidated files (and classifier files),
-    sliced checkpoints (a seer `index.json` folder or a VISSL `slice_list`), VISSL consolidated /
-    shard-list files (needs `preset`), timm and torchvision state dicts. `preset` supplies the
-    architecture when the file does not name one, and must match when it does. The sha256
-    identifies the weights: of the file, or of the sliced index (which lists every slice's sha256).
-    """
-    if checkpoint == "random":
-        if preset is None:
-            raise CheckpointLoadError("--checkpoint random needs --preset NAME (e.g. rg-tiny)")
-        trunk = build_trunk(get_preset(preset).name, device=device, seed=seed)
-        digest = hashlib.sha256(f"random:{preset}:{seed}".encode()).hexdigest()
-        return LoadedTrunk(trunk.eval().requires_grad_(False), preset, digest, f"random:{preset}:{seed}")
-    if _is_sliced(checkpoint):
-        index_uri = checkpoint if checkpoint.endswith(".json") else storage.join(checkpoint, INDEX_NAME)
-        state, named = _read_sliced_trunk(checkpoint)
-    else:
-        index_uri = checkpoint
-        state, named = _read_archive_trunk(checkpoint, preset)
-    if preset and named and preset != named:
-        raise CheckpointLoadError(
-            f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it"
-        )
-    name = preset or named
-    if name is None:
-        raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
-    trunk = build_trunk(get_preset(name).name, device=device, seed=None)
-    expected = trunk.state_dict()
-    # BatchNorm's step counter is bookkeeping, not a weight: released checkpoints often lack it.
-    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state}
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
-        f"{k} is {list(state[k].shape)}, not {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if problems:
-        raise CheckpointLoadError(
-            f"{checkpoint} does not fit preset {name!r} ({len(problems)} problems: {'; '.join(problems[:3])}"
-            f"{' ...' if len(problems) > 3 else ''}); pass the --preset it was trained with"
-        )
-    trunk.load_state_dict(state)
-    return LoadedTrunk(trunk.eval().requires_grad_(False), name, sha256_uri(index_uri), checkpoint)
-
-
 # ---------------------------------------------------------------------------------------------
 # Extraction
-
-
-@dataclass
-class FeatureOptions:
-    """What to extract and how; every field except the runtime ones (batch size, workers, device)
-    goes into the cache key."""
-
-    tap: str = "avgpool"
-    pool: str = "avg"
-    transform: TransformSpec = field(default_factory=TransformSpec)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
-    batch_size: int = 64
-    num_workers: int = 0
-    cache: str | None = None
-
-    def describe(self) -> dict[str, str]:
-        """The fields that change the features (what a report's config records)."""
-        return {
-            "tap": self.tap,
-            "pool": self.pool,
-            "transform": self.transform.key(),
-            "precision": self.precision,
-        }
-
-    def validate(self) -> None:
-        if self.tap not in TAPS:
-            raise ConfigError(f"unknown tap {self.tap!r}; choose one of {', '.join(TAPS)}")
-        parse_pool(self.pool)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise ConfigError("batch size must be >= 1 and workers >= 0")
 
 
 @dataclass
@@ -489,49 +334,3 @@ def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) 
     if world > 1:
         dist.barrier()
     return features
-
-
-def random_features(like: FeatureSet, seed: int = 0) -> FeatureSet:
-    """The chance baseline: i.i.d. Gaussian features with the same shapes as `like`."""
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal(a.shape).astype(np.float32) for a in like.arrays]
-    return FeatureSet(arrays, {**like.meta, "baseline": "random-features", "seed": seed})
-
-
-BASELINES = ("random-init", "random-features")
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` → CUDA when available (this rank's local GPU under torchrun), else CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
-
-
-def extract_variants(
-    loaded: LoadedTrunk,
-    datasets: dict[str, EvalDataset],
-    options: FeatureOptions,
-    baselines: tuple[str, ...] = (),
-    seed: int = 0,
-) -> dict[str, dict[str, FeatureSet]]:
-    """Features of each dataset for the checkpoint (`"model"`) and for each requested baseline:
-    `random-init` (a freshly initialised trunk of the same preset) and `random-features` (chance)."""
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-    out = {"model": {role: extract(loaded, ds, options) for role, ds in datasets.items()}}
-    if "random-init" in baselines:
-        device = next(loaded.trunk.parameters()).device
-        fresh = load_trunk("random", loaded.preset, device=device, seed=seed)
-        out["random-init"] = {role: extract(fresh, ds, options) for role, ds in datasets.items()}
-    if "random-features" in baselines:
-        out["random-features"] = {
-            role: random_features(feats, seed + i) for i, (role, feats) in enumerate(out["model"].items())
-        }
-    return out

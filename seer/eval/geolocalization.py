@@ -10,7 +10,8 @@ Accuracy at 1 / 25 / 200 / 750 / 2500 km by haversine distance (R = 6371 km).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,9 +19,25 @@ import torch.nn.functional as F
 
 from seer.errors import ConfigError
 from seer.eval import metrics, report
-from seer.eval.datasets import DatasetError, load_dataset, read_manifest_rows
-from seer.eval.features import FeatureOptions, extract_variants, load_trunk, resolve_device
+from seer.eval.datasets import DatasetError, read_manifest_rows
+from seer.eval.features import FeatureSet
 from seer.eval.linear import LinearConfig, predict, train_probe
+from seer.eval.setup import Scored, arg, evaluate, prepare
+
+
+@dataclass
+class GeoConfig:
+    """How locations are predicted: nearest training image, or a cell classifier."""
+
+    method: str = field(
+        default="nn",
+        metadata=arg("nn: nearest training image; cells: cell classifier", choices=("nn", "cells")),
+    )
+    cell_deg: float = field(default=1.0, metadata=arg("grid cell size in degrees when --cells is not given"))
+
+    def validate(self) -> None:
+        if self.method not in ("nn", "cells"):
+            raise ConfigError(f"unknown geolocalization method {self.method!r}; choose nn or cells")
 
 
 @dataclass
@@ -108,61 +125,40 @@ def score_locations(predicted: np.ndarray, truth: np.ndarray) -> GeoResult:
     return GeoResult(metrics=values, distances_km=d, predicted=predicted)
 
 
-def run(
-    train_uri: str,
-    val_uri: str,
-    checkpoint: str,
-    *,
-    method: str = "nn",
-    cells_uri: str | None = None,
-    cell_deg: float = 1.0,
-    preset: str | None = None,
-    options: FeatureOptions | None = None,
-    config: LinearConfig | None = None,
-    baselines: tuple[str, ...] = (),
-    device: str = "auto",
-    fmt: str = "auto",
-    max_bad_rows: str | int = 0,
-    output: str | None = None,
-) -> dict:
+def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     """`seer eval geolocalization`: predict each validation image's location; accuracy by distance."""
-    if method not in ("nn", "cells"):
-        raise ConfigError(f"unknown geolocalization method {method!r}; choose nn or cells")
-    options = options or FeatureOptions()
-    config = config or LinearConfig()
-    options.validate()
-    config.validate()  # before loading data or extracting features, as `seer eval linear` does
-    train = load_dataset(train_uri, "geo", fmt=fmt, max_bad_rows=max_bad_rows)
-    val = load_dataset(val_uri, "geo", fmt=fmt, max_bad_rows=max_bad_rows)
+    cells_uri = kwargs.pop("cells_uri", None)
+    probe = kwargs.pop("probe", None)
+    run_settings, options, config = prepare(checkpoint, GeoConfig, kwargs)
+    probe = probe or LinearConfig()
+    probe.validate()  # before loading data or extracting features, as `seer eval linear` does
+    train = run_settings.load(train_uri, "geo")
+    val = run_settings.load(val_uri, "geo")
     centres = load_cells(cells_uri) if cells_uri else None
-    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=config.seed)
-    variants = extract_variants(loaded, {"train": train, "val": val}, options, baselines, config.seed)
-    results = {}
-    for name, f in variants.items():
-        if method == "nn":
-            predicted = predict_nn(f["train"].stacked(), train.coordinates, f["val"].stacked())
+
+    def score(f: dict[str, FeatureSet]) -> Scored:
+        train_x, val_x = f["train"].stacked(), f["val"].stacked()
+        if config.method == "nn":
+            predicted = predict_nn(train_x, train.coordinates, val_x)
         else:
-            predicted = predict_cells(
-                f["train"].stacked(), train.coordinates, f["val"].stacked(), centres, cell_deg, config
-            )
-        results[name] = score_locations(predicted, val.coordinates)
-    main = results.pop("model")
-    extra = {"cells": cells_uri, "cell_deg": cell_deg, **asdict(config)} if method == "cells" else {}
-    doc = report.metrics_document(
-        "geolocalization",
-        main.metrics,
-        checkpoint=loaded.describe(),
-        datasets={"train": train.describe(), "val": val.describe()},
-        config={**options.describe(), "method": method, **extra, "baselines": list(baselines)},
-        lower_is_better=["median_km"],
-        baselines={name: r.metrics for name, r in results.items()},
-        details={"distances_km": main.distances_km},
+            predicted = predict_cells(train_x, train.coordinates, val_x, centres, config.cell_deg, probe)
+        r = score_locations(predicted, val.coordinates)
+        accuracy = {k: v for k, v in r.metrics.items() if k.startswith("acc@")}
+        return Scored(
+            r.metrics,
+            {"distances_km": r.distances_km},
+            lambda: {
+                "accuracy at distance": report.plot_bars(accuracy, "share within distance"),
+                "distance CDF": report.plot_distance_cdf(r.distances_km, metrics.GEO_THRESHOLDS_KM),
+            },
+        )
+
+    cells = (
+        {"cells": cells_uri, "cell_deg": config.cell_deg, **asdict(probe)} if config.method == "cells" else {}
     )
-    if output:
-        accuracy = {k: v for k, v in main.metrics.items() if k.startswith("acc@")}
-        plots = {
-            "accuracy at distance": report.plot_bars(accuracy, "share within distance"),
-            "distance CDF": report.plot_distance_cdf(main.distances_km, metrics.GEO_THRESHOLDS_KM),
-        }
-        report.write_report(output, doc, plots)
-    return doc
+    record = {"method": config.method, **cells, "baselines": list(run_settings.baselines)}
+    sets = {"train": train, "val": val}
+    lower = ["median_km"]
+    return evaluate(
+        "geolocalization", run_settings, options, sets, score, record, seed=probe.seed, lower_is_better=lower
+    )[0]

@@ -7,15 +7,26 @@ the class scores.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from seer.errors import ConfigError
-from seer.eval import report
-from seer.eval.datasets import load_dataset
-from seer.eval.features import FeatureOptions, extract_variants, load_trunk, resolve_device
+from seer.eval.features import FeatureSet
 from seer.eval.linear import classification_result
+from seer.eval.setup import Scored, arg, classification_scored, evaluate, prepare
+
+
+@dataclass
+class KnnConfig:
+    """Neighbours and vote temperature (defaults: k = 20, τ = 0.07)."""
+
+    k: int = field(default=20, metadata=arg("number of neighbours"))
+    temperature: float = field(default=0.07, metadata=arg("τ of the exp(similarity / τ) vote weight"))
+    seed: int = 0
 
 
 def knn_scores(
@@ -41,57 +52,21 @@ def knn_scores(
     return out.numpy()
 
 
-def run(
-    train_uri: str,
-    val_uri: str,
-    checkpoint: str,
-    *,
-    preset: str | None = None,
-    options: FeatureOptions | None = None,
-    k: int = 20,
-    temperature: float = 0.07,
-    baselines: tuple[str, ...] = (),
-    seed: int = 0,
-    device: str = "auto",
-    fmt: str = "auto",
-    max_bad_rows: str | int = 0,
-    output: str | None = None,
-) -> dict:
-    """`seer eval knn`: features of both sets, weighted k-NN for the checkpoint and each baseline."""
-    options = options or FeatureOptions()
-    options.validate()
-    train = load_dataset(train_uri, "classification", fmt=fmt, max_bad_rows=max_bad_rows)
-    val = load_dataset(val_uri, "classification", fmt=fmt, classes=train.classes, max_bad_rows=max_bad_rows)
-    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=seed)
-    variants = extract_variants(loaded, {"train": train, "val": val}, options, baselines, seed)
-    results = {}
-    for name, f in variants.items():
+def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
+    """`seer eval knn`: weighted k-NN for the checkpoint and each baseline (settings: `RunSettings`)."""
+    run_settings, options, config = prepare(checkpoint, KnnConfig, kwargs)
+    train = run_settings.load(train_uri, "classification")
+    val = run_settings.load(val_uri, "classification", classes=train.classes)
+
+    def score(f: dict[str, FeatureSet]) -> Scored:
+        n = len(train.classes)
         scores = knn_scores(
-            f["train"].stacked(), train.labels, f["val"].stacked(), len(train.classes), k, temperature
+            f["train"].stacked(), train.labels, f["val"].stacked(), n, config.k, config.temperature
         )
-        results[name] = classification_result(scores, val.labels, len(train.classes))
-    main = results.pop("model")
-    doc = report.metrics_document(
-        "knn",
-        main["metrics"],
-        checkpoint=loaded.describe(),
-        datasets={"train": train.describe(), "val": val.describe()},
-        config={
-            **options.describe(),
-            "k": k,
-            "temperature": temperature,
-            "seed": seed,
-            "baselines": list(baselines),
-        },
-        baselines={name: r["metrics"] for name, r in results.items()},
-        details={
-            "classes": train.classes,
-            "per_class_accuracy": dict(zip(train.classes, main["per_class"], strict=True)),
-            "confusion": main["confusion"],
-        },
+        return classification_scored(classification_result(scores, val.labels, n), train.classes)
+
+    record = {**asdict(config), "baselines": list(run_settings.baselines)}
+    doc, _, _ = evaluate(
+        "knn", run_settings, options, {"train": train, "val": val}, score, record, seed=config.seed
     )
-    if output:
-        report.write_report(
-            output, doc, report.classification_plots(main["per_class"], main["confusion"], train.classes)
-        )
     return doc

@@ -10,29 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from seer.checkpoints.classifier import save_classifier
 from seer.errors import ConfigError
-from seer.eval import metrics, report
-from seer.eval.datasets import load_dataset
-from seer.eval.features import FeatureOptions, extract_variants, load_trunk, resolve_device
-from seer.eval.test384 import save_classifier
+from seer.eval import metrics
+from seer.eval.features import FeatureSet
+from seer.eval.setup import Scored, arg, classification_scored, evaluate, ints, prepare
 
 
 @dataclass
 class LinearConfig:
     """Probe hyper-parameters (defaults: VISSL's ImageNet linear eval, on a 256 global batch)."""
 
-    epochs: int = 28
-    milestones: tuple[int, ...] = (8, 16, 24)
-    base_lr: float = 0.01
-    batch_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = field(default=28, metadata=arg("training epochs over the frozen features"))
+    milestones: tuple[int, ...] = field(
+        default=(8, 16, 24), metadata=arg("epochs where the LR is multiplied by 0.1", parse=ints)
+    )
+    base_lr: float = field(default=0.01, metadata=arg("learning rate per 256 samples (scaled by batch/256)"))
+    batch_size: int = field(
+        default=256, metadata=arg("mini-batch size of the probe", flag="--probe-batch-size")
+    )
+    momentum: float = field(default=0.9, metadata=arg("Nesterov momentum"))
+    weight_decay: float = field(default=5e-4, metadata=arg("weight decay of the Linear (BN is not decayed)"))
     seed: int = 0
+
+    @classmethod
+    def for_epochs(cls, epochs: int, **kwargs) -> LinearConfig:
+        """The default schedule stretched to `epochs`: milestones at 2/7, 4/7 and 6/7 of the run."""
+        marks = {m for m in (epochs * 2 // 7, epochs * 4 // 7, epochs * 6 // 7) if 0 < m < epochs}
+        return cls(epochs=epochs, milestones=tuple(sorted(marks)), **kwargs)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0:
@@ -171,57 +182,27 @@ def linear_probe(
     return ProbeResult(scores=scores, labels=np.asarray(val_y), head=head, loss_history=history, **result)
 
 
-def run(
-    train_uri: str,
-    val_uri: str,
-    checkpoint: str,
-    *,
-    preset: str | None = None,
-    options: FeatureOptions | None = None,
-    config: LinearConfig | None = None,
-    baselines: tuple[str, ...] = (),
-    device: str = "auto",
-    fmt: str = "auto",
-    max_bad_rows: str | int = 0,
-    output: str | None = None,
-    save_classifier_uri: str | None = None,
-) -> dict:
-    """`seer eval linear`: load + validate both sets, extract features, train and score the probe
-    for the checkpoint and each baseline, write the report; returns the metrics document."""
-    options = options or FeatureOptions()
-    config = config or LinearConfig()
-    options.validate()
-    config.validate()
-    train = load_dataset(train_uri, "classification", fmt=fmt, max_bad_rows=max_bad_rows)
-    val = load_dataset(val_uri, "classification", fmt=fmt, classes=train.classes, max_bad_rows=max_bad_rows)
-    loaded = load_trunk(checkpoint, preset, resolve_device(device), seed=config.seed)
-    variants = extract_variants(loaded, {"train": train, "val": val}, options, baselines, config.seed)
-    results = {
-        name: linear_probe(
+def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
+    """`seer eval linear`: train and score the probe for the checkpoint and each baseline, write the
+    report (settings: `RunSettings` fields); returns the metrics document."""
+    save_classifier_uri = kwargs.pop("save_classifier_uri", None)
+    run_settings, options, config = prepare(checkpoint, LinearConfig, kwargs)
+    train = run_settings.load(train_uri, "classification")
+    val = run_settings.load(val_uri, "classification", classes=train.classes)
+
+    def score(f: dict[str, FeatureSet]) -> Scored:
+        r = linear_probe(
             f["train"].stacked(), train.labels, f["val"].stacked(), val.labels, len(train.classes), config
         )
-        for name, f in variants.items()
-    }
-    main = results.pop("model")
-    if save_classifier_uri:
-        weight, bias = main.head.folded()
-        save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
-    doc = report.metrics_document(
-        "linear",
-        main.metrics,
-        checkpoint=loaded.describe(),
-        datasets={"train": train.describe(), "val": val.describe()},
-        config={**options.describe(), **asdict(config), "baselines": list(baselines)},
-        baselines={name: r.metrics for name, r in results.items()},
-        details={
-            "classes": train.classes,
-            "per_class_accuracy": dict(zip(train.classes, main.per_class, strict=True)),
-            "confusion": main.confusion,
-            "train_loss": main.loss_history,
-        },
+        scored = classification_scored(vars(r), train.classes, train_loss=r.loss_history)
+        scored.result = r
+        return scored
+
+    record = {**asdict(config), "baselines": list(run_settings.baselines)}
+    doc, main, loaded = evaluate(
+        "linear", run_settings, options, {"train": train, "val": val}, score, record, seed=config.seed
     )
-    if output:
-        report.write_report(
-            output, doc, report.classification_plots(main.per_class, main.confusion, train.classes)
-        )
+    if save_classifier_uri:
+        weight, bias = main.result.head.folded()
+        save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
     return doc

@@ -1,0 +1,154 @@
+"""Any checkpoint seer knows → a frozen trunk: the one place that sniffs checkpoint formats.
+
+Formats: seer consolidated files (and classifier files), sliced checkpoints (a seer `index.json`
+folder or a VISSL `slice_list`), VISSL consolidated / shard-list files, timm and torchvision state
+dicts, and `random` (a freshly initialised trunk). A new format is one more branch of `_read_trunk`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from seer import storage
+from seer.checkpoints.io import LazyTensor, open_archive, sha256_uri
+from seer.checkpoints.mapping import (
+    ArchitectureMismatchError,
+    check_names_and_shapes,
+    is_timm,
+    timm_to_seer_name,
+)
+from seer.checkpoints.slice import INDEX_NAME, open_sliced, read_slice
+from seer.checkpoints.vissl import import_vissl
+from seer.errors import SeerError
+from seer.models import build_trunk, get_preset
+from seer.models.regnet import SeerRegNet
+
+
+class CheckpointLoadError(SeerError):
+    """A checkpoint cannot be turned into a trunk (unknown format, missing preset, key mismatch)."""
+
+
+@dataclass
+class LoadedTrunk:
+    """A frozen trunk in eval mode and what identifies its weights."""
+
+    trunk: SeerRegNet
+    preset: str
+    sha256: str
+    uri: str
+
+    def describe(self) -> dict[str, str]:
+        return {"uri": self.uri, "sha256": self.sha256, "preset": self.preset}
+
+
+def _is_sliced(uri: str) -> bool:
+    if uri.endswith(".json"):
+        return True
+    return not storage.exists(uri) and storage.exists(storage.join(uri, INDEX_NAME))
+
+
+def _trunk_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """seer/torchvision trunk names from seer, torchvision or timm keys (classifier `fc.*` dropped)."""
+    for prefix in ("module.", "trunk.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            return _trunk_names({k[len(prefix) :]: v for k, v in state.items()})
+    if is_timm(state):
+        state = {timm_to_seer_name(k): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+
+
+def _lazy_tensors(tree: object, prefix: str = "") -> Iterator[tuple[str, LazyTensor]]:
+    """(dotted name, LazyTensor) for every tensor in nested dicts of a lazily read checkpoint."""
+    if isinstance(tree, LazyTensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _lazy_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.Tensor], str | None]:
+    with open_archive(uri) as reader:
+        obj = reader.obj
+        if not isinstance(obj, dict):
+            raise CheckpointLoadError(f"{uri} holds a {type(obj).__name__}, not a checkpoint dict")
+        if obj.get("type") == "slice_list":
+            return _read_sliced_trunk(uri)
+        if "classy_state_dict" in obj or obj.get("type") in ("consolidated", "shard_list"):
+            if preset is None:
+                raise CheckpointLoadError(f"{uri} is a VISSL checkpoint; pass --preset NAME to import it")
+            with tempfile.TemporaryDirectory(prefix="seer-eval-") as tmp:
+                converted = os.path.join(tmp, "consolidated.pt")
+                import_vissl(uri, converted, preset)
+                return _read_archive_trunk(converted, preset)
+        tree = obj["trunk"] if isinstance(obj.get("trunk"), dict) else obj.get("state_dict", obj)
+        tensors = dict(_lazy_tensors(tree))
+        if not tensors:
+            raise CheckpointLoadError(
+                f"{uri}: no trunk tensors found; expected a seer consolidated/classifier file, a trunk state "
+                "dict, or timm / torchvision / VISSL weights"
+            )
+        return _trunk_names({k: reader.read(t) for k, t in tensors.items()}), obj.get("preset")
+
+
+def _read_sliced_trunk(uri: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    index = open_sliced(uri)
+    state = {
+        fqn.removeprefix("trunk."): read_slice(e)
+        for fqn, e in index.entries.items()
+        if fqn.startswith("trunk.")
+    }
+    return state, index.preset
+
+
+def load_trunk(
+    checkpoint: str, preset: str | None = None, device: str | torch.device = "cpu", seed: int = 0
+) -> LoadedTrunk:
+    """A frozen eval-mode trunk from `checkpoint`, or a fresh one (seeded) for `random`.
+
+    Reads every format `seer.checkpoints` knows: seer consolidated files (and classifier files),
+    sliced checkpoints (a seer `index.json` folder or a VISSL `slice_list`), VISSL consolidated /
+    shard-list files (needs `preset`), timm and torchvision state dicts. `preset` supplies the
+    architecture when the file does not name one, and must match when it does. The sha256
+    identifies the weights: of the file, or of the sliced index (which lists every slice's sha256).
+    """
+    if checkpoint == "random":
+        if preset is None:
+            raise CheckpointLoadError("--checkpoint random needs --preset NAME (e.g. rg-tiny)")
+        trunk = build_trunk(get_preset(preset).name, device=device, seed=seed)
+        digest = hashlib.sha256(f"random:{preset}:{seed}".encode()).hexdigest()
+        return LoadedTrunk(trunk.eval().requires_grad_(False), preset, digest, f"random:{preset}:{seed}")
+    if _is_sliced(checkpoint):
+        index_uri = checkpoint if checkpoint.endswith(".json") else storage.join(checkpoint, INDEX_NAME)
+        state, named = _read_sliced_trunk(checkpoint)
+    else:
+        index_uri = checkpoint
+        state, named = _read_archive_trunk(checkpoint, preset)
+    if preset and named and preset != named:
+        raise CheckpointLoadError(
+            f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it"
+        )
+    name = preset or named
+    if name is None:
+        raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
+    trunk = build_trunk(get_preset(name).name, device=device, seed=None)
+    expected = trunk.state_dict()
+    # BatchNorm's step counter is bookkeeping, not a weight: released checkpoints often lack it.
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state}
+    try:
+        check_names_and_shapes(
+            {k: tuple(v.shape) for k, v in expected.items()},
+            {k: tuple(v.shape) for k, v in state.items()},
+            checkpoint,
+        )
+    except ArchitectureMismatchError as e:
+        raise CheckpointLoadError(
+            f"{checkpoint} does not fit preset {name!r} ({e}); pass the --preset it was trained with"
+        ) from None
+    trunk.load_state_dict(state)
+    return LoadedTrunk(trunk.eval().requires_grad_(False), name, sha256_uri(index_uri), checkpoint)

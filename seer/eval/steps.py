@@ -1,0 +1,61 @@
+"""One evaluation as a pipeline step runs it: the sets come from the `datasets.json` of the
+eval_datasets step, the step parameters map onto the protocol's config and `FeatureOptions`."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from typing import Any
+
+from seer import storage
+from seer.errors import ConfigError
+from seer.eval.features import parse_transform
+from seer.eval.setup import FeatureOptions
+
+# eval name → (module, {run() parameter: datasets.json key})
+STEP_INPUTS = {
+    "linear": ("linear", {"train_uri": "linear_train", "val_uri": "linear_val"}),
+    "knn": ("knn", {"train_uri": "linear_train", "val_uri": "linear_val"}),
+    "copy-detection": (
+        "copy_detection",
+        {"queries_uri": "copy_queries", "database_uri": "copy_database", "whitening_uri": "copy_whitening"},
+    ),
+    "geolocalization": (
+        "geolocalization",
+        {"train_uri": "geo_train", "val_uri": "geo_val", "cells_uri": "geo_cells"},
+    ),
+    "fairness": ("fairness", {"train_uri": "fairness_train", "test_uri": "fairness_test"}),
+    "test384": ("test384", {"val_uri": "linear_val"}),
+}
+
+
+def run_step(
+    name: str,
+    checkpoint: str,
+    datasets_uri: str,
+    output: str,
+    *,
+    batch_size: int,
+    workers: int,
+    transform: str | None = None,
+    **params: Any,
+) -> dict:
+    """Run evaluation `name` of `checkpoint` on the step's datasets, report into `output`.
+
+    `params` are run settings (device, baselines) and config fields of the protocol; the linear
+    probe's `epochs` stretches the default milestones (`LinearConfig.for_epochs`)."""
+    module_name, inputs = STEP_INPUTS[name]
+    module = importlib.import_module(f"seer.eval.{module_name}")
+    if name == "test384" and storage.exists(storage.join(checkpoint, "skipped.json")):
+        raise ConfigError("test384 evaluates the linear step's classifier: enable the linear evaluation too")
+    sets = storage.read_json(storage.join(datasets_uri, "datasets.json"))
+    base = module.default_options() if hasattr(module, "default_options") else FeatureOptions()
+    options = replace(base, batch_size=batch_size, num_workers=workers)
+    if transform is not None:
+        options = replace(options, transform=parse_transform(transform))
+    if "baselines" in params:
+        params["baselines"] = tuple(params["baselines"])
+    if name == "linear":
+        params["config"] = module.LinearConfig.for_epochs(params.pop("epochs"), seed=params.pop("seed"))
+    uris = {param: sets.get(key) for param, key in inputs.items()}
+    return module.run(checkpoint=checkpoint, options=options, output=output, **uris, **params)
