@@ -32,6 +32,9 @@ class StageSpec:
     groups: int
 
 
+_GENERATOR = ("depth", "w_0", "w_a", "w_m", "group_width", "bottleneck_multiplier", "se_ratio")
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     """A SEER model: RegNetY generator parameters (§1.1), SwAV head (§2.1) and bookkeeping."""
@@ -67,15 +70,7 @@ class ModelPreset:
         calls `.tolist()` on tensors, which fails for meta tensors.
         """
         with torch.device("cpu"):
-            return BlockParams.from_init_params(
-                depth=self.depth,
-                w_0=self.w_0,
-                w_a=self.w_a,
-                w_m=self.w_m,
-                group_width=self.group_width,
-                bottleneck_multiplier=self.bottleneck_multiplier,
-                se_ratio=self.se_ratio,
-            )
+            return BlockParams.from_init_params(**{k: getattr(self, k) for k in _GENERATOR})
 
     def stages(self) -> list[StageSpec]:
         """Per-stage width, depth and 3×3-conv grouping, as the trunk builds them."""
@@ -122,119 +117,44 @@ _SEER_2021_PROTOS_NOTE = (
     "model (seer_spec §2.1, §7.3)."
 )
 
-PRESETS: dict[str, ModelPreset] = {
-    p.name: p
-    for p in (
-        ModelPreset(
-            name="rg-tiny",
-            description="Tiny RegNetY for tests and the CPU demo (64 px + 32 px crops train in seconds).",
-            depth=6,
-            w_0=16,
-            w_a=16.0,
-            w_m=2.0,
-            group_width=8,
-            stem_width=16,
-            head_dims=(128, 64, 32),
-            head_use_bn=True,
-            num_prototypes=(64,),
-            stage_checkpoints=((1,), (1,), (3,), ()),
-            notes="Not a SEER model.",
-        ),
-        ModelPreset(
-            name="rg-small",
-            description="RegNetY-400MF shape with SEER's SE/stem settings, for small GPU runs.",
-            depth=16,
-            w_0=48,
-            w_a=27.89,
-            w_m=2.09,
-            group_width=8,
-            head_dims=(440, 2048, 128),
-            head_use_bn=True,
-            num_prototypes=(3000,),
-            stage_checkpoints=((1,), (3,), (6,), ()),
-            notes="Not a SEER model; head is VISSL's ResNet-50 SwAV default shape (BN, 128-d, 3000 prototypes).",
-        ),
-        ModelPreset(
-            name="rg32gf",
-            description="SEER 2021 RegNetY-32GF (= torchvision regnet_y_32gf, timm regnety_320).",
-            depth=20,
-            w_0=232,
-            w_a=115.89,
-            w_m=2.53,
-            group_width=232,
-            head_dims=(3712, 4096, 4096, 256),
-            head_use_bn=True,
-            stage_checkpoints=((2,), (5,), (6, 12), ()),
-            published_params="156M",
-            published_basis="trunk+vissl_default_head",
-            published_note="not the released head",
-            notes=_SEER_2021_PROTOS_NOTE + " Checkpoint groups are ours (VISSL's 2021 split is UNVERIFIED).",
-        ),
-        ModelPreset(
-            name="rg64gf",
-            description="SEER 2021 RegNetY-64GF (= timm regnety_640).",
-            depth=20,
-            w_0=352,
-            w_a=147.48,
-            w_m=2.4,
-            group_width=328,
-            head_dims=(4920, 8192, 8192, 256),
-            head_use_bn=False,
-            stage_checkpoints=((2,), (5,), (6, 12), ()),
-            published_params="250M",
-            notes=_SEER_2021_PROTOS_NOTE + " Checkpoint groups are ours (VISSL's 2021 split is UNVERIFIED).",
-        ),
-        ModelPreset(
-            name="rg128gf",
-            description="SEER 2021 RegNetY-128GF (= torchvision regnet_y_128gf, timm regnety_1280).",
-            depth=27,
-            w_0=456,
-            w_a=160.83,
-            w_m=2.52,
-            group_width=264,
-            head_dims=(7392, 8192, 8192, 256),
-            head_use_bn=False,
-            stage_checkpoints=((2,), (7,), (9, 17), ()),
-            published_params="693M",
-            published_basis="trunk+vissl_default_head",
-            published_note="not the released head",
-            notes="Released head has 16,000 prototypes (checkpoint name `proto16k`). "
-            "Checkpoint groups copied from rg10b (same stage depths).",
-        ),
-        ModelPreset(
-            name="rg256gf",
-            description="SEER 2021 RegNetY-256GF, VISSL `regnet256Gf_1` shape (= timm regnety_2560).",
-            depth=27,
-            w_0=640,
-            w_a=230.83,
-            w_m=2.53,
-            group_width=373,
-            head_dims=(10444, 8192, 8192, 256),
-            head_use_bn=False,
-            stage_checkpoints=((2,), (7,), (9, 17), ()),
-            published_params="1.5B",
-            published_note="the paper's and VISSL docs' 1.3B is about the trunk alone",
-            notes="timm reports the released pretrained checkpoint does not load into this shape "
-            "(fine-tuned one does); inspect tensor shapes before loading it (seer_spec §7.2). "
-            "Checkpoint groups copied from rg10b (same stage depths).",
-        ),
-        ModelPreset(
-            name="rg10b",
-            description="SEER 2022 RegNetY-10B (VISSL regnet10B.yaml; = HF regnet-y-10b-seer).",
-            depth=27,
-            w_0=1744,
-            w_a=620.83,
-            w_m=2.52,
-            group_width=1010,
-            head_dims=(28280, 8192, 8192, 256),
-            head_use_bn=False,
-            stage_checkpoints=((2,), (7,), (9, 17), ()),
-            published_params="10B",
-            published_basis="trunk+head",
-            published_note="36 GiB in fp32, as the README's 36 GB checkpoint",
-        ),
-    )
-}
+_OURS_2021 = _SEER_2021_PROTOS_NOTE + " Checkpoint groups are ours (VISSL's 2021 split is UNVERIFIED)."
+_FROM_10B = "Checkpoint groups copied from rg10b (same stage depths)."
+_DEFAULT_HEAD = {"published_basis": "trunk+vissl_default_head", "published_note": "not the released head"}
+
+# One model a row (timm style): name, description, RegNetY generator (depth, w_0, w_a, w_m, group
+# width), then the SwAV head, the activation-checkpoint groups and the bookkeeping.
+# fmt: off
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
+    ModelPreset("rg-tiny", "Tiny RegNetY for tests and the CPU demo (64 px + 32 px crops train in seconds).",
+                6, 16, 16.0, 2.0, 8, stem_width=16, head_dims=(128, 64, 32), head_use_bn=True,
+                num_prototypes=(64,), stage_checkpoints=((1,), (1,), (3,), ()), notes="Not a SEER model."),
+    ModelPreset("rg-small", "RegNetY-400MF shape with SEER's SE/stem settings, for small GPU runs.",
+                16, 48, 27.89, 2.09, 8, head_dims=(440, 2048, 128), head_use_bn=True, num_prototypes=(3000,),
+                stage_checkpoints=((1,), (3,), (6,), ()),
+                notes="Not a SEER model; head is VISSL's ResNet-50 SwAV default shape (BN, 128-d, 3000 prototypes)."),
+    ModelPreset("rg32gf", "SEER 2021 RegNetY-32GF (= torchvision regnet_y_32gf, timm regnety_320).",
+                20, 232, 115.89, 2.53, 232, head_dims=(3712, 4096, 4096, 256), head_use_bn=True,
+                stage_checkpoints=((2,), (5,), (6, 12), ()), published_params="156M", **_DEFAULT_HEAD,
+                notes=_OURS_2021),
+    ModelPreset("rg64gf", "SEER 2021 RegNetY-64GF (= timm regnety_640).",
+                20, 352, 147.48, 2.4, 328, head_dims=(4920, 8192, 8192, 256), head_use_bn=False,
+                stage_checkpoints=((2,), (5,), (6, 12), ()), published_params="250M", notes=_OURS_2021),
+    ModelPreset("rg128gf", "SEER 2021 RegNetY-128GF (= torchvision regnet_y_128gf, timm regnety_1280).",
+                27, 456, 160.83, 2.52, 264, head_dims=(7392, 8192, 8192, 256), head_use_bn=False,
+                stage_checkpoints=((2,), (7,), (9, 17), ()), published_params="693M", **_DEFAULT_HEAD,
+                notes="Released head has 16,000 prototypes (checkpoint name `proto16k`). " + _FROM_10B),
+    ModelPreset("rg256gf", "SEER 2021 RegNetY-256GF, VISSL `regnet256Gf_1` shape (= timm regnety_2560).",
+                27, 640, 230.83, 2.53, 373, head_dims=(10444, 8192, 8192, 256), head_use_bn=False,
+                stage_checkpoints=((2,), (7,), (9, 17), ()), published_params="1.5B",
+                published_note="the paper's and VISSL docs' 1.3B is about the trunk alone",
+                notes="timm reports the released pretrained checkpoint does not load into this shape "
+                "(fine-tuned one does); inspect tensor shapes before loading it (seer_spec §7.2). " + _FROM_10B),
+    ModelPreset("rg10b", "SEER 2022 RegNetY-10B (VISSL regnet10B.yaml; = HF regnet-y-10b-seer).",
+                27, 1744, 620.83, 2.52, 1010, head_dims=(28280, 8192, 8192, 256), head_use_bn=False,
+                stage_checkpoints=((2,), (7,), (9, 17), ()), published_params="10B", published_basis="trunk+head",
+                published_note="36 GiB in fp32, as the README's 36 GB checkpoint"),
+)}
+# fmt: on
 
 
 def get_preset(name: str) -> ModelPreset:

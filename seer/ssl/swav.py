@@ -157,17 +157,16 @@ class SwAVLoss(nn.Module):
         cls, swav_cfg: Any, num_crops: int, embedding_dim: int, group: dist.ProcessGroup | None = None
     ) -> SwAVLoss:
         """From a ``SwAVConfig`` (epsilon, sinkhorn_iterations, temperature, crops_for_assign, queue_*)."""
-        return cls(
-            num_crops,
-            crops_for_assign=swav_cfg.crops_for_assign,
-            temperature=swav_cfg.temperature,
-            epsilon=swav_cfg.epsilon,
-            sinkhorn_iterations=swav_cfg.sinkhorn_iterations,
-            queue_length=swav_cfg.queue_length,
-            queue_start_iter=swav_cfg.queue_start_iter,
-            embedding_dim=embedding_dim,
-            group=group,
+        names = (
+            "crops_for_assign",
+            "temperature",
+            "epsilon",
+            "sinkhorn_iterations",
+            "queue_length",
+            "queue_start_iter",
         )
+        settings = {name: getattr(swav_cfg, name) for name in names}
+        return cls(num_crops, embedding_dim=embedding_dim, group=group, **settings)
 
     @property
     def queue_length(self) -> int:

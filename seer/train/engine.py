@@ -114,17 +114,9 @@ class SwAVStep:
             register_fsdp_forward_method(self.model, "padded_forward")
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations)
-        sw = cfg.swav
-        self.loss_fn = SwAVLoss(
-            num_crops=sum(c.count for c in cfg.data.crops),
-            crops_for_assign=sw.crops_for_assign,
-            temperature=sw.temperature,
-            epsilon=sw.epsilon,
-            sinkhorn_iterations=sw.sinkhorn_iterations,
-            queue_length=sw.queue_length,
-            queue_start_iter=sw.queue_start_iter,
-            embedding_dim=self.model.head.embedding_dim,
-        ).to(env.device)
+        num_crops = sum(c.count for c in cfg.data.crops)
+        embedding_dim = self.model.head.embedding_dim
+        self.loss_fn = SwAVLoss.from_config(cfg.swav, num_crops, embedding_dim).to(env.device)
         self.freezer = PrototypeFreezer(cfg.swav.freeze_prototypes_iters)
 
     def to_device(self, crops: list[Tensor] | PaddedCrops) -> list[Tensor] | PaddedCrops:
