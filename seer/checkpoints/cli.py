@@ -92,82 +92,108 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+_HELP = "checkpoint tools: consolidate, slice, VISSL/timm/torchvision interop, verify"
+_DESCRIPTION = (
+    "Move weights between training checkpoints (DCP), one consolidated file, sliced checkpoints (one file per "
+    "tensor) and the VISSL, timm and torchvision formats. Every path is a local path or an s3:// / minio:// URI."
+)
+
+
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    func,
+    source: tuple[str, str],
+    output: str | None,
+) -> argparse.ArgumentParser:
+    """A `seer ckpt NAME SOURCE [--output OUTPUT]` subcommand running `func`."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument(source[0], help=source[1])
+    if output:
+        p.add_argument("--output", required=True, help=output)
+    p.set_defaults(func=func)
+    return p
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `seer ckpt` and its subcommands."""
-    ckpt = subparsers.add_parser(
-        "ckpt",
-        help="checkpoint tools: consolidate, slice, VISSL/timm/torchvision interop, verify",
-        description="Move weights between training checkpoints (DCP), one consolidated file, sliced "
-        "checkpoints (one file per tensor) and the VISSL, timm and torchvision formats. "
-        "Every path is a local path or an s3:// / minio:// URI.",
-    )
+    ckpt = subparsers.add_parser("ckpt", help=_HELP, description=_DESCRIPTION)
     sub = ckpt.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("consolidate", help="DCP training checkpoint → one consolidated file + JSON sidecar")
-    p.add_argument("checkpoint", help="training checkpoint folder, e.g. RUN/checkpoints/iter-00001000")
-    p.add_argument("--output", required=True, help="consolidated file to write (sidecar: OUTPUT.json)")
-    p.add_argument(
+    sliced_or_file = ("uri", "consolidated file, or sliced folder / index.json / VISSL slice_list file")
+    commands = {
+        "consolidate": (
+            "DCP training checkpoint → one consolidated file + JSON sidecar",
+            _consolidate,
+            ("checkpoint", "training checkpoint folder, e.g. RUN/checkpoints/iter-00001000"),
+            "consolidated file to write (sidecar: OUTPUT.json)",
+        ),
+        "slice": (
+            "consolidated file → sliced checkpoint (index + one file per tensor)",
+            _slice,
+            ("consolidated", "consolidated file written by `seer ckpt consolidate`/`import-vissl`/`convert`"),
+            "seer layout: folder for index.json + tensors/; vissl layout: the slice_list file to write",
+        ),
+        "import-vissl": (
+            "VISSL checkpoint (consolidated, shard_list, slice_list) → consolidated",
+            _import_vissl,
+            ("input", "VISSL checkpoint file (for shard_list: the list file, shards next to it)"),
+            "seer consolidated file to write",
+        ),
+        "export-vissl": (
+            "consolidated file → VISSL consolidated checkpoint",
+            _export_vissl,
+            ("consolidated", "seer consolidated file"),
+            "VISSL checkpoint file to write",
+        ),
+        "convert": (
+            "timm / torchvision state dict ↔ seer consolidated file",
+            _convert,
+            ("input", "timm or torchvision state-dict file (--to seer), or a consolidated file"),
+            "file to write",
+        ),
+        "verify": (
+            "check a consolidated file (sha256) or every slice of a sliced checkpoint",
+            _verify,
+            sliced_or_file,
+            None,
+        ),
+        "info": (
+            "show format, preset, iteration and tensor counts of a checkpoint",
+            _info,
+            sliced_or_file,
+            None,
+        ),
+    }
+    p = {name: _command(sub, name, *spec) for name, spec in commands.items()}
+    p["consolidate"].add_argument(
         "--preset", default=None, help="fail unless the checkpoint was trained with this model preset"
     )
-    p.set_defaults(func=_consolidate)
 
-    p = sub.add_parser("slice", help="consolidated file → sliced checkpoint (index + one file per tensor)")
-    p.add_argument(
-        "consolidated", help="consolidated file written by `seer ckpt consolidate`/`import-vissl`/`convert`"
-    )
-    p.add_argument(
-        "--output",
-        required=True,
-        help="seer layout: folder for index.json + tensors/; vissl layout: the slice_list file to write",
-    )
-    p.add_argument(
+    p["slice"].add_argument(
         "--layout",
         choices=("seer", "vissl"),
         default="seer",
         help="seer: relative paths + sha256 per slice (movable); vissl: VISSL's slice_list (absolute paths)",
     )
-    p.set_defaults(func=_slice)
 
-    p = sub.add_parser(
-        "import-vissl", help="VISSL checkpoint (consolidated, shard_list, slice_list) → consolidated"
-    )
-    p.add_argument("input", help="VISSL checkpoint file (for shard_list: the list file, shards next to it)")
-    p.add_argument("--output", required=True, help="seer consolidated file to write")
-    p.add_argument(
+    p["import-vissl"].add_argument(
         "--preset", required=True, help="model preset the weights belong to (e.g. rg10b); shapes are checked"
     )
-    p.set_defaults(func=_import_vissl)
 
-    p = sub.add_parser("export-vissl", help="consolidated file → VISSL consolidated checkpoint")
-    p.add_argument("consolidated", help="seer consolidated file")
-    p.add_argument("--output", required=True, help="VISSL checkpoint file to write")
-    p.add_argument(
+    p["export-vissl"].add_argument(
         "--fsdp-parts",
         action="store_true",
         help="name trunk blocks like VISSL's 10B FSDP trunk (block{S}-part{g}) using the preset's checkpoint groups",
     )
-    p.set_defaults(func=_export_vissl)
 
-    p = sub.add_parser("convert", help="timm / torchvision state dict ↔ seer consolidated file")
-    p.add_argument("input", help="timm or torchvision state-dict file (--to seer), or a consolidated file")
-    p.add_argument("--output", required=True, help="file to write")
-    p.add_argument(
+    p["convert"].add_argument(
         "--to",
         required=True,
         choices=("seer", "timm", "torchvision"),
         help="target format: seer (consolidated), timm (regnety_320/640/1280/2560), torchvision (regnet_y_32gf/128gf)",
     )
-    p.add_argument(
+    p["convert"].add_argument(
         "--preset", default=None, help="expected model preset (default: inferred from tensor shapes)"
     )
-    p.set_defaults(func=_convert)
-
-    p = sub.add_parser(
-        "verify", help="check a consolidated file (sha256) or every slice of a sliced checkpoint"
-    )
-    p.add_argument("uri", help="consolidated file, or sliced folder / index.json / VISSL slice_list file")
-    p.set_defaults(func=_verify)
-
-    p = sub.add_parser("info", help="show format, preset, iteration and tensor counts of a checkpoint")
-    p.add_argument("uri", help="consolidated file, or sliced folder / index.json / VISSL slice_list file")
-    p.set_defaults(func=_info)

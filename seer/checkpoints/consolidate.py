@@ -197,14 +197,14 @@ class _Window(io.RawIOBase):
         super().__init__()
         self._f, self._start, self._len, self._pos = f, start, length, 0
 
+    def tell(self) -> int:
+        return self._pos
+
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
         return True
-
-    def tell(self) -> int:
-        return self._pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._pos, 2: self._len}[whence]

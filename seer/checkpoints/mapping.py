@@ -34,18 +34,22 @@ TIMM_MODELS = {
 TORCHVISION_MODELS = {"rg32gf": "regnet_y_32gf", "rg128gf": "regnet_y_128gf"}
 CLASSIFIER = ("clf.0.weight", "clf.0.bias")
 
-_BLOCK_TIMM = {
-    "f.a.0": "conv1.conv",
-    "f.a.1": "conv1.bn",
-    "f.b.0": "conv2.conv",
-    "f.b.1": "conv2.bn",
-    "f.se.fc1": "se.fc1",
-    "f.se.fc2": "se.fc2",
-    "f.c.0": "conv3.conv",
-    "f.c.1": "conv3.bn",
-    "proj.0": "downsample.conv",
-    "proj.1": "downsample.bn",
+# seer (torchvision) block tensor prefix → (timm, VISSL) prefix, one row a tensor group
+_BLOCK_NAMES = {
+    "f.a.0": ("conv1.conv", "f.a.0"),
+    "f.a.1": ("conv1.bn", "f.a.1"),
+    "f.b.0": ("conv2.conv", "f.b.0"),
+    "f.b.1": ("conv2.bn", "f.b.1"),
+    "f.se.fc1": ("se.fc1", "f.se.excitation.0"),
+    "f.se.fc2": ("se.fc2", "f.se.excitation.2"),
+    "f.c.0": ("conv3.conv", "f.c"),
+    "f.c.1": ("conv3.bn", "f.final_bn"),
+    "proj.0": ("downsample.conv", "proj"),
+    "proj.1": ("downsample.bn", "bn"),
 }
+_BLOCK_TIMM = {seer: timm for seer, (timm, _) in _BLOCK_NAMES.items()}
+_BLOCK_TO_VISSL = {seer: vissl for seer, (_, vissl) in _BLOCK_NAMES.items()}
+_STEM_TIMM = {"stem.0.": "stem.conv.", "stem.1.": "stem.bn."}
 _TIMM_BLOCK = {v: k for k, v in _BLOCK_TIMM.items()}
 
 
@@ -66,10 +70,9 @@ def _split(name: str, table: Mapping[str, str]) -> tuple[str, str] | None:
 
 def seer_to_timm_name(name: str) -> str:
     """Trunk/classifier name in seer (torchvision) form → timm form."""
-    if name.startswith("stem.0."):
-        return "stem.conv." + name[7:]
-    if name.startswith("stem.1."):
-        return "stem.bn." + name[7:]
+    for seer, timm in _STEM_TIMM.items():
+        if name.startswith(seer):
+            return timm + name[len(seer) :]
     if name in ("fc.weight", "fc.bias"):
         return "head." + name
     m = re.fullmatch(r"trunk_output\.block(\d+)\.block\1-(\d+)\.(.+)", name)
@@ -80,10 +83,9 @@ def seer_to_timm_name(name: str) -> str:
 
 def timm_to_seer_name(name: str) -> str:
     """Inverse of `seer_to_timm_name`."""
-    if name.startswith("stem.conv."):
-        return "stem.0." + name[10:]
-    if name.startswith("stem.bn."):
-        return "stem.1." + name[8:]
+    for seer, timm in _STEM_TIMM.items():
+        if name.startswith(timm):
+            return seer + name[len(timm) :]
     if name in ("head.fc.weight", "head.fc.bias"):
         return name[5:]
     m = re.fullmatch(r"s(\d+)\.b(\d+)\.(.+)", name)
@@ -180,18 +182,6 @@ def split_classifier(
 
 _WRAPPERS = re.compile(r"(^|\.)(_fsdp_wrapped_module|_fpw_module)(?=\.|$)")
 _PART = re.compile(r"\.block(\d+)-part\d+(?=\.)")
-_BLOCK_TO_VISSL = {
-    "f.a.0": "f.a.0",
-    "f.a.1": "f.a.1",
-    "f.b.0": "f.b.0",
-    "f.b.1": "f.b.1",
-    "f.se.fc1": "f.se.excitation.0",
-    "f.se.fc2": "f.se.excitation.2",
-    "f.c.0": "f.c",
-    "f.c.1": "f.final_bn",
-    "proj.0": "proj",
-    "proj.1": "bn",
-}
 _VISSL_TO_BLOCK = {v: k for k, v in _BLOCK_TO_VISSL.items()}
 
 

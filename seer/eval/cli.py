@@ -114,6 +114,10 @@ _TRAIN_VAL = {
     "train_uri": ("--train", "labelled training set (folder or `path,label` manifest)", True),
     "val_uri": ("--val", "labelled validation set, same classes as --train", True),
 }
+_GROUPED = {
+    "train_uri": ("--train", "labelled training set (path,label[,group])", True),
+    "test_uri": ("--test", "grouped test set manifest: path,label,group", True),
+}
 PROTOCOLS = {
     "linear": _Protocol(
         "linear",
@@ -198,10 +202,7 @@ PROTOCOLS = {
         "per-group accuracy, disparity and harmful-label predictions",
         "Train a classifier on frozen features of --train, then report accuracy per group of --test, the "
         "disparity across groups (max − min, min / max) and predictions of harmful labels per group.",
-        {
-            "train_uri": ("--train", "labelled training set (path,label[,group])", True),
-            "test_uri": ("--test", "grouped test set manifest: path,label,group", True),
-        },
+        _GROUPED,
         config="FairnessConfig",
         probe=True,
     ),
@@ -309,14 +310,16 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protoco
     p.set_defaults(func=functools.partial(_run, protocol))
 
 
+_HELP = "evaluate a checkpoint: linear probe, k-NN, 384px test, copy detection, geolocalization, fairness"
+_DESCRIPTION = (
+    "Evaluate a frozen trunk with the SEER protocols (seer_spec §5) and write a metrics JSON + HTML report; "
+    "compare two runs' metrics."
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `seer eval` and its subcommands."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a checkpoint: linear probe, k-NN, 384px test, copy detection, geolocalization, fairness",
-        description="Evaluate a frozen trunk with the SEER protocols (seer_spec §5) and write a metrics JSON + "
-        "HTML report; compare two runs' metrics.",
-    )
+    parser = subparsers.add_parser("eval", help=_HELP, description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
     for name, protocol in PROTOCOLS.items():
         _add_protocol(sub, name, protocol)
