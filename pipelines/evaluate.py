@@ -9,7 +9,8 @@ from kfp.dsl import Model
 
 from components import compare_metrics, eval_datasets, register_model, resolve_model
 from components.placement import StepSettings, apply
-from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID, evaluation_steps, results_of
+from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
+from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID
 
 PIPELINE_NAME = "seer-evaluate"
 
@@ -31,27 +32,15 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
         description="Re-evaluate a registered SEER model (or a checkpoint), compare with its last "
         "registered metrics and register the new ones.",
     )
+    @with_evaluation_parameters
     def seer_evaluate(
         registry: str = "minio://mlpipeline/seer/registry",
         model_name: str = "seer",
         model_version: str = "latest",
         checkpoint_uri: str = "",
-        eval_sources: dict = {},  # noqa: B006 - KFP parameter defaults must be literals
-        benchmark_sizes: dict = {},  # noqa: B006
-        run_linear: bool = True,
-        run_knn: bool = True,
-        run_copy_detection: bool = True,
-        run_geolocalization: bool = False,
-        run_fairness: bool = False,
-        run_test384: bool = False,
-        linear_epochs: int = 28,
-        eval_transform: str = "shorter:256:224",
-        copy_transform: str = "longer:224",
-        eval_baselines: list = [],  # noqa: B006
-        eval_workers: int = 4,
-        eval_device: str = "auto",
         regression_threshold: float = 0.01,
         fail_on_regression: bool = False,
+        evaluation: dict | None = None,
     ):
         """Re-evaluation: resolve model → evaluations → compare with the last registered metrics → register.
 
@@ -60,33 +49,19 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
             model_name: Registered model to evaluate, and under which the new metrics are registered.
             model_version: Registered version to evaluate, or latest.
             checkpoint_uri: Evaluate this checkpoint (sliced or consolidated) instead of a registered version.
-            eval_sources: Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test); missing ones are generated.
-            benchmark_sizes: Sizes of generated benchmark sets, e.g. {"counting": {"n_train": 120}}.
-            run_linear: Run the linear probe.
-            run_knn: Run the k-NN evaluation.
-            run_copy_detection: Run the copy-detection evaluation.
-            run_geolocalization: Run the geolocalization evaluation.
-            run_fairness: Run the fairness evaluation.
-            run_test384: Run the 384 px test of the linear probe's classifier (needs run_linear).
-            linear_epochs: Linear-probe epochs.
-            eval_transform: Test transform of the classification evaluations, e.g. shorter:256:224.
-            copy_transform: Test transform of copy detection, e.g. longer:224.
-            eval_baselines: Also evaluate baselines: random-init and/or random-features.
-            eval_workers: Image-decoding processes per evaluation step.
-            eval_device: Device of the evaluation steps: auto, cpu or cuda.
             regression_threshold: A metric regressed when it moved the bad way by more than this (0.01 = 1 point).
             fail_on_regression: Fail the run (and register nothing) when a metric regressed.
         """
-        p = locals()
         resolved = resolve_model(
             registry=registry, name=model_name, version=model_version, checkpoint_uri=checkpoint_uri
         )
         apply(resolved, settings["resolve-model"]).set_caching_options(False)
         model = dsl.importer(artifact_uri=resolved.outputs["uri"], artifact_class=Model, reimport=True)
         datasets = apply(
-            eval_datasets(sources=eval_sources, benchmark_sizes=benchmark_sizes), settings["eval-datasets"]
+            eval_datasets(sources=evaluation["eval_sources"], benchmark_sizes=evaluation["benchmark_sizes"]),
+            settings["eval-datasets"],
         )
-        evals = evaluation_steps(model.output, datasets.outputs["datasets"], settings, p)
+        evals = evaluation_steps(model.output, datasets.outputs["datasets"], settings, evaluation)
         for task in evals.values():
             task.set_caching_options(False)
         compare = compare_metrics(

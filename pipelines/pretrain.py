@@ -15,20 +15,15 @@ from kfp import dsl
 from components import (
     SEER_TRAINER_IMAGE,
     consolidate_slice,
-    copy_detection_eval,
     eval_datasets,
-    fairness_eval,
     generate_corpus,
-    geolocalization_eval,
-    knn_eval,
-    linear_eval,
     pretrain,
     record_failure_and_cleanup,
     register_model,
     shard_images,
-    test384_eval,
 )
 from components.placement import StepSettings, apply
+from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
 
 PIPELINE_NAME = "seer-pretrain"
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -46,71 +41,6 @@ DEFAULT_STEP_SETTINGS: dict[str, StepSettings] = {
 }
 
 
-def evaluation_steps(
-    model: Any, datasets: Any, settings: Mapping[str, StepSettings], p: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The six evaluation tasks on `model` (fan-out), keyed by evaluation name; `p` holds the pipeline's
-    evaluation parameters."""
-    common = {"device": p["eval_device"], "workers": p["eval_workers"]}
-    tasks = {
-        "linear": linear_eval(
-            model=model,
-            datasets=datasets,
-            enabled=p["run_linear"],
-            epochs=p["linear_epochs"],
-            transform=p["eval_transform"],
-            baselines=p["eval_baselines"],
-            **common,
-        ),
-        "knn": knn_eval(
-            model=model,
-            datasets=datasets,
-            enabled=p["run_knn"],
-            transform=p["eval_transform"],
-            baselines=p["eval_baselines"],
-            **common,
-        ),
-        "copy-detection": copy_detection_eval(
-            model=model,
-            datasets=datasets,
-            enabled=p["run_copy_detection"],
-            transform=p["copy_transform"],
-            baselines=p["eval_baselines"],
-            **common,
-        ),
-        "geolocalization": geolocalization_eval(
-            model=model,
-            datasets=datasets,
-            enabled=p["run_geolocalization"],
-            transform=p["eval_transform"],
-            baselines=p["eval_baselines"],
-            **common,
-        ),
-        "fairness": fairness_eval(
-            model=model,
-            datasets=datasets,
-            enabled=p["run_fairness"],
-            transform=p["eval_transform"],
-            baselines=p["eval_baselines"],
-            **common,
-        ),
-    }
-    tasks["test384"] = test384_eval(
-        classifier=tasks["linear"].outputs["classifier"],
-        datasets=datasets,
-        enabled=p["run_test384"],
-        **common,
-    )
-    for task in tasks.values():
-        apply(task, settings["evaluation"])
-    return tasks
-
-
-def results_of(tasks: Mapping[str, Any]) -> dict[str, Any]:
-    """register_model / compare_metrics keyword arguments: each evaluation's results folder."""
-    return {name.replace("-", "_"): task.outputs["results"] for name, task in tasks.items()}
-
-
 def build_pretrain_pipeline(
     *, exit_handler: bool = True, step_settings: Mapping[str, StepSettings] | None = None
 ) -> Any:
@@ -122,6 +52,7 @@ def build_pretrain_pipeline(
         description="SEER self-supervised pretraining (SwAV on RegNetY): shard → pretrain → slice → "
         "evaluate → register.",
     )
+    @with_evaluation_parameters
     def seer_pretrain(
         images_uri: str = "",
         synth_images: int = 256,
@@ -142,23 +73,10 @@ def build_pretrain_pipeline(
         network_devices: int = 0,
         train_timeout_s: float = 0.0,
         pending_timeout_s: float = 1800.0,
-        eval_sources: dict = {},  # noqa: B006
-        benchmark_sizes: dict = {},  # noqa: B006
-        run_linear: bool = True,
-        run_knn: bool = True,
-        run_copy_detection: bool = True,
-        run_geolocalization: bool = False,
-        run_fairness: bool = False,
-        run_test384: bool = False,
-        linear_epochs: int = 28,
-        eval_transform: str = "shorter:256:224",
-        copy_transform: str = "longer:224",
-        eval_baselines: list = [],  # noqa: B006
-        eval_workers: int = 4,
-        eval_device: str = "auto",
         registry: str = "minio://mlpipeline/seer/registry",
         model_name: str = "seer",
         status_uri: str = "minio://mlpipeline/seer/runs",
+        evaluation: dict | None = None,
     ):
         """SEER pretraining: shard → pretrain → consolidate + slice → evaluations → register.
 
@@ -182,25 +100,10 @@ def build_pretrain_pipeline(
             network_devices: EFA adapters or RDMA devices per training pod.
             train_timeout_s: Delete the training job after this many seconds (0: no limit).
             pending_timeout_s: Delete the training job when no pod runs within this many seconds.
-            eval_sources: Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test); missing ones are generated.
-            benchmark_sizes: Sizes of generated benchmark sets, e.g. {"counting": {"n_train": 120}}.
-            run_linear: Run the linear probe.
-            run_knn: Run the k-NN evaluation.
-            run_copy_detection: Run the copy-detection evaluation.
-            run_geolocalization: Run the geolocalization evaluation.
-            run_fairness: Run the fairness evaluation.
-            run_test384: Run the 384 px test of the linear probe's classifier (needs run_linear).
-            linear_epochs: Linear-probe epochs.
-            eval_transform: Test transform of the classification evaluations, e.g. shorter:256:224.
-            copy_transform: Test transform of copy detection, e.g. longer:224.
-            eval_baselines: Also evaluate baselines: random-init and/or random-features.
-            eval_workers: Image-decoding processes per evaluation step.
-            eval_device: Device of the evaluation steps: auto, cpu or cuda.
             registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address.
             model_name: Registered model name.
             status_uri: Folder the exit handler writes each run's final state to ('' skips it).
         """
-        p = locals()
 
         def steps() -> None:
             corpus = apply(
@@ -233,10 +136,14 @@ def build_pretrain_pipeline(
             apply(train, settings["pretrain"]).set_caching_options(False)
             ckpt = apply(consolidate_slice(run=train.outputs["run"]), settings["consolidate-slice"])
             datasets = apply(
-                eval_datasets(sources=eval_sources, benchmark_sizes=benchmark_sizes),
+                eval_datasets(
+                    sources=evaluation["eval_sources"], benchmark_sizes=evaluation["benchmark_sizes"]
+                ),
                 settings["eval-datasets"],
             )
-            evals = evaluation_steps(ckpt.outputs["sliced"], datasets.outputs["datasets"], settings, p)
+            evals = evaluation_steps(
+                ckpt.outputs["sliced"], datasets.outputs["datasets"], settings, evaluation
+            )
             register = register_model(
                 model=ckpt.outputs["sliced"],
                 registry=registry,

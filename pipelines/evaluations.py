@@ -1,0 +1,113 @@
+"""The evaluation fan-out shared by `seer-pretrain` and `seer-evaluate`: its pipeline parameters
+(declared once here, added to both pipelines' signatures by `with_evaluation_parameters`) and
+`evaluation_steps`, which wires the six evaluation steps onto a model and the eval_datasets output."""
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from components import (
+    copy_detection_eval,
+    fairness_eval,
+    geolocalization_eval,
+    knn_eval,
+    linear_eval,
+    test384_eval,
+)
+from components.placement import StepSettings, apply
+
+# name → (type, default, UI description); KFP parameter defaults must be literals
+EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
+    "eval_sources": (dict, {}, "Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, "
+                     "copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test); missing ones "
+                     "are generated."),
+    "benchmark_sizes": (dict, {}, 'Sizes of generated benchmark sets, e.g. {"counting": {"n_train": 120}}.'),
+    "run_linear": (bool, True, "Run the linear probe."),
+    "run_knn": (bool, True, "Run the k-NN evaluation."),
+    "run_copy_detection": (bool, True, "Run the copy-detection evaluation."),
+    "run_geolocalization": (bool, False, "Run the geolocalization evaluation."),
+    "run_fairness": (bool, False, "Run the fairness evaluation."),
+    "run_test384": (bool, False, "Run the 384 px test of the linear probe's classifier (needs run_linear)."),
+    "linear_epochs": (int, 28, "Linear-probe epochs."),
+    "eval_transform": (str, "shorter:256:224", "Test transform of the classification evaluations, e.g. "
+                       "shorter:256:224."),
+    "copy_transform": (str, "longer:224", "Test transform of copy detection, e.g. longer:224."),
+    "eval_baselines": (list, [], "Also evaluate baselines: random-init and/or random-features."),
+    "eval_workers": (int, 4, "Image-decoding processes per evaluation step."),
+    "eval_device": (str, "auto", "Device of the evaluation steps: auto, cpu or cuda."),
+}  # fmt: skip
+
+# evaluation → (step, its run_* switch, its transform parameter)
+_STEPS = {
+    "linear": (linear_eval, "run_linear", "eval_transform"),
+    "knn": (knn_eval, "run_knn", "eval_transform"),
+    "copy-detection": (copy_detection_eval, "run_copy_detection", "copy_transform"),
+    "geolocalization": (geolocalization_eval, "run_geolocalization", "eval_transform"),
+    "fairness": (fairness_eval, "run_fairness", "eval_transform"),
+}
+
+
+def _args_indent(doc: str) -> int:
+    """Indentation of the entries under the docstring's `Args:` line."""
+    for line in doc.splitlines():
+        if line.strip() == "Args:":
+            return len(line) - len(line.lstrip(" ")) + 4
+    raise ValueError("the pipeline docstring needs an Args: section")
+
+
+def with_evaluation_parameters(func: Callable) -> Callable:
+    """Give a pipeline function the evaluation parameters after its own (signature and docstring
+    `Args:`); the function receives them as one mapping, `evaluation`."""
+    own = [p for p in inspect.signature(func).parameters.values() if p.name != "evaluation"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+        for name, (kind, default, _) in EVALUATION_PARAMETERS.items()
+    ]
+    names = [p.name for p in own + added]
+
+    @functools.wraps(func)
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        values = {**dict(zip(names, args, strict=False)), **kwargs}
+        evaluation = {name: values.pop(name) for name in EVALUATION_PARAMETERS}
+        return func(**values, evaluation=evaluation)
+
+    pipeline.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+    doc = func.__doc__ or ""
+    indent = " " * _args_indent(doc)
+    docs = "".join(f"\n{indent}{name}: {text}" for name, (_, _, text) in EVALUATION_PARAMETERS.items())
+    pipeline.__doc__ = doc.rstrip() + docs + "\n"
+    return pipeline
+
+
+def evaluation_steps(
+    model: Any, datasets: Any, settings: Mapping[str, StepSettings], evaluation: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The six evaluation tasks on `model` (fan-out), keyed by evaluation name."""
+    common = {"device": evaluation["eval_device"], "workers": evaluation["eval_workers"]}
+    tasks = {}
+    for name, (step, switch, transform) in _STEPS.items():
+        extra = {"epochs": evaluation["linear_epochs"]} if name == "linear" else {}
+        tasks[name] = step(
+            model=model,
+            datasets=datasets,
+            enabled=evaluation[switch],
+            transform=evaluation[transform],
+            baselines=evaluation["eval_baselines"],
+            **extra,
+            **common,
+        )
+    tasks["test384"] = test384_eval(
+        classifier=tasks["linear"].outputs["classifier"],
+        datasets=datasets,
+        enabled=evaluation["run_test384"],
+        **common,
+    )
+    for task in tasks.values():
+        apply(task, settings["evaluation"])
+    return tasks
+
+
+def results_of(tasks: Mapping[str, Any]) -> dict[str, Any]:
+    """register_model / compare_metrics keyword arguments: each evaluation's results folder."""
+    return {name.replace("-", "_"): task.outputs["results"] for name, task in tasks.items()}
