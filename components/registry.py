@@ -8,16 +8,40 @@ from kfp.dsl import Artifact, Input, Markdown, Model, Output
 
 from components import seer_component
 
+_RESULTS_ARGS = {
+    "linear": "Linear-probe results folder.",
+    "knn": "k-NN results folder.",
+    "copy_detection": "Copy-detection results folder.",
+    "geolocalization": "Geolocalization results folder.",
+    "fairness": "Fairness results folder.",
+    "test384": "384 px test results folder.",
+}
 
-@seer_component
+
+def _with_results_args(func):
+    """Append the six evaluation-results inputs to the step's docstring `Args:` (the KFP UI text)."""
+    shared = "".join(f"\n        {name}: {text}" for name, text in _RESULTS_ARGS.items())
+    func.__doc__ = func.__doc__.rstrip() + shared + "\n    "
+    return func
+
+
+def _results_by_eval(linear, knn, copy_detection, geolocalization, fairness, test384) -> dict:
+    """Evaluation name → results folder URI of the six evaluation artifacts."""
+    named = zip(
+        ("linear", "knn", "copy-detection", "geolocalization", "fairness", "test384"),
+        (linear, knn, copy_detection, geolocalization, fairness, test384),
+        strict=True,
+    )
+    return {eval_name: artifact.uri for eval_name, artifact in named}
+
+
+# fmt: off
+@seer_component(additional_funcs=[_results_by_eval])
+@_with_results_args
 def register_model(
     model: Input[Model],
-    linear: Input[Artifact],
-    knn: Input[Artifact],
-    copy_detection: Input[Artifact],
-    geolocalization: Input[Artifact],
-    fairness: Input[Artifact],
-    test384: Input[Artifact],
+    linear: Input[Artifact], knn: Input[Artifact], copy_detection: Input[Artifact],
+    geolocalization: Input[Artifact], fairness: Input[Artifact], test384: Input[Artifact],
     entry: Output[Artifact],
     registry: str,
     name: str,
@@ -31,12 +55,6 @@ def register_model(
 
     Args:
         model: The artifact to register (sliced checkpoint).
-        linear: Linear-probe results folder.
-        knn: k-NN results folder.
-        copy_detection: Copy-detection results folder.
-        geolocalization: Geolocalization results folder.
-        fairness: Fairness results folder.
-        test384: 384 px test results folder.
         entry: The registry entry as JSON.
         registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
         name: Model name.
@@ -47,30 +65,11 @@ def register_model(
     """
     import json
 
-    from seer import storage
-    from seer.errors import ConfigError
-    from seer.registry import flatten_metrics, open_registry
+    from seer.registry import collect_results, open_registry
 
-    metrics, artifacts = {}, {}
-    for eval_name, results in (
-        ("linear", linear),
-        ("knn", knn),
-        ("copy-detection", copy_detection),
-        ("geolocalization", geolocalization),
-        ("fairness", fairness),
-        ("test384", test384),
-    ):
-        doc_uri = storage.join(results.uri, "metrics.json")
-        if not storage.exists(doc_uri):
-            continue  # the run turned this evaluation off
-        doc = storage.read_json(doc_uri)
-        metrics |= {f"{eval_name}.{k}": v for k, v in flatten_metrics(doc["metrics"]).items()}
-        artifacts[f"{eval_name}.metrics"] = doc_uri
-        artifacts[f"{eval_name}.report"] = storage.join(results.uri, "report.html")
-    if not metrics:
-        raise ConfigError(
-            "no evaluation ran, so there is nothing to register; enable at least one evaluation"
-        )
+    metrics, artifacts = collect_results(
+        _results_by_eval(linear, knn, copy_detection, geolocalization, fairness, test384)
+    )
     registered = open_registry(registry).register(
         name,
         version,
@@ -114,14 +113,11 @@ def resolve_model(registry: str, name: str, version: str = "latest", checkpoint_
     return resolved(entry.artifact_uri, entry.preset, entry.version)
 
 
-@seer_component
+@seer_component(additional_funcs=[_results_by_eval])
+@_with_results_args
 def compare_metrics(
-    linear: Input[Artifact],
-    knn: Input[Artifact],
-    copy_detection: Input[Artifact],
-    geolocalization: Input[Artifact],
-    fairness: Input[Artifact],
-    test384: Input[Artifact],
+    linear: Input[Artifact], knn: Input[Artifact], copy_detection: Input[Artifact],
+    geolocalization: Input[Artifact], fairness: Input[Artifact], test384: Input[Artifact],
     comparison: Output[Markdown],
     registry: str,
     name: str,
@@ -132,53 +128,21 @@ def compare_metrics(
     returns the number of regressed metrics (moves in the bad direction beyond `threshold`).
 
     Args:
-        linear: Linear-probe results folder.
-        knn: k-NN results folder.
-        copy_detection: Copy-detection results folder.
-        geolocalization: Geolocalization results folder.
-        fairness: Fairness results folder.
-        test384: 384 px test results folder.
         comparison: Markdown table of the deltas, shown in the KFP UI.
         registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
         name: Registered model name whose latest version is the baseline.
         threshold: Regression threshold, absolute in metric units (0.01 = 1 point).
         fail_on_regression: Fail the step (and the run) when a metric regressed.
     """
-    from seer import storage
-    from seer.errors import NotFoundError, SeerError
-    from seer.eval import report
-    from seer.registry import open_registry
+    from seer.errors import SeerError
+    from seer.registry import compare_with_latest, open_registry
 
-    try:
-        previous = open_registry(registry).latest(name)
-    except NotFoundError:
-        previous = None
-    lines = [
-        f"# {name}: re-evaluation vs {'version ' + previous.version if previous else 'nothing registered'}"
-    ]
-    regressions = []
-    for eval_name, results in (
-        ("linear", linear),
-        ("knn", knn),
-        ("copy-detection", copy_detection),
-        ("geolocalization", geolocalization),
-        ("fairness", fairness),
-        ("test384", test384),
-    ):
-        current_uri = storage.join(results.uri, "metrics.json")
-        previous_uri = previous.artifacts.get(f"{eval_name}.metrics") if previous else None
-        if not storage.exists(current_uri):
-            continue
-        if not previous_uri or not storage.exists(previous_uri):
-            lines += ["", f"## {eval_name}", "", "no previous run of this evaluation to compare with"]
-            continue
-        result = report.compare(storage.read_json(current_uri), storage.read_json(previous_uri), threshold)
-        regressions += [f"{eval_name}.{m}" for m in result.regressions]
-        lines += ["", f"## {eval_name}", "", "```", result.table(), "```"]
-    lines += ["", f"regressions beyond {threshold}: {', '.join(regressions) or 'none'}"]
+    results = _results_by_eval(linear, knn, copy_detection, geolocalization, fairness, test384)
+    markdown, regressions = compare_with_latest(open_registry(registry), name, results, threshold)
     with open(comparison.path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f.write(markdown + "\n")
+    print(markdown)
     if regressions and fail_on_regression:
         raise SeerError(f"{len(regressions)} metric(s) regressed: {', '.join(regressions)}")
     return len(regressions)
+# fmt: on

@@ -13,6 +13,10 @@ from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_
 from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID
 
 PIPELINE_NAME = "seer-evaluate"
+DESCRIPTION = (
+    "Re-evaluate a registered SEER model (or a checkpoint), compare with its last registered metrics and "
+    "register the new ones."
+)
 
 DEFAULT_EVAL_STEP_SETTINGS: dict[str, StepSettings] = {
     "resolve-model": StepSettings(cpu="500m", memory="1Gi"),
@@ -27,11 +31,7 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
     """The `seer-evaluate` pipeline function."""
     settings = {**DEFAULT_EVAL_STEP_SETTINGS, **(step_settings or {})}
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description="Re-evaluate a registered SEER model (or a checkpoint), compare with its last "
-        "registered metrics and register the new ones.",
-    )
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     @with_evaluation_parameters
     def seer_evaluate(
         registry: str = "minio://mlpipeline/seer/registry",

@@ -7,14 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from components import (
-    copy_detection_eval,
-    fairness_eval,
-    geolocalization_eval,
-    knn_eval,
-    linear_eval,
-    test384_eval,
-)
+from components import evaluate as steps
 from components.placement import StepSettings, apply
 
 # name → (type, default, UI description); KFP parameter defaults must be literals
@@ -40,11 +33,11 @@ EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
 
 # evaluation → (step, its run_* switch, its transform parameter)
 _STEPS = {
-    "linear": (linear_eval, "run_linear", "eval_transform"),
-    "knn": (knn_eval, "run_knn", "eval_transform"),
-    "copy-detection": (copy_detection_eval, "run_copy_detection", "copy_transform"),
-    "geolocalization": (geolocalization_eval, "run_geolocalization", "eval_transform"),
-    "fairness": (fairness_eval, "run_fairness", "eval_transform"),
+    "linear": (steps.linear_eval, "run_linear", "eval_transform"),
+    "knn": (steps.knn_eval, "run_knn", "eval_transform"),
+    "copy-detection": (steps.copy_detection_eval, "run_copy_detection", "copy_transform"),
+    "geolocalization": (steps.geolocalization_eval, "run_geolocalization", "eval_transform"),
+    "fairness": (steps.fairness_eval, "run_fairness", "eval_transform"),
 }
 
 
@@ -97,7 +90,7 @@ def evaluation_steps(
             **extra,
             **common,
         )
-    tasks["test384"] = test384_eval(
+    tasks["test384"] = steps.test384_eval(
         classifier=tasks["linear"].outputs["classifier"],
         datasets=datasets,
         enabled=evaluation["run_test384"],

@@ -26,6 +26,9 @@ from components.placement import StepSettings, apply
 from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
 
 PIPELINE_NAME = "seer-pretrain"
+DESCRIPTION = (
+    "SEER self-supervised pretraining (SwAV on RegNetY): shard → pretrain → slice → evaluate → register."
+)
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 # Pod settings per step (override with a YAML file: pipelines/compile.py --step-settings).
@@ -47,11 +50,7 @@ def build_pretrain_pipeline(
     """The `seer-pretrain` pipeline function; `exit_handler=False` for runners without ExitHandler."""
     settings = {**DEFAULT_STEP_SETTINGS, **(step_settings or {})}
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description="SEER self-supervised pretraining (SwAV on RegNetY): shard → pretrain → slice → "
-        "evaluate → register.",
-    )
+    @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     @with_evaluation_parameters
     def seer_pretrain(
         images_uri: str = "",

@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-
-# Each module exposes `register(subparsers)`, adding its subcommands with `set_defaults(func=...)`.
-COMMAND_MODULES: list[str] = [
-    "seer.config_cli",
-    "seer.models.cli",
-    "seer.data.cli",
-    "seer.launch.cli",
-    "seer.registry",
-    "seer.checkpoints.cli",
-    "seer.train.cli",
-    "seer.eval.cli",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +12,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seer",
         description="SEER self-supervised pretraining (SwAV + RegNetY) as Kubeflow pipeline steps.",
     )
-    from seer import __version__
+    # Each area's command module exposes `register(subparsers)`, adding its subcommands with
+    # `set_defaults(func=...)`; imported here, when a command line is parsed.
+    from seer import __version__, config_cli, registry
+    from seer.checkpoints import cli as checkpoints_cli
+    from seer.data import cli as data_cli
+    from seer.eval import cli as eval_cli
+    from seer.launch import cli as launch_cli
+    from seer.models import cli as models_cli
+    from seer.train import cli as train_cli
 
     parser.add_argument("--version", action="version", version=f"seer {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    commands = (config_cli, models_cli, data_cli, launch_cli, registry, checkpoints_cli, train_cli, eval_cli)
+    for module in commands:
+        module.register(subparsers)
     return parser
 
 

@@ -350,6 +350,56 @@ class KubeflowModelRegistry(ModelRegistry):
         return sorted(entries, key=lambda e: (e.created_at, e.version))
 
 
+def collect_results(results: Mapping[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics (`<eval>.<metric>`) and artifact URIs (`<eval>.metrics`, `<eval>.report`) of evaluation
+    result folders keyed by evaluation name; folders without metrics.json (turned off) are skipped."""
+    metrics: dict[str, float] = {}
+    artifacts: dict[str, str] = {}
+    for eval_name, folder in results.items():
+        doc_uri = storage.join(folder, "metrics.json")
+        if not storage.exists(doc_uri):
+            continue  # the run turned this evaluation off
+        doc = storage.read_json(doc_uri)
+        metrics |= {f"{eval_name}.{k}": v for k, v in flatten_metrics(doc["metrics"]).items()}
+        artifacts[f"{eval_name}.metrics"] = doc_uri
+        artifacts[f"{eval_name}.report"] = storage.join(folder, "report.html")
+    if not metrics:
+        raise ConfigError(
+            "no evaluation ran, so there is nothing to register; enable at least one evaluation"
+        )
+    return metrics, artifacts
+
+
+def compare_with_latest(
+    registry: ModelRegistry, name: str, results: Mapping[str, str], threshold: float = 0.01
+) -> tuple[str, list[str]]:
+    """(Markdown report, regressed `<eval>.<metric>` names) of evaluation result folders against the
+    same evaluations of the latest registered version of `name` (`seer eval compare` per evaluation)."""
+    from seer.eval import report
+
+    try:
+        previous = registry.latest(name)
+    except NotFoundError:
+        previous = None
+    lines = [
+        f"# {name}: re-evaluation vs {'version ' + previous.version if previous else 'nothing registered'}"
+    ]
+    regressions: list[str] = []
+    for eval_name, folder in results.items():
+        current_uri = storage.join(folder, "metrics.json")
+        previous_uri = previous.artifacts.get(f"{eval_name}.metrics") if previous else None
+        if not storage.exists(current_uri):
+            continue
+        if not previous_uri or not storage.exists(previous_uri):
+            lines += ["", f"## {eval_name}", "", "no previous run of this evaluation to compare with"]
+            continue
+        result = report.compare(storage.read_json(current_uri), storage.read_json(previous_uri), threshold)
+        regressions += [f"{eval_name}.{m}" for m in result.regressions]
+        lines += ["", f"## {eval_name}", "", "```", result.table(), "```"]
+    lines += ["", f"regressions beyond {threshold}: {', '.join(regressions) or 'none'}"]
+    return "\n".join(lines), regressions
+
+
 def open_registry(target: str | None = None) -> ModelRegistry:
     """An http(s):// address → Kubeflow Model Registry; any storage URI → StorageRegistry.
 

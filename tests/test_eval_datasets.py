@@ -150,7 +150,7 @@ def test_webdataset_shards_with_sidecar_fields(storage_root: str) -> None:
     _write(
         storage_root,
         "shards/manifest.json",
-        json.dumps({"shards": [{"name": "shard-000000.tar", "samples": 3}]}),
+        json.dumps({"format": "seer-shards/1", "shards": [{"name": "shard-000000.tar", "samples": 3}]}),
     )
     images = load_dataset(storage.join(storage_root, "shards"), "images")
     assert images.fmt == "shards" and [s.key for s in images.samples] == ["000", "001", "002"]

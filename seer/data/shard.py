@@ -601,3 +601,10 @@ def read_manifest(manifest_uri: str) -> dict:
             "re-create it with this version of `seer shard`"
         )
     return manifest
+
+
+def shard_uris(manifest_uri: str) -> list[tuple[str, int]]:
+    """(shard URI, sample count) of every shard a manifest lists, next to the manifest."""
+    manifest = read_manifest(manifest_uri)
+    prefix = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
+    return [(storage.join(prefix, s["name"]), int(s["samples"])) for s in manifest["shards"]]

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from seer import storage
+from seer.data.shard import shard_uris
 from seer.errors import SeerError
 
 Task = Literal["classification", "geo", "grouped", "images"]
@@ -339,38 +340,10 @@ def _from_folder(uri: str, task: str, checker: _RowChecker) -> list[tuple[Sample
     return out
 
 
-def _shard_list(manifest_uri: str) -> list[str]:
-    manifest = storage.read_json(manifest_uri)
-    entries = manifest.get("shards") if isinstance(manifest, dict) else manifest
-    if not isinstance(entries, list) or not entries:
-        raise DatasetError(
-            f"{manifest_uri}: no `shards` list; expected the manifest.json written by `seer shard`"
-        )
-    base_dir = posixpath.dirname(manifest_uri)
-    names = []
-    for entry in entries:
-        name = (
-            entry
-            if isinstance(entry, str)
-            else next(
-                (
-                    entry[k]
-                    for k in ("uri", "path", "name", "url", "file")
-                    if isinstance(entry, dict) and k in entry
-                ),
-                None,
-            )
-        )
-        if not isinstance(name, str):
-            raise DatasetError(f"{manifest_uri}: shard entry {entry!r} names no file (`path`/`uri`/`name`)")
-        names.append(_resolve(base_dir, name))
-    return names
-
-
 def _from_shards(uri: str, task: str, checker: _RowChecker) -> list[tuple[Sample, dict]]:
     manifest_uri = uri if uri.lower().endswith(".json") else storage.join(uri, "manifest.json")
     out: list[tuple[Sample, dict]] = []
-    for shard_uri in _shard_list(manifest_uri):
+    for shard_uri, _ in shard_uris(manifest_uri):
         shard_name = posixpath.basename(shard_uri)
         images: dict[str, str] = {}
         metadata: dict[str, bytes] = {}

@@ -135,12 +135,12 @@ class SwAVLoss(nn.Module):
             )
         if temperature <= 0:
             raise ConfigError(f"swav.temperature must be > 0, got {temperature}")
-        self.num_crops = num_crops
-        self.temperature = temperature
-        self.epsilon = epsilon
-        self.sinkhorn_iterations = sinkhorn_iterations
-        self.queue_start_iter = queue_start_iter
-        self.group = group
+        self.num_crops, self.temperature, self.epsilon = num_crops, temperature, epsilon
+        self.sinkhorn_iterations, self.queue_start_iter, self.group = (
+            sinkhorn_iterations,
+            queue_start_iter,
+            group,
+        )
         world = _world(group)
         if queue_length < 0 or queue_length % world:
             raise ConfigError(
