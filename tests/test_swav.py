@@ -16,9 +16,10 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from seer.config import SwAVConfig
+from seer.data.padded import pad_crops
 from seer.errors import ConfigError
 from seer.models import build_swav_model
-from seer.ssl.multicrop import pad_crops, padded_swav_forward, padded_trunk_features
+from seer.ssl.multicrop import padded_swav_forward, padded_trunk_features
 from seer.ssl.optim import build_optimizer
 from seer.ssl.swav import PrototypeFreezer, SwAVError, SwAVLoss, normalize_prototypes_, sinkhorn_knopp
 

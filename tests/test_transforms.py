@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as tvf
 from PIL import Image
 
 from seer.config import CropSpec as ConfigCropSpec
+from seer.data.padded import PaddedCrops
 from seer.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,7 +24,6 @@ from seer.data.transforms import (
     collate_multicrop,
 )
 from seer.errors import ConfigError, SeerError
-from seer.ssl.multicrop import PaddedCrops
 
 
 @pytest.fixture(autouse=True)

@@ -98,17 +98,12 @@ def timm_to_seer_name(name: str) -> str:
 
 @functools.cache
 def _expected(preset: str, num_prototypes: tuple[int, ...] | None) -> dict[str, dict[str, tuple[int, ...]]]:
-    from seer.models.heads import SwAVHead
-    from seer.models.presets import get_preset
-    from seer.models.regnet import build_trunk
+    from seer.models.swav_model import build_swav_model
 
-    spec = get_preset(preset)
-    trunk = build_trunk(preset, device="meta")
-    with torch.device("meta"):
-        head = SwAVHead(spec.head_dims, spec.head_use_bn, list(num_prototypes or spec.num_prototypes))
+    model = build_swav_model(preset, "meta", num_prototypes=num_prototypes)
     return {
-        "trunk": {k: tuple(v.shape) for k, v in trunk.state_dict().items()},
-        "heads": {k: tuple(v.shape) for k, v in head.state_dict().items()},
+        "trunk": {k: tuple(v.shape) for k, v in model.trunk.state_dict().items()},
+        "heads": {k: tuple(v.shape) for k, v in model.head.state_dict().items()},
     }
 
 

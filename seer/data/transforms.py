@@ -28,8 +28,8 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as tvf
 from PIL import Image
 
+from seer.data.padded import PaddedCrops, pad_crops
 from seer.errors import ConfigError, SeerError
-from seer.ssl.multicrop import PaddedCrops, pad_crops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -379,7 +379,7 @@ def collate_multicrop(
     """Samples (each a list of crops) → crop-major list: one B×C×S×S tensor per crop index.
 
     With ``pad=True`` returns the 10B single-pass layout (all crops zero-padded to the largest size
-    with a validity mask; see :func:`seer.ssl.multicrop.pad_crops`).
+    with a validity mask; see :func:`seer.data.padded.pad_crops`).
     """
     if not batch:
         raise TransformError("cannot collate an empty batch; the loader must yield at least one sample")

@@ -1,12 +1,8 @@
 """Test-only inference of a fine-tuned classifier (trunk + linear) at 384 px (seer_spec §5.2).
 
 Test transform: resize the shorter side to 384 (bicubic) → centre crop 384 → ImageNet
-normalisation; one pass over the set; top-1/top-5. The classifier is a seer consolidated file
-whose heads hold `clf.0.weight` / `clf.0.bias` (the convention of `seer.checkpoints`, so timm or
-torchvision fine-tuned weights converted with `seer ckpt convert --to seer` work). Its
-`config.classifier` may say which `tap` / `pool` feed the Linear and the class names (defaults:
-avgpool / avg, classes "0".."N-1"). `seer eval linear --save-classifier` writes one from a probe,
-its BatchNorm folded into the Linear.
+normalisation; one pass over the set; top-1/top-5. The classifier file format (and which tap /
+pool feed its Linear) is `seer.checkpoints.classifier`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Parameter names: `trunk.*` (see `seer.models.regnet`), `head.projection_head.*`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,10 @@ from seer.models.heads import SwAVHead
 from seer.models.init import place_
 from seer.models.presets import get_preset
 from seer.models.regnet import SeerRegNet, build_trunk
+from seer.ssl.multicrop import padded_trunk_features
+
+if TYPE_CHECKING:
+    from seer.data.padded import PaddedCrops
 
 
 class SwAVModel(nn.Module):
@@ -53,20 +58,35 @@ class SwAVModel(nn.Module):
             start = end
         return self.head(feats[0] if len(feats) == 1 else torch.cat(feats))
 
+    def padded_forward(self, crops: PaddedCrops) -> tuple[Tensor, list[Tensor]]:
+        """SEER 10B single pass: all crops padded to one size, one trunk pass, masked pooling, the head."""
+        return self.head(padded_trunk_features(self.trunk, crops))
 
-def build_head(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVHead:
-    """The SwAV head of preset `name` with SEER init (on the meta device when `device="meta"`)."""
+
+Device = torch.device | str | None
+Counts = Sequence[int] | None  # prototype counts per head; None: the preset's
+
+
+def build_head(
+    name: str, device: Device = None, seed: int | None = 0, num_prototypes: Counts = None
+) -> SwAVHead:
+    """The SwAV head of preset `name` with SEER init (on the meta device when `device="meta"`);
+    `num_prototypes` overrides the preset's prototype counts (config `model.num_prototypes`)."""
     preset = get_preset(name)
     with torch.device("meta"):
-        head = SwAVHead(preset.head_dims, preset.head_use_bn, preset.num_prototypes)
+        head = SwAVHead(preset.head_dims, preset.head_use_bn, list(num_prototypes or preset.num_prototypes))
     return place_(head, device, seed)
 
 
-def build_swav_model(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVModel:
+def build_swav_model(
+    name: str, device: Device = None, seed: int | None = 0, *, num_prototypes: Counts = None
+) -> SwAVModel:
     """Trunk + SwAV head of preset `name`, built on the meta device and materialised on `device`.
 
     `device="meta"` allocates nothing; `device=None` means torch's current default device.
     Initialisation depends only on `seed` and parameter names (see `seer.models.init`).
     """
-    model = SwAVModel(build_trunk(name, device="meta"), build_head(name, device="meta"))
+    model = SwAVModel(
+        build_trunk(name, device="meta"), build_head(name, "meta", num_prototypes=num_prototypes)
+    )
     return place_(model, device, seed)

@@ -21,31 +21,27 @@ import logging
 import math
 import sys
 import time
-import types
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.fsdp import register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from seer import storage
 from seer.config import SeerConfig, config_to_dict, validate
+from seer.data.padded import PaddedCrops
 from seer.data.stream import ShardLoader, ShardStream, build_loader
 from seer.data.transforms import MultiCropTransform
 from seer.errors import ConfigError, SeerError
 from seer.metrics import JsonlLog, TrainMetrics
-from seer.models.swav_model import SwAVModel
-from seer.ssl.multicrop import PaddedCrops, padded_trunk_features
 from seer.ssl.optim import LRSchedule, build_optimizer
 from seer.ssl.swav import PrototypeFreezer, SwAVLoss, normalize_prototypes_
 from seer.train import checkpoint
 from seer.train.parallel import (
     DistEnv,
     ParallelInfo,
-    autocast_context,
     build_model,
     init_distributed,
     parallelize,
@@ -65,12 +61,6 @@ SUMMARY_NAME = "summary.json"
 def manifest_uri(data_uri: str) -> str:
     """`data_uri` itself when it names a .json manifest, else `<data_uri>/manifest.json`."""
     return data_uri if data_uri.endswith(".json") else storage.join(data_uri, "manifest.json")
-
-
-def _padded_forward(self: SwAVModel, crops: PaddedCrops) -> tuple[Tensor, list[Tensor]]:
-    """SEER 10B single pass: all crops padded to one size, masked pooling, then the head."""
-    with autocast_context(self):  # a no-op unless the model runs unsharded in mixed precision
-        return self.head(padded_trunk_features(self.trunk, crops))
 
 
 def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
@@ -109,9 +99,6 @@ class SwAVStep:
         self.model, self.info = parallelize(build_model(cfg), cfg, env)
         if cfg.swav.normalize_prototypes:  # unit rows from the start, as after every update
             normalize_prototypes_(self.model)
-        if cfg.data.padded_single_pass:
-            self.model.padded_forward = types.MethodType(_padded_forward, self.model)
-            register_fsdp_forward_method(self.model, "padded_forward")
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations)
         num_crops = sum(c.count for c in cfg.data.crops)

@@ -1,0 +1,103 @@
+"""FSDP2 units (VISSL's nesting, seer_spec §3.2), sharding, and materialising the local shards with
+SEER init independent of the world size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
+
+from seer.models.init import init_weights_
+from seer.models.swav_model import SwAVModel
+from seer.train.parallel.precision import apply_fp32_norms
+
+# VISSL `AUTO_WRAP_THRESHOLD`: a conv this large gets its own FSDP unit (rg10b stages 3-4).
+LARGE_CONV_PARAMS = 100_000_000
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One FSDP unit: qualified name, module, kind (`conv`, `block`, `stem`, `mlp`, `prototypes`)."""
+
+    name: str
+    module: nn.Module
+    kind: str
+
+
+def fsdp_units(model: SwAVModel) -> list[Unit]:
+    """The modules `parallelize` shards, innermost first (the root is sharded last, not listed)."""
+    units: list[Unit] = []
+
+    def large_convs(prefix: str, module: nn.Module) -> None:
+        for name, sub in module.named_modules(prefix=prefix):
+            if isinstance(sub, nn.Conv2d) and sum(p.numel() for p in sub.parameters()) >= LARGE_CONV_PARAMS:
+                units.append(Unit(name, sub, "conv"))
+
+    large_convs("trunk.stem", model.trunk.stem)
+    units.append(Unit("trunk.stem", model.trunk.stem, "stem"))
+    for sname, stage in model.trunk.trunk_output.named_children():
+        for bname, block in stage.named_children():
+            name = f"trunk.trunk_output.{sname}.{bname}"
+            large_convs(name, block)
+            units.append(Unit(name, block, "block"))
+    large_convs("head.projection_head", model.head.projection_head)
+    units.append(Unit("head.projection_head", model.head.projection_head, "mlp"))
+    for i, proto in enumerate(model.head.prototypes):
+        units.append(Unit(f"head.prototypes.{i}", proto, "prototypes"))
+    return units
+
+
+def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> list[Unit]:
+    """`fully_shard` every unit of `fsdp_units`, then the root; returns the units.
+
+    On one rank nothing is sharded, so parameters stay gathered between forward and backward.
+    """
+    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    main = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    if param_dtype != torch.float32:
+        apply_fp32_norms(model)
+    reshard = mesh.size() > 1
+    units = fsdp_units(model)
+    for unit in units:
+        policy = fp32 if unit.kind == "prototypes" else main
+        fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
+    register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
+    return units
+
+
+def materialize_sharded_(model: nn.Module, device: torch.device, seed: int) -> None:
+    """Allocate the local shards on `device` and fill them with SEER init, independent of world size."""
+    model.to_empty(device=device)
+    for mname, module in model.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        if not own and not isinstance(module, _BN):
+            continue
+        sharded = {n: p for n, p in own.items() if isinstance(p, DTensor)}
+        for pname, param in sharded.items():  # initialise full tensors, keep this rank's chunk
+            full = torch.empty(param.shape, dtype=param.dtype, device=device)
+            module._parameters[pname] = nn.Parameter(full, requires_grad=param.requires_grad)
+        init_weights_(module, recurse=False, seed=seed, prefix=mname)
+        with torch.no_grad():
+            for pname, param in sharded.items():
+                full = module._parameters[pname]
+                local = param.to_local()
+                if local.numel():
+                    mesh = param.device_mesh
+                    chunk = full.chunk(mesh.size(), dim=0)[mesh.get_local_rank()]
+                    local.copy_(chunk)
+                module._parameters[pname] = param
+
+
+def shard_sizes(model: nn.Module) -> dict[str, int]:
+    """Parameters held by this rank (`local`) and in the whole model (`global`)."""
+    local = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return {"local": local, "global": total}
