@@ -3,7 +3,7 @@ inside an exit handler that records how the run ended and deletes a left-over tr
 
 `build_pretrain_pipeline()` makes the pipeline function; `seer_pretrain` is the cluster version (the
 one `make compile` writes). kfp 2.16.1's local runner cannot run `dsl.ExitHandler` (it raises
-NotImplementedError for the final-status input), so `pipelines/local_run.py` builds it with
+NotImplementedError for the final-status input), so `pipelines/run/local_run.py` builds it with
 `exit_handler=False` and records the final state itself.
 """
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_manifests import check_pytorchjob
 
-from pipelines import schedule, submit
+from pipelines.run import schedule, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_VARS = (
@@ -171,7 +171,7 @@ def test_submit_starts_the_62x8_run_on_kfp(fake_kfp, monkeypatch) -> None:
 def test_submit_module_runs_as_a_script() -> None:
     env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.submit", "--help"],
+        [sys.executable, "-m", "pipelines.run.submit", "--help"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -7,7 +7,7 @@
                         PyTorchJob, and write them under build/pretrain-10b/; no cluster needed.
 
 Settings come from the environment (the Makefile passes `make pretrain-10b VAR=…` through); each
-has a flag too (`python -m pipelines.submit --help`).
+has a flag too (`python -m pipelines.run.submit --help`).
 """
 
 import argparse
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "pretrain-10b"
 # The 62×8 production shape of manifests/overlays/prod-62x8: Volcano gang, GPU nodes, AWS EFA.
 GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}
@@ -37,7 +37,7 @@ def _env(name: str, default: str = "") -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.submit", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.run.submit", description=__doc__.splitlines()[0])
     p.add_argument(
         "--mode",
         default=_env("MODE", "kfp"),

@@ -3,7 +3,7 @@
 KFP cron expressions have 6 fields, seconds first (`0 0 3 * * *` = 03:00 every day). The schedule
 runs with caching off (identical inputs would otherwise be served from cache and nothing would be
 re-evaluated), without catch-up (no burst of missed runs after a pause) and one run at a time.
-Settings come from the environment or flags (`python -m pipelines.schedule --help`).
+Settings come from the environment or flags (`python -m pipelines.run.schedule --help`).
 """
 
 import argparse
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "schedule-reeval"
 
 
@@ -49,7 +49,7 @@ def recurring_run_request(a: argparse.Namespace, package: Path) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m pipelines.schedule", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.run.schedule", description=__doc__.splitlines()[0])
     p.add_argument("--kfp-host", default=env("KFP_HOST", ""), help="KFP API endpoint (KFP_HOST)")
     p.add_argument(
         "--kfp-namespace", default=env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
