@@ -345,7 +345,9 @@ class FakeKube:
             return 400, _status(400, "BadRequest", f'container "pytorch" in pod "{name}" is waiting to start')
         labels = pod["metadata"]["labels"]
         if query.get("container", [None])[0] not in (None, pod["spec"]["containers"][0]["name"]):
-            return 400, _status(400, "BadRequest", f'container {query["container"][0]} is not valid for pod {name}')
+            return 400, _status(
+                400, "BadRequest", f"container {query['container'][0]} is not valid for pod {name}"
+            )
         lines = self._logs.get(labels.get(JOB_NAME_LABEL) or labels[JOBSET_NAME_LABEL], [])
         tail = int(query.get("tailLines", ["-1"])[0])
         if tail >= 0:
