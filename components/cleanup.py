@@ -14,6 +14,8 @@ def record_failure_and_cleanup(
     backend: str = "local",
     job_name: str = "",
     namespace: str = "seer",
+    model_name: str = "",
+    model_version: str = "",
 ):
     """Write the run's final state to `status_uri/<run_id>.json`; on a cluster, after a run that did not
     succeed, copy the training pods' logs to `status_uri/<run_id>/logs/` and delete the job if it is
@@ -27,6 +29,8 @@ def record_failure_and_cleanup(
         backend: The pretrain backend: local, pytorchjob or trainjob (local has no job).
         job_name: The job name if the pretrain step was given one.
         namespace: Namespace of the job.
+        model_name: Registered model name, recorded when the run succeeded.
+        model_version: The version the run registers, recorded when the run succeeded.
     """
     from seer import storage
     from seer.launch import job_name as make_job_name
@@ -42,6 +46,7 @@ def record_failure_and_cleanup(
         "error_message": status.error_message,
         "failed_task": status.pipeline_task_name if outcome != "succeeded" else "",
         "job_deleted": False,
+        "registered": f"{model_name}/{model_version}" if outcome == "succeeded" and model_version else "",
     }
     name = make_job_name(run_id, job_name)
     cleanup_error = None
@@ -62,5 +67,7 @@ def record_failure_and_cleanup(
     if status_uri:
         storage.write_json(storage.join(status_uri, f"{run_id}.json"), record)
     print(f"run {run_id} ended {status.state} ({outcome}) {status.error_message or ''}".rstrip())
+    if record["registered"]:
+        print(f"registered {record['registered']}")
     if cleanup_error is not None:
         raise cleanup_error

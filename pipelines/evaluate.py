@@ -32,7 +32,7 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
         "registered metrics and register the new ones.",
     )
     def seer_evaluate(
-        registry: str = "minio://mlpipeline/seer/registry",
+        registry: str = "minio://mlpipeline/shared/seer/registry",  # pipelines/storage_defaults.py
         model_name: str = "seer",
         model_version: str = "latest",
         checkpoint_uri: str = "",
