@@ -36,7 +36,11 @@ def clean_up_job(launcher: KubeJobLauncher, handle: JobHandle, logs_uri: str = "
     """Keep a Succeeded or Failed job, delete one that is still alive; copy the pods' logs of a job that
     did not succeed to `logs_uri/<pod>.log` first. Returns what was found and done."""
     found = launcher.status(handle)
-    record: dict[str, Any] = {"job_state": found[0] if found else "NotFound", "job_deleted": False, "logs": []}
+    record: dict[str, Any] = {
+        "job_state": found[0] if found else "NotFound",
+        "job_deleted": False,
+        "logs": [],
+    }
     if found is None or found[0] == "Succeeded":
         return record
     if logs_uri:
