@@ -44,8 +44,8 @@ DEFAULT_STEP_SETTINGS: dict[str, StepSettings] = {
     "consolidate-slice": StepSettings(cpu="4", memory="32Gi", retries=1),
     "eval-datasets": StepSettings(cpu="1", memory="4Gi", retries=1),
     "evaluation": StepSettings(cpu="8", memory="32Gi", shm="8Gi"),
-    "register-model": StepSettings(cpu="1", memory="2Gi"),
-    "record-failure-and-cleanup": StepSettings(cpu="500m", memory="1Gi"),
+    "register-model": StepSettings(cpu="1", memory="2Gi", timeout_s=3600),
+    "record-failure-and-cleanup": StepSettings(cpu="500m", memory="1Gi", timeout_s=1800, retries=1),
 }
 
 

@@ -514,3 +514,26 @@ components.pretrain.python_func(
     assert proc.returncode != 0
     assert kube.deleted == ["seer-cancel"], out
     assert "deleted job seer/seer-cancel" in out
+
+
+@pytest.mark.slow
+def test_compiled_pretrain_retries_its_idempotent_steps_and_bounds_the_exit_handler(tmp_path: Path) -> None:
+    """A retried pretrain step re-attaches to the job it started (seer.launch.kube submit: same name and
+    spec hash), so it gets a retry policy; the exit handler gets a deadline (kfp-kubernetes
+    activeDeadlineSeconds) and the run's record names the version register-model writes."""
+    from kfp.compiler import Compiler
+
+    from pipelines.pretrain import build_pretrain_pipeline
+    from pipelines.run.kfp_api import dag_tasks
+
+    package = tmp_path / "p.yaml"
+    Compiler().compile(build_pretrain_pipeline(), str(package))
+    docs = list(yaml.safe_load_all(package.read_text()))
+    tasks = dict(dag_tasks(docs[0]))
+    assert tasks["comp-exit-handler-1/pretrain"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["comp-exit-handler-1/consolidate-slice"]["retryPolicy"]["maxRetryCount"] == 1
+    cleanup = tasks["root/record-failure-and-cleanup"]
+    version = tasks["comp-exit-handler-1/register-model"]["inputs"]["parameters"]["version"]
+    assert cleanup["inputs"]["parameters"]["model_version"] == version
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-record-failure-and-cleanup"]["activeDeadlineSeconds"] == "1800"
