@@ -566,9 +566,8 @@ class KubeJobLauncher(JobLauncher):
             progress.started |= state in ACTIVE_STATES or any(p.phase == "Running" for p in pods)
             pending = now - pending_since
             if not progress.started and pending > pending_timeout_s:
-                raise JobTimeoutError(
-                    f"job {ref} still pending after {pending:.0f}s: {_pending_reason(pods, progress.last_warning)}"
-                )
+                why = _pending_reason(pods, progress.last_warning, self.kind.kind.lower())
+                raise JobTimeoutError(f"job {ref} still pending after {pending:.0f}s: {why}")
             if timeout_s is not None and elapsed > timeout_s:
                 raise JobTimeoutError(
                     f"job {ref} still {state} after {elapsed:.0f}s (timeout {timeout_s:.0f}s); raise the timeout"
@@ -621,12 +620,12 @@ def _api_message(err: Any) -> str:
         return str(err.reason)
 
 
-def _pending_reason(pods: list[PodInfo], last_warning: str) -> str:
+def _pending_reason(pods: list[PodInfo], last_warning: str, kind: str = "pytorchjob") -> str:
     warning = f" Last warning: {last_warning}." if last_warning else ""
     if not pods:
         return (
-            f"no pods were created; check the training operator is running "
-            f"(kubectl -n kubeflow get pods) and the job's events (kubectl describe pytorchjob).{warning}"
+            "no pods were created; check the training operator (or Trainer/JobSet controller) is running "
+            f"(kubectl -n kubeflow get pods) and the job's events (kubectl describe {kind}).{warning}"
         )
     waiting = [p for p in pods if p.phase != "Running"]
     details = [
