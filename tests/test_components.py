@@ -363,6 +363,9 @@ def test_exit_handler_never_deletes_the_job_of_a_successful_run(
 def test_exit_handler_keeps_a_failed_job_for_its_logs_and_copies_them(
     kube: FakeKube, tmp_path: Path, vocabulary: str, backend: str
 ) -> None:
+    """A Failed job's pods hold no GPUs (the operator's cleanPodPolicy Running / JobSet stop them) and
+    keep their logs for `kubectl logs`; error_code/error_message are empty on open-source KFP, so the
+    pods' own logs are what explains the failure: they are copied next to the run record."""
     _submitted(kube, backend, "seer-bad", "Failed")
     components.record_failure_and_cleanup.python_func(
         status=_final(VOCABULARIES[vocabulary]["failed"], vocabulary),
@@ -383,6 +386,7 @@ def test_exit_handler_keeps_a_failed_job_for_its_logs_and_copies_them(
 def test_exit_handler_deletes_a_job_still_running_after_a_cancelled_run(
     kube: FakeKube, tmp_path: Path, vocabulary: str, backend: str
 ) -> None:
+    """A job still running after the run was cancelled (or failed in another step) would hold its nodes."""
     _submitted(kube, backend, "seer-gone", "Running")
     components.record_failure_and_cleanup.python_func(
         status=_final(VOCABULARIES[vocabulary]["cancelled"], vocabulary),

@@ -266,6 +266,8 @@ def test_caching_off_reaches_every_task_including_the_exit_handler(fake_kfp) -> 
 
 @pytest.mark.slow
 def test_schedule_reeval_package_is_uncached_everywhere(fake_kfp) -> None:
+    """The recurring re-evaluation must really re-evaluate: no task of seer-evaluate, nested DAGs
+    included, may be served from cache (kfp's own override reaches root tasks only)."""
     assert schedule.main(["--kfp-host", "http://kfp.test"]) == 0
     ((_, req),) = [c for c in fake_kfp.calls if c[0] == "create_recurring_run"]
     assert _cached_tasks(Path(req["pipeline_package_path"])) == []
