@@ -37,16 +37,16 @@ DEMO_OUTPUT ?= demo-output
 PIPELINE_IMAGES = IMAGE_REGISTRY=$(IMAGE_REGISTRY) IMAGE_TAG=$(IMAGE_TAG)
 
 demo: install  ## run the whole seer-pretrain DAG locally (kfp.local, CPU, rg-tiny) into DEMO_OUTPUT
-	$(PY) -m pipelines.local_run --output $(DEMO_OUTPUT)
+	$(PY) -m pipelines.run.local_run --output $(DEMO_OUTPUT)
 
 compile: install  ## write the seer-pretrain / seer-evaluate YAML packages to build/pipelines/
 	$(PIPELINE_IMAGES) $(PY) -m pipelines.compile --output-dir build/pipelines
 
-pretrain-10b: install  ## run seer-pretrain with rg10b on 62x8 GPUs on KFP_HOST (MODE=job: kubectl apply the PyTorchJob; DRY_RUN=1: plan only)
-	$(PIPELINE_IMAGES) $(PY) -m pipelines.submit
+pretrain-10b: install  ## run seer-pretrain with rg10b on 62x8 GPUs on KFP_HOST (MODE=job: kubectl apply the job; DRY_RUN=1: plan only; BACKEND=trainjob: Trainer v2; KUEUE_QUEUE=q)
+	$(PIPELINE_IMAGES) $(PY) -m pipelines.run.submit
 
 schedule-reeval: install  ## schedule a recurring seer-evaluate run on KFP_HOST (CRON='0 0 3 * * *', caching off, no catch-up)
-	$(PIPELINE_IMAGES) $(PY) -m pipelines.schedule
+	$(PIPELINE_IMAGES) $(PY) -m pipelines.run.schedule
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache demo-output

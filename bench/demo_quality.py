@@ -3,7 +3,7 @@
 Builds the demo's inputs once (the generated corpus → shards, the generated counting and copy-detection
 benchmarks), then for each recipe (a list of `--set` overrides of the rg-tiny preset) trains with
 `seer pretrain` (one process), consolidates, and runs the demo's linear probe, kNN and copy detection
-with exactly the demo's evaluation settings (pipelines/local_run.py DEMO_ARGUMENTS, components/evaluate.py).
+with exactly the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS, components/evaluate.py).
 The random-init baseline (same seed as the demo's) is evaluated once per work folder. Prints a table,
 appends rows to bench/results/demo_quality.json. One process with batch 32 stands in for the demo's
 2 ranks x 16. A recipe that changes model.num_prototypes cannot be consolidated (the checkpoint

@@ -1,6 +1,7 @@
 """The pretrain step: a launcher. `backend="local"` runs torchrun on the step's own machine (kfp.local,
-a single node); `backend="pytorchjob"` renders, submits and watches a kubeflow.org/v1 PyTorchJob, and
-deletes it when the step is cancelled (SIGTERM) or gives up (timeouts, image pull errors)."""
+a single node); `backend="pytorchjob"` (Training Operator v1) or `"trainjob"` (Kubeflow Trainer v2)
+renders, submits and watches the training job, re-attaches to it when the step is retried, and deletes
+it when the step is cancelled (SIGTERM) or gives up (timeouts, image pull errors)."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -25,6 +26,8 @@ def pretrain(
     storage_secret: str = "seer-storage",
     service_account: str = "seer-trainer",
     gang_scheduler: str = "",
+    kueue_queue: str = "",
+    trainjob_runtime: str = "seer-torch",
     node_selector: dict = {},  # noqa: B006
     tolerations: list = [],  # noqa: B006
     network: str = "tcp",
@@ -39,19 +42,21 @@ def pretrain(
         shards: Shards folder with manifest.json.
         run: Training output: checkpoints/iter-NNNNNNNN/, train_log.jsonl, summary.json.
         metrics: Final training numbers from summary.json.
-        run_id: Pipeline run id; names the PyTorchJob `seer-<run_id>` unless `job_name` is set.
+        run_id: Pipeline run id; names the job (seer.launch.job_name: `seer-<run_id>` unless `job_name` is set).
         preset: Pretraining preset (rg-tiny … rg10b) or config path.
         overrides: Config overrides, e.g. ["train.iterations=100"].
-        backend: local (torchrun on this machine) or pytorchjob (Kubeflow Training Operator).
+        backend: local (torchrun on this machine), pytorchjob (Training Operator v1) or trainjob (Trainer v2).
         nproc_per_node: Local ranks (backend local).
-        job_name: PyTorchJob name (default seer-<run_id>).
+        job_name: Job name (default seer-<run_id>).
         trainer_image: Trainer image with a pinned tag (images/trainer); the pipelines pass SEER_TRAINER_IMAGE.
         nodes: Pods (0: the preset's, rg10b: 62).
         gpus_per_node: GPUs per pod (-1: the preset's).
-        namespace: Namespace of the PyTorchJob.
+        namespace: Namespace of the job.
         storage_secret: Secret holding the object-storage credentials and SEER_S3_ENDPOINT ('' for none).
         service_account: Service account of the training pods.
-        gang_scheduler: '', volcano or scheduler-plugins.
+        gang_scheduler: '', volcano or scheduler-plugins (pytorchjob).
+        kueue_queue: Kueue LocalQueue to queue the job in ('' for none).
+        trainjob_runtime: TrainingRuntime of a trainjob (manifests/overlays/trainer-v2).
         node_selector: Training pods' node selector.
         tolerations: Training pods' tolerations (Kubernetes toleration objects).
         network: NCCL fabric: tcp, efa or ib.
@@ -64,19 +69,22 @@ def pretrain(
 
     from seer import storage
     from seer.errors import ConfigError
-    from seer.launch import LaunchError, pretrain_args, run_local
+    from seer.launch import BACKENDS, LaunchError, pretrain_args, run_local
     from seer.registry import flatten_metrics
 
     if backend == "local":
         args = pretrain_args(preset, run.uri, overrides, data_uri=shards.uri)
         if run_local(args, nproc_per_node=nproc_per_node):
             raise LaunchError(f"local pretraining of {preset} failed; see the rank logs above")
-    elif backend == "pytorchjob":
-        from seer.launch import PyTorchJobLauncher, render_pytorchjob
+    elif backend in BACKENDS:
+        from seer.launch import job_name as make_job_name
+        from seer.launch import make_launcher, render_job
         from seer.launch.kube import load_api_client
 
-        job = render_pytorchjob(
-            job_name or f"seer-{run_id}"[:48].rstrip("-"),
+        runtime = {"runtime": trainjob_runtime} if backend == "trainjob" else {}
+        job = render_job(
+            backend,
+            make_job_name(run_id, job_name),
             preset,
             image=trainer_image,
             output_uri=run.uri,
@@ -88,18 +96,20 @@ def pretrain(
             storage_secret=storage_secret or None,
             service_account=service_account,
             gang_scheduler=gang_scheduler or None,
+            kueue_queue=kueue_queue or None,
             node_selector=node_selector,
             tolerations=tolerations,
             network=network,
             network_devices=network_devices,
             labels={"pipelines.kubeflow.org/run-id": run_id[:63]},
+            **runtime,
         )
-        result = PyTorchJobLauncher(load_api_client(), poll_interval_s=poll_interval_s).run(
+        result = make_launcher(backend, load_api_client(), poll_interval_s=poll_interval_s).run(
             job, timeout_s=timeout_s or None, pending_timeout_s=pending_timeout_s
         )
         run.metadata.update({"job": f"{result.namespace}/{result.name}", "restarts": result.restarts})
     else:
-        raise ConfigError(f"backend {backend!r} is unknown; use local or pytorchjob")
+        raise ConfigError(f"backend {backend!r} is unknown; use local, {' or '.join(BACKENDS)}")
 
     summary = storage.read_json(storage.join(run.uri, "summary.json"))
     if storage.local_path(run.uri) is None:  # on a cluster: leave a copy where KFP uploads from

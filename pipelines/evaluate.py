@@ -11,6 +11,7 @@ from components import compare_metrics, eval_datasets, register_model, resolve_m
 from components.placement import StepSettings, apply
 from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
 from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID
+from pipelines.storage_defaults import DEFAULT_REGISTRY
 
 PIPELINE_NAME = "seer-evaluate"
 DESCRIPTION = (
@@ -34,7 +35,7 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     @with_evaluation_parameters
     def seer_evaluate(
-        registry: str = "minio://mlpipeline/seer/registry",
+        registry: str = DEFAULT_REGISTRY,
         model_name: str = "seer",
         model_version: str = "latest",
         checkpoint_uri: str = "",

@@ -3,7 +3,7 @@ inside an exit handler that records how the run ended and deletes a left-over tr
 
 `build_pretrain_pipeline()` makes the pipeline function; `seer_pretrain` is the cluster version (the
 one `make compile` writes). kfp 2.16.1's local runner cannot run `dsl.ExitHandler` (it raises
-NotImplementedError for the final-status input), so `pipelines/local_run.py` builds it with
+NotImplementedError for the final-status input), so `pipelines/run/local_run.py` builds it with
 `exit_handler=False` and records the final state itself.
 """
 
@@ -24,23 +24,26 @@ from components import (
 )
 from components.placement import StepSettings, apply
 from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
+from pipelines.storage_defaults import DEFAULT_REGISTRY, DEFAULT_STATUS_URI
 
 PIPELINE_NAME = "seer-pretrain"
 DESCRIPTION = (
     "SEER self-supervised pretraining (SwAV on RegNetY): shard → pretrain → slice → evaluate → register."
 )
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+VERSION = f"run-{RUN_ID}"  # the registered model version of a run
 
 # Pod settings per step (override with a YAML file: pipelines/compile.py --step-settings).
 DEFAULT_STEP_SETTINGS: dict[str, StepSettings] = {
     "generate-corpus": StepSettings(cpu="1", memory="2Gi"),
-    "shard-images": StepSettings(cpu="8", memory="16Gi"),
-    "pretrain": StepSettings(cpu="4", memory="16Gi", shm="4Gi"),
-    "consolidate-slice": StepSettings(cpu="4", memory="32Gi"),
-    "eval-datasets": StepSettings(cpu="1", memory="4Gi"),
+    "shard-images": StepSettings(cpu="8", memory="16Gi", retries=1),
+    # Retrying pretrain is safe: the launcher re-attaches to the job it started (seer.launch.kube).
+    "pretrain": StepSettings(cpu="4", memory="16Gi", shm="4Gi", retries=2),
+    "consolidate-slice": StepSettings(cpu="4", memory="32Gi", retries=1),
+    "eval-datasets": StepSettings(cpu="1", memory="4Gi", retries=1),
     "evaluation": StepSettings(cpu="8", memory="32Gi", shm="8Gi"),
-    "register-model": StepSettings(cpu="1", memory="2Gi"),
-    "record-failure-and-cleanup": StepSettings(cpu="500m", memory="1Gi"),
+    "register-model": StepSettings(cpu="1", memory="2Gi", timeout_s=3600),
+    "record-failure-and-cleanup": StepSettings(cpu="500m", memory="1Gi", timeout_s=1800, retries=1),
 }
 
 
@@ -66,15 +69,16 @@ def build_pretrain_pipeline(
         namespace: str = "seer",
         storage_secret: str = "seer-storage",
         gang_scheduler: str = "",
+        kueue_queue: str = "",
         node_selector: dict = {},  # noqa: B006
         tolerations: list = [],  # noqa: B006
         network: str = "tcp",
         network_devices: int = 0,
         train_timeout_s: float = 0.0,
         pending_timeout_s: float = 1800.0,
-        registry: str = "minio://mlpipeline/seer/registry",
+        registry: str = DEFAULT_REGISTRY,
         model_name: str = "seer",
-        status_uri: str = "minio://mlpipeline/seer/runs",
+        status_uri: str = DEFAULT_STATUS_URI,
         evaluation: dict | None = None,
     ):
         """SEER pretraining: shard → pretrain → consolidate + slice → evaluations → register.
@@ -84,7 +88,7 @@ def build_pretrain_pipeline(
             synth_images: Images in the synthetic corpus when images_uri is empty.
             preset: Pretraining preset: rg-tiny, rg-small, rg32gf, rg64gf, rg128gf, rg256gf, rg10b, or a config path.
             overrides: Config overrides, e.g. ["train.iterations=1000", "optim.base_lr=0.3"].
-            backend: Where training runs: local (torchrun inside the step's pod) or pytorchjob (a Kubeflow PyTorchJob).
+            backend: Where training runs: local (torchrun inside the step's pod), pytorchjob (a Kubeflow PyTorchJob) or trainjob (a Kubeflow Trainer v2 TrainJob).
             nproc_per_node: Ranks of a local run.
             nodes: PyTorchJob pods (0: the preset's, rg10b: 62).
             gpus_per_node: GPUs per PyTorchJob pod (-1: the preset's, 8 for the large presets).
@@ -93,15 +97,16 @@ def build_pretrain_pipeline(
             namespace: Namespace of the PyTorchJob.
             storage_secret: Secret with the object-storage credentials and SEER_S3_ENDPOINT for the training pods.
             gang_scheduler: Gang scheduling of the training pods: '' (none), volcano or scheduler-plugins.
+            kueue_queue: Kueue LocalQueue the training job waits in until admitted ('' for none).
             node_selector: Node selector of the training pods, e.g. {"nvidia.com/gpu.present": "true"}.
             tolerations: Tolerations of the training pods (Kubernetes objects).
             network: NCCL fabric of the training pods: tcp, efa or ib.
             network_devices: EFA adapters or RDMA devices per training pod.
             train_timeout_s: Delete the training job after this many seconds (0: no limit).
             pending_timeout_s: Delete the training job when no pod runs within this many seconds.
-            registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address.
+            registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address. The default (mlpipeline/shared/...) is writable in standalone and multi-user KFP; a profile-private one is minio://mlpipeline/private-artifacts/<namespace>/...
             model_name: Registered model name.
-            status_uri: Folder the exit handler writes each run's final state to ('' skips it).
+            status_uri: Folder the exit handler writes each run's final state and failed pods' logs to ('' skips it); under mlpipeline/shared/ or private-artifacts/<namespace>/ on multi-user KFP.
         """
 
         def steps() -> None:
@@ -125,6 +130,7 @@ def build_pretrain_pipeline(
                 namespace=namespace,
                 storage_secret=storage_secret,
                 gang_scheduler=gang_scheduler,
+                kueue_queue=kueue_queue,
                 node_selector=node_selector,
                 tolerations=tolerations,
                 network=network,
@@ -147,7 +153,7 @@ def build_pretrain_pipeline(
                 model=ckpt.outputs["sliced"],
                 registry=registry,
                 name=model_name,
-                version=f"run-{RUN_ID}",
+                version=VERSION,
                 parent_run=RUN_ID,
                 description="seer-pretrain run",
                 **results_of(evals),
@@ -157,8 +163,15 @@ def build_pretrain_pipeline(
         if not exit_handler:
             steps()
             return
+        # KFP refuses pipeline outputs from inside an ExitHandler; the run's record names the version.
         cleanup = record_failure_and_cleanup(
-            run_id=RUN_ID, status_uri=status_uri, backend=backend, job_name=job_name, namespace=namespace
+            run_id=RUN_ID,
+            status_uri=status_uri,
+            backend=backend,
+            job_name=job_name,
+            namespace=namespace,
+            model_name=model_name,
+            model_version=VERSION,
         )
         apply(cleanup, settings["record-failure-and-cleanup"]).set_caching_options(False)
         with dsl.ExitHandler(cleanup, name="train-evaluate-register"):

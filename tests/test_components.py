@@ -22,7 +22,7 @@ from kfp.dsl import (
 import components
 from seer import storage
 from seer.registry import StorageRegistry
-from tests.fake_kube import FakeKube, Step, running
+from tests.fake_kube import FakeKube, Pod, Step, running
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = [
@@ -303,23 +303,134 @@ def test_pretrain_fails_the_step_with_the_operators_reason(kube: FakeKube, tmp_p
         )
 
 
-def test_exit_handler_deletes_the_job_of_a_failed_run_and_records_it(kube: FakeKube, tmp_path: Path) -> None:
-    from seer.launch import PyTorchJobLauncher, render_pytorchjob
+def _submitted(kube: FakeKube, backend: str, name: str, state: str) -> None:
+    """A job of `backend` named `name`, its pods in `state` and with a log line."""
+    from seer.launch import make_launcher, render_job
 
-    job = render_pytorchjob("seer-run7", "rg-small", image="reg.test/t:1", output_uri="s3://b/r")
-    PyTorchJobLauncher(kube.api_client()).submit(job)
-    cleanup = components.record_failure_and_cleanup.python_func
-    cleanup(status=_status("FAILED"), run_id="run7", status_uri=str(tmp_path / "runs"), backend="pytorchjob")
-    assert kube.deleted == ["seer-run7"]
-    record = storage.read_json(str(tmp_path / "runs" / "run7.json"))
-    assert record["state"] == "FAILED" and record["job_deleted"] is True and record["error_message"] == "boom"
-    # A successful run keeps its (finished) job for the TTL to collect; a local run has none to delete.
-    cleanup(
-        status=_status("SUCCEEDED"), run_id="run8", status_uri=str(tmp_path / "runs"), backend="pytorchjob"
+    job = render_job(backend, name, "rg-small", image="reg.test/t:1", output_uri="s3://b/r")
+    phase = {"Succeeded": "Succeeded", "Failed": "Failed"}.get(state, "Running")
+    kube.script(name, [Step(state, pods=[Pod("master", phase=phase)], logs=[f"{name} says bye"])])
+    make_launcher(backend, kube.api_client()).submit(job)
+
+
+# PipelineTaskFinalStatus.state as the two KFP backends fill it: open-source KFP copies the ML Metadata
+# execution state (backend/src/v2/driver/resolve.go: producer.GetExecution().GetLastKnownState()
+# .String(), i.e. COMPLETE/FAILED/CANCELED/CACHED, error code and message left empty); Vertex AI uses
+# its task states (SUCCEEDED/FAILED/CANCELLED).
+VOCABULARIES = {
+    "kfp": {"succeeded": "COMPLETE", "failed": "FAILED", "cancelled": "CANCELED"},
+    "vertex": {"succeeded": "SUCCEEDED", "failed": "FAILED", "cancelled": "CANCELLED"},
+}
+
+
+def _final(state: str, vocabulary: str) -> PipelineTaskFinalStatus:
+    if vocabulary == "kfp":  # the KFP driver sets an empty error (TODO upstream)
+        return PipelineTaskFinalStatus(
+            state=state,
+            pipeline_job_resource_name="runs/r",
+            pipeline_task_name="exit-handler-1",
+            error_code=None,
+            error_message="",
+        )
+    return _status(state)
+
+
+@pytest.mark.parametrize("vocabulary", sorted(VOCABULARIES))
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_exit_handler_never_deletes_the_job_of_a_successful_run(
+    kube: FakeKube, tmp_path: Path, vocabulary: str, backend: str
+) -> None:
+    """On open-source KFP a successful run ends COMPLETE; compared with SUCCEEDED only, the step
+    deleted the job and recorded a failure after every successful run."""
+    _submitted(kube, backend, "seer-ok", "Succeeded")
+    state = VOCABULARIES[vocabulary]["succeeded"]
+    components.record_failure_and_cleanup.python_func(
+        status=_final(state, vocabulary),
+        run_id="ok",
+        status_uri=str(tmp_path / "runs"),
+        backend=backend,
+        model_name="seer",
+        model_version="run-ok",
     )
-    cleanup(status=_status("CANCELLED"), run_id="run9", status_uri=str(tmp_path / "runs"), backend="local")
-    assert kube.deleted == ["seer-run7"]
+    assert kube.deleted == []
+    record = storage.read_json(str(tmp_path / "runs" / "ok.json"))
+    assert record["outcome"] == "succeeded" and record["failed_task"] == "" and record["job_deleted"] is False
+    assert record["registered"] == "seer/run-ok"
+
+
+@pytest.mark.parametrize("vocabulary", sorted(VOCABULARIES))
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_exit_handler_keeps_a_failed_job_for_its_logs_and_copies_them(
+    kube: FakeKube, tmp_path: Path, vocabulary: str, backend: str
+) -> None:
+    """A Failed job's pods hold no GPUs (the operator's cleanPodPolicy Running / JobSet stop them) and
+    keep their logs for `kubectl logs`; error_code/error_message are empty on open-source KFP, so the
+    pods' own logs are what explains the failure: they are copied next to the run record."""
+    _submitted(kube, backend, "seer-bad", "Failed")
+    components.record_failure_and_cleanup.python_func(
+        status=_final(VOCABULARIES[vocabulary]["failed"], vocabulary),
+        run_id="bad",
+        status_uri=str(tmp_path / "runs"),
+        backend=backend,
+    )
+    assert kube.deleted == [], "a failed job's pods hold no GPUs; keep them for kubectl logs"
+    record = storage.read_json(str(tmp_path / "runs" / "bad.json"))
+    assert record["outcome"] == "failed" and record["job_state"] == "Failed" and record["failed_task"]
+    (log,) = record["logs"]
+    assert log.startswith(str(tmp_path / "runs" / "bad" / "logs"))
+    assert "seer-bad says bye" in storage.read_bytes(log).decode()
+
+
+@pytest.mark.parametrize("vocabulary", sorted(VOCABULARIES))
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_exit_handler_deletes_a_job_still_running_after_a_cancelled_run(
+    kube: FakeKube, tmp_path: Path, vocabulary: str, backend: str
+) -> None:
+    """A job still running after the run was cancelled (or failed in another step) would hold its nodes."""
+    _submitted(kube, backend, "seer-gone", "Running")
+    components.record_failure_and_cleanup.python_func(
+        status=_final(VOCABULARIES[vocabulary]["cancelled"], vocabulary),
+        run_id="gone",
+        status_uri=str(tmp_path / "runs"),
+        backend=backend,
+    )
+    assert kube.deleted == ["seer-gone"]
+    record = storage.read_json(str(tmp_path / "runs" / "gone.json"))
+    assert record["outcome"] == "cancelled" and record["job_deleted"] is True and len(record["logs"]) == 1
+
+
+def test_exit_handler_of_a_local_run_only_records(tmp_path: Path) -> None:
+    components.record_failure_and_cleanup.python_func(
+        status=_status("CANCELLED"), run_id="run9", status_uri=str(tmp_path / "runs"), backend="local"
+    )
     assert storage.read_json(str(tmp_path / "runs" / "run9.json"))["state"] == "CANCELLED"
+
+
+def test_pretrain_and_cleanup_name_the_job_alike(kube: FakeKube, tmp_path: Path) -> None:
+    """One naming function (seer.launch.job_name) for both steps: a run id with characters Kubernetes
+    refuses still names the job the exit handler then finds and deletes."""
+    from seer.launch import job_name
+
+    run_id = "Run_7.ABC"
+    kube.script(job_name(run_id), [running(n_workers=0)])
+    with pytest.raises(Exception, match="still Running"):
+        components.pretrain.python_func(
+            shards=_out(Dataset, tmp_path / "s"),
+            run=_out(Model, tmp_path / "r"),
+            metrics=_out(Metrics, tmp_path / "m"),
+            run_id=run_id,
+            preset="rg-small",
+            backend="trainjob",
+            trainer_image="reg.test/t:1",
+            timeout_s=0.001,
+            poll_interval_s=0.01,
+        )
+    assert kube.created == [job_name(run_id)] and kube.deleted == [job_name(run_id)]  # gave up: deleted
+    _submitted(kube, "trainjob", job_name(run_id), "Running")
+    components.record_failure_and_cleanup.python_func(
+        status=_final("FAILED", "kfp"), run_id=run_id, backend="trainjob"
+    )
+    assert kube.deleted == [job_name(run_id)] * 2
 
 
 def test_skipped_evaluation_leaves_a_marker_and_a_report(tmp_path: Path) -> None:
@@ -348,7 +459,8 @@ def test_exit_handler_records_the_run_even_when_the_job_cannot_be_deleted(
         )
     record = storage.read_json(str(tmp_path / "runs" / "r1.json"))
     assert (
-        record["state"] == "FAILED" and "could not delete PyTorchJob seer/seer-r1" in record["cleanup_error"]
+        record["state"] == "FAILED"
+        and "could not clean up pytorchjob seer/seer-r1" in record["cleanup_error"]
     )
 
 
@@ -406,3 +518,26 @@ components.pretrain.python_func(
     assert proc.returncode != 0
     assert kube.deleted == ["seer-cancel"], out
     assert "deleted job seer/seer-cancel" in out
+
+
+@pytest.mark.slow
+def test_compiled_pretrain_retries_its_idempotent_steps_and_bounds_the_exit_handler(tmp_path: Path) -> None:
+    """A retried pretrain step re-attaches to the job it started (seer.launch.kube submit: same name and
+    spec hash), so it gets a retry policy; the exit handler gets a deadline (kfp-kubernetes
+    activeDeadlineSeconds) and the run's record names the version register-model writes."""
+    from kfp.compiler import Compiler
+
+    from pipelines.pretrain import build_pretrain_pipeline
+    from pipelines.run.kfp_api import dag_tasks
+
+    package = tmp_path / "p.yaml"
+    Compiler().compile(build_pretrain_pipeline(), str(package))
+    docs = list(yaml.safe_load_all(package.read_text()))
+    tasks = dict(dag_tasks(docs[0]))
+    assert tasks["comp-exit-handler-1/pretrain"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["comp-exit-handler-1/consolidate-slice"]["retryPolicy"]["maxRetryCount"] == 1
+    cleanup = tasks["root/record-failure-and-cleanup"]
+    version = tasks["comp-exit-handler-1/register-model"]["inputs"]["parameters"]["version"]
+    assert cleanup["inputs"]["parameters"]["model_version"] == version
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-record-failure-and-cleanup"]["activeDeadlineSeconds"] == "1800"

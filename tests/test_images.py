@@ -112,3 +112,151 @@ def test_make_images_explains_missing_docker() -> None:
             timeout=60,
         )
         assert proc.returncode != 0 and message in proc.stderr
+
+
+# Users and groups with id 1000 in the base images' /etc/passwd and /etc/group. Ubuntu's container
+# images ship a default `ubuntu` user (uid/gid 1000) since 23.04, so nvidia/cuda:*-ubuntu24.04 has it;
+# Debian's python:*-slim images have no user above the system range.
+BASE_USERS = {
+    "nvidia/cuda:*-ubuntu24.04": {
+        "passwd": ["ubuntu:x:1000:1000:Ubuntu:/home/ubuntu:/bin/bash"],
+        "group": ["ubuntu:x:1000:"],
+    },
+    "python:*-slim-bookworm": {"passwd": [], "group": []},
+}
+SYSTEM_USERS = {
+    "passwd": ["root:x:0:0:root:/root:/bin/bash", "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin"],
+    "group": ["root:x:0:", "nogroup:x:65534:"],
+}
+
+# Stand-ins for the shadow-utils commands and getent, with their exit codes and refusals (groupadd:
+# 4 = GID not unique, 9 = name in use; useradd: 4 = UID not unique, 6 = group missing, 9 = name in use;
+# userdel --remove also drops the user's own group, as Ubuntu's USERGROUPS_ENAB=yes does).
+SHADOW_SHIM = r"""
+import os, sys
+root = os.environ["FAKE_ETC"]
+def read(db):
+    with open(f"{root}/{db}") as f:
+        return [l.rstrip("\n").split(":") for l in f if l.strip()]
+def write(db, rows):
+    with open(f"{root}/{db}", "w") as f:
+        f.writelines(":".join(r) + "\n" for r in rows)
+cmd, args = sys.argv[1], sys.argv[2:]
+def opt(name):
+    return args[args.index(name) + 1] if name in args else None
+name = args[-1] if args else ""
+if cmd == "getent":
+    rows = [r for r in read(args[0]) if args[1] in (r[0], r[2])]
+    print("\n".join(":".join(r) for r in rows)) if rows else sys.exit(2)
+elif cmd == "groupadd":
+    groups = read("group")
+    if any(g[0] == name for g in groups): sys.exit(9)
+    if any(g[2] == opt("--gid") for g in groups):
+        print(f"groupadd: GID '{opt('--gid')}' already exists", file=sys.stderr); sys.exit(4)
+    write("group", groups + [[name, "x", opt("--gid"), ""]])
+elif cmd == "useradd":
+    users, groups = read("passwd"), read("group")
+    if any(u[0] == name for u in users): sys.exit(9)
+    if any(u[2] == opt("--uid") for u in users):
+        print(f"useradd: UID {opt('--uid')} is not unique", file=sys.stderr); sys.exit(4)
+    if not any(opt("--gid") in (g[0], g[2]) for g in groups):
+        print(f"useradd: group '{opt('--gid')}' does not exist", file=sys.stderr); sys.exit(6)
+    write("passwd", users + [[name, "x", opt("--uid"), opt("--gid"), "", f"/home/{name}", opt("--shell")]])
+elif cmd == "userdel":
+    users = read("passwd")
+    user = next((u for u in users if u[0] == name), None)
+    if user is None: sys.exit(6)
+    write("passwd", [u for u in users if u[0] != name])
+    write("group", [g for g in read("group") if not (g[0] == name and g[2] == user[3])])
+elif cmd == "groupdel":
+    groups = read("group")
+    if not any(g[0] == name for g in groups): sys.exit(6)
+    if any(u[3] == next(g[2] for g in groups if g[0] == name) for u in read("passwd")): sys.exit(8)
+    write("group", [g for g in groups if g[0] != name])
+"""
+
+
+def _user_setup(dockerfile: Path) -> str:
+    (script,) = [args for word, args in instructions(dockerfile) if word == "RUN" and "useradd" in args]
+    return script
+
+
+def _run_user_setup(
+    script: str, base_users: dict[str, list[str]], tmp_path: Path
+) -> subprocess.CompletedProcess:
+    import sys
+
+    etc, bin_dir = tmp_path / "etc", tmp_path / "bin"
+    etc.mkdir()
+    bin_dir.mkdir()
+    for db in ("passwd", "group"):
+        (etc / db).write_text("".join(f"{row}\n" for row in SYSTEM_USERS[db] + base_users[db]))
+    shim = bin_dir / "shim.py"
+    shim.write_text(SHADOW_SHIM)
+    for cmd in ("getent", "groupadd", "useradd", "userdel", "groupdel"):
+        (bin_dir / cmd).write_text(f'#!/bin/sh\nexec {sys.executable} {shim} {cmd} "$@"\n')
+        (bin_dir / cmd).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_ETC": str(etc)}
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_user_setup_works_on_a_base_that_already_has_uid_1000(dockerfile: Path, tmp_path: Path) -> None:
+    """Build-free lint: the Dockerfile's user-setup RUN runs against the base image's known users with
+    stand-in shadow-utils. On nvidia/cuda:*-ubuntu24.04 (user/group ubuntu = 1000) a bare
+    `groupadd --gid 1000 seer` exits 4 and `make images` stopped; the setup must leave seer as 1000:1000."""
+    (base,) = [args.split()[0] for word, args in instructions(dockerfile) if word == "FROM"]
+    (users,) = [u for pattern, u in BASE_USERS.items() if fnmatch.fnmatch(base, pattern)]
+    result = _run_user_setup(_user_setup(dockerfile), users, tmp_path)
+    assert result.returncode == 0, result.stderr
+    passwd = (tmp_path / "etc" / "passwd").read_text()
+    assert "seer:x:1000:1000:" in passwd and passwd.count(":1000:") == 1
+    assert "seer:x:1000:" in (tmp_path / "etc" / "group").read_text()
+
+
+def test_the_shims_refuse_what_the_real_groupadd_refuses(tmp_path: Path) -> None:
+    """The old one-liner fails on the Ubuntu 24.04 base, as `docker build` did (GID '1000' already exists)."""
+    old = "groupadd --gid 1000 seer && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin seer"
+    result = _run_user_setup(old, BASE_USERS["nvidia/cuda:*-ubuntu24.04"], tmp_path)
+    assert result.returncode == 4 and "GID '1000' already exists" in result.stderr
+
+
+def test_component_image_installs_the_model_registry_client() -> None:
+    """http(s) `registry` values need the model-registry package (seer/registry.py); the component image
+    must install the extra that brings it."""
+    text = (ROOT / "pyproject.toml").read_text()
+    extras = [m.group(1) for m in re.finditer(r'^(\w[\w-]*) = \[[^\]]*"model-registry==', text, re.M)]
+    assert extras
+    installs = [args for word, args in instructions(ROOT / "images/component/Dockerfile") if word == "RUN"]
+    (pip,) = [a for a in installs if re.search(r'pip install "\.\[', a)]
+    wanted = re.search(r'"\.\[([^\]]*)\]"', pip).group(1).split(",")
+    assert "kfp" in wanted and any(e in wanted for e in extras)
+
+
+def test_efa_image_and_check_agree(tmp_path: Path, monkeypatch) -> None:
+    """network=efa: the pods run `seer launch check-network efa` before training; it fails naming the
+    fix without aws-ofi-nccl/libfabric and passes where the trainer image's EFA build puts them."""
+    from seer.cli import main
+    from seer.launch.network import EFA_LIB_DIRS, check_efa
+
+    job = render_pytorchjob(
+        "seer-x", "rg10b", image="r.example.com/t:1", output_uri="s3://b/r", network="efa", network_devices=4
+    )
+    (init,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["initContainers"]
+    assert (
+        init["command"] == ["seer", "launch", "check-network", "efa"] and init["image"] == "r.example.com/t:1"
+    )
+    env = [args for word, args in instructions(ROOT / "images/trainer/Dockerfile") if word == "ENV"]
+    ld = next(a for a in env if a.startswith("LD_LIBRARY_PATH="))
+    assert {"/opt/amazon/ofi-nccl/lib", "/opt/amazon/efa/lib"} <= set(ld.split("=", 1)[1].split(":"))
+    assert {"/opt/amazon/ofi-nccl/lib", "/opt/amazon/efa/lib"} <= set(EFA_LIB_DIRS)
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path))
+    if not any(Path(d).exists() for d in EFA_LIB_DIRS):
+        assert main(["launch", "check-network", "efa"]) != 0
+    (tmp_path / "libnccl-net-ofi.so").write_bytes(b"")
+    (tmp_path / "libfabric.so.1").write_bytes(b"")
+    assert check_efa({"LD_LIBRARY_PATH": str(tmp_path)}) == [
+        tmp_path / "libnccl-net-ofi.so",
+        tmp_path / "libfabric.so.1",
+    ]
+    assert main(["launch", "check-network", "efa"]) == 0

@@ -92,3 +92,28 @@ def test_detach_then_cancel(kube, capsys) -> None:
     out = capsys.readouterr().out
     assert "created job seer/seer-cli" in out and "deleted job seer/seer-cli" in out and "no such job" in out
     assert kube.deleted == ["seer-cli"]
+
+
+def test_trainjob_backend_submits_watches_and_cancels_through_the_cli(kube, capsys) -> None:
+    """`--backend trainjob` drives a Trainer v2 TrainJob end to end; `--kueue-queue` queues it."""
+    kube.script(
+        "seer-tj", [running(n_workers=0), Step("Succeeded", "", "done", [Pod("master", phase="Succeeded")])]
+    )
+    args = [
+        "seer-tj",
+        "--backend",
+        "trainjob",
+        "--kueue-queue",
+        "team-a",
+        *JOB_ARGS,
+        "--poll-interval",
+        "0.01",
+    ]
+    assert main(["launch", "submit", *args]) == 0
+    assert "job seer/seer-tj Succeeded" in capsys.readouterr().out
+    job = kube.jobs[("seer", "seer-tj")]
+    assert job["kind"] == "TrainJob" and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert main(["launch", "cancel", "seer-tj", "--backend", "trainjob"]) == 0
+    assert kube.deleted == ["seer-tj"] and "deleted job seer/seer-tj" in capsys.readouterr().out
+    assert main(["launch", "cancel", "seer-tj", "--backend", "pytorchjob"]) == 0
+    assert "no such job" in capsys.readouterr().out

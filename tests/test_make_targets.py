@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_manifests import check_pytorchjob
 
-from pipelines import schedule, submit
+from pipelines.run import schedule, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_VARS = (
@@ -171,7 +171,7 @@ def test_submit_starts_the_62x8_run_on_kfp(fake_kfp, monkeypatch) -> None:
 def test_submit_module_runs_as_a_script() -> None:
     env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.submit", "--help"],
+        [sys.executable, "-m", "pipelines.run.submit", "--help"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -204,3 +204,113 @@ def test_job_mode_dry_run_renders_the_job_on_the_given_shards(fake_kfp, tmp_path
         "DRY_RUN: nothing was submitted" in out and not (tmp_path / "submit" / "seer-pretrain.yaml").exists()
     )
     assert fake_kfp.calls == []
+
+
+@pytest.mark.slow
+def test_pretrain_10b_dry_run_with_the_trainjob_backend_prints_a_valid_62x8_trainjob() -> None:
+    """`make pretrain-10b DRY_RUN=1 BACKEND=trainjob`: the Trainer v2 job, checked like the manifests'."""
+    from test_manifests import check_trainjob
+
+    result = make("pretrain-10b", DRY_RUN="1", BACKEND="trainjob")
+    assert result.returncode == 0, result.stderr
+    job = yaml.safe_load((ROOT / "build" / "pretrain-10b" / "trainjob.yaml").read_text())
+    check_trainjob(job)
+    assert (job["spec"]["trainer"]["numNodes"], job["spec"]["trainer"]["numProcPerNode"]) == (62, 8)
+    assert f"TrainJob seer/{job['metadata']['name']}" in result.stdout
+    assert yaml.safe_dump(job, sort_keys=False) in result.stdout
+    arguments = json.loads((ROOT / "build" / "pretrain-10b" / "arguments.json").read_text())
+    assert arguments["backend"] == "trainjob" and arguments["gang_scheduler"] == ""
+
+
+def _cached_tasks(package: Path) -> list[str]:
+    from pipelines.run.kfp_api import dag_tasks
+
+    spec = next(yaml.safe_load_all(package.read_text()))
+    return [name for name, task in dag_tasks(spec) if (task.get("cachingOptions") or {}).get("enableCache")]
+
+
+@pytest.mark.slow
+def test_caching_off_reaches_every_task_including_the_exit_handler(fake_kfp) -> None:
+    """kfp's submit-time `enable_caching=False` rewrites only `root.dag.tasks` (kfp/client/client.py
+    `_override_caching_options`); the steps inside `dsl.ExitHandler` live in the `comp-exit-handler-1`
+    DAG and stayed cached, so a re-run of the 62×8 pipeline could be served from cache. The package
+    `make pretrain-10b` submits must have caching off everywhere."""
+    from kfp.client import client as kfp_client
+    from kfp.compiler import Compiler
+
+    from pipelines.pretrain import build_pretrain_pipeline
+    from pipelines.run.kfp_api import dag_tasks
+
+    # What kfp alone does: the nested tasks keep their compiled caching.
+    package = submit.BUILD / "plain.yaml"
+    package.parent.mkdir(parents=True, exist_ok=True)
+    Compiler().compile(build_pretrain_pipeline(), str(package))
+    doc = kfp_client._extract_pipeline_yaml(str(package))
+    kfp_client._override_caching_options(doc.pipeline_spec, False)
+    package.write_text(yaml.safe_dump(doc.to_dict()["pipeline_spec"]))
+    still_cached = _cached_tasks(package)
+    assert still_cached and all(name.startswith("comp-exit-handler") for name in still_cached)
+
+    os.environ["KFP_HOST"] = "http://kfp.test"
+    os.environ["IMAGES_URI"] = "s3://corpus/images"
+    try:
+        assert submit.main([]) == 0
+    finally:
+        del os.environ["KFP_HOST"], os.environ["IMAGES_URI"]
+    ((_, run),) = [c for c in fake_kfp.calls if c[0] == "create_run"]
+    submitted = Path(run["pipeline_file"])
+    names = [name for name, _ in dag_tasks(next(yaml.safe_load_all(submitted.read_text())))]
+    assert "comp-exit-handler-1/pretrain" in names and "comp-exit-handler-1/register-model" in names
+    assert _cached_tasks(submitted) == []
+
+
+@pytest.mark.slow
+def test_schedule_reeval_package_is_uncached_everywhere(fake_kfp) -> None:
+    """The recurring re-evaluation must really re-evaluate: no task of seer-evaluate, nested DAGs
+    included, may be served from cache (kfp's own override reaches root tasks only)."""
+    assert schedule.main(["--kfp-host", "http://kfp.test"]) == 0
+    ((_, req),) = [c for c in fake_kfp.calls if c[0] == "create_recurring_run"]
+    assert _cached_tasks(Path(req["pipeline_package_path"])) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["pretrain-10b", "schedule-reeval"])
+def test_unreachable_kfp_host_is_one_line_naming_the_host_and_the_fix(target: str) -> None:
+    """The real kfp.Client against a closed port: urllib3 gives up (MaxRetryError) and, before the fix,
+    the make target printed a long traceback."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    host = f"http://127.0.0.1:{port}"
+    result = make(target, KFP_HOST=host, IMAGES_URI="s3://corpus/images")
+    assert result.returncode != 0
+    errors = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("make: ***")]
+    assert len(errors) == 1, result.stderr
+    assert f"cannot reach KFP at {host}" in errors[0] and "KFP_HOST" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_default_storage_paths_are_writable_with_a_profiles_credentials() -> None:
+    """Multi-user KFP gives each profile credentials for mlpipeline/artifacts/*,
+    private-artifacts/<ns>/*, private/<ns>/* and shared/* only (kubeflow/manifests
+    pipelines-profile-controller sync.py); `mlpipeline/seer/...` was denied. Standalone KFP allows any key."""
+    import inspect
+
+    from pipelines import evaluate, pretrain
+    from pipelines.storage_defaults import allowed_in_profile, private_uri
+
+    defaults = {
+        **{
+            k: v.default
+            for k, v in inspect.signature(pretrain.seer_pretrain.pipeline_func).parameters.items()
+        },
+    }
+    uris = [defaults["registry"], defaults["status_uri"], submit.parse_args([]).registry]
+    uris.append(inspect.signature(evaluate.seer_evaluate.pipeline_func).parameters["registry"].default)
+    for uri in uris:
+        assert allowed_in_profile(uri, "team-a") and allowed_in_profile(uri, "kubeflow-user-example-com"), uri
+    assert not allowed_in_profile("minio://mlpipeline/seer/registry", "team-a")
+    assert allowed_in_profile(private_uri("team-a", "registry"), "team-a")
+    assert not allowed_in_profile(private_uri("team-a", "registry"), "team-b")

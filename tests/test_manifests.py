@@ -1,6 +1,7 @@
 """Offline validation of manifests/: `kubectl kustomize` → kubernetes-validate, plus explicit checks of
 the CRD objects kubernetes-validate has no schema for (PyTorchJob: the fields the training operator
-reads; PodMonitor: the fields prometheus-operator reads)."""
+reads; TrainJob/TrainingRuntime: the fields Kubeflow Trainer v2 reads; PodMonitor: the fields
+prometheus-operator reads), and the install overlays against how Kubeflow really runs pipeline steps."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ import pytest
 import yaml
 
 from seer.launch.pytorchjob import render_pytorchjob, spec_hash
+from seer.launch.trainjob import render_trainjob
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERLAYS = ["local", "prod-62x8"]
+OVERLAYS = ["local", "prod-62x8", "kfp-standalone", "kubeflow-profile", "trainer-v2"]
+# Overlays that create namespace seer themselves (clusters without Kubeflow profiles).
+CREATES_NAMESPACE = {"local", "kfp-standalone"}
+# The account KFP runs pipeline steps as, per install type (overlay → (namespace, service account)).
+STEP_ACCOUNTS = {
+    "kfp-standalone": ("kubeflow", "pipeline-runner"),
+    "kubeflow-profile": ("seer", "default-editor"),
+    "prod-62x8": ("seer", "default-editor"),
+    "trainer-v2": ("seer", "default-editor"),
+}
 K8S_VERSION = "1.32"
 NAMESPACED_KINDS = {
     "ServiceAccount",
@@ -24,6 +35,8 @@ NAMESPACED_KINDS = {
     "Secret",
     "PersistentVolumeClaim",
     "PyTorchJob",
+    "TrainJob",
+    "TrainingRuntime",
     "PodMonitor",
 }
 
@@ -98,12 +111,83 @@ def check_pytorchjob(job: dict[str, Any]) -> None:
     assert job["metadata"]["annotations"]["seer.kubeflow.org/spec-sha256"] == spec_hash(job)
 
 
+def check_trainjob(job: dict[str, Any]) -> None:
+    """What Kubeflow Trainer v2 reads or rejects (trainer.kubeflow.org/v1alpha1 trainjob_types.go)."""
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    name = job["metadata"]["name"]
+    assert len(name) <= 63 and name[0].isalpha() and name.replace("-", "").isalnum() and name.islower()
+    spec = job["spec"]
+    assert set(spec) <= {
+        "runtimeRef",
+        "initializer",
+        "trainer",
+        "runtimePatches",
+        "suspend",
+        "activeDeadlineSeconds",
+        "managedBy",
+    }
+    ref = spec["runtimeRef"]
+    assert ref["apiGroup"] == "trainer.kubeflow.org" and ref["kind"] in (
+        "TrainingRuntime",
+        "ClusterTrainingRuntime",
+    )
+    t = spec["trainer"]
+    assert set(t) <= {"image", "command", "args", "env", "numNodes", "resourcesPerNode", "numProcPerNode"}
+    assert t["numNodes"] >= 1 and t["numProcPerNode"] >= 1
+    assert ":" in t["image"].rsplit("/", 1)[-1], "image must be pinned by tag"
+    assert "torchrun" in t["command"] and "--nproc-per-node=$(PET_NPROC_PER_NODE)" in t["command"]
+    gpus = int(t["resourcesPerNode"]["limits"].get("nvidia.com/gpu", 0))
+    assert gpus in (0, t["numProcPerNode"]), "one process per GPU"
+    for env in t["env"]:
+        assert not env["name"].startswith("PET_"), "the torch plugin owns PET_*"
+        assert "value" in env or "secretKeyRef" in env.get("valueFrom", {})
+        if any(word in env["name"] for word in ("SECRET", "ACCESS_KEY", "TOKEN")):
+            assert "valueFrom" in env, f"credential {env['name']} set inline"
+    for patch in spec.get("runtimePatches", []):
+        assert patch["manager"]
+        for rjob in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            pod = rjob["template"]["spec"]["template"]
+            assert set(pod["spec"]) <= {
+                "serviceAccountName",
+                "volumes",
+                "initContainers",
+                "containers",
+                "imagePullSecrets",
+                "securityContext",
+                "nodeSelector",
+                "affinity",
+                "tolerations",
+                "schedulingGates",
+                "terminationGracePeriodSeconds",
+            }
+            for c in pod["spec"].get("containers", []):
+                assert set(c) <= {"name", "env", "volumeMounts", "securityContext"}
+            assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert job["metadata"]["annotations"]["seer.kubeflow.org/spec-sha256"] == spec_hash(job)
+
+
+def check_trainingruntime(rt: dict[str, Any]) -> None:
+    """The runtime's torch policy, the trainer container `node` with the metrics port, restart limits."""
+    assert rt["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and rt["kind"] == "TrainingRuntime"
+    assert "torch" in rt["spec"]["mlPolicy"]
+    (rjob,) = rt["spec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == "node"
+    assert rjob["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["name"] == "node" and any(p["name"] == "metrics" for p in c["ports"])
+    assert pod["restartPolicy"] in ("OnFailure", "Never")
+    assert rt["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] >= 0
+
+
 def check_podmonitor(pm: dict[str, Any]) -> None:
     assert pm["apiVersion"] == "monitoring.coreos.com/v1"
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     selector = pm["spec"]["selector"]
-    assert {"key": "training.kubeflow.org/job-name", "operator": "Exists"} in selector["matchExpressions"]
+    (expr,) = selector["matchExpressions"]
+    assert expr["operator"] == "Exists"
+    assert expr["key"] in ("training.kubeflow.org/job-name", "jobset.sigs.k8s.io/jobset-name")
     return selector["matchLabels"]
 
 
@@ -115,19 +199,34 @@ def overlay(request) -> tuple[str, list[dict[str, Any]]]:
 def test_every_object_validates(overlay) -> None:
     name, objs = overlay
     kinds = [o["kind"] for o in objs]
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PodMonitor", "PyTorchJob"} <= set(kinds)
+    assert {"ServiceAccount", "Role", "RoleBinding", "PodMonitor"} <= set(kinds)
     assert ("Secret" in kinds) == (name == "local"), "only the dev overlay carries the Secret template"
     for obj in objs:
         if obj["kind"] in NAMESPACED_KINDS:
             assert obj["metadata"]["namespace"] == "seer", f"{name}: {obj['kind']} outside namespace seer"
         if obj["kind"] == "PyTorchJob":
             check_pytorchjob(obj)
+        elif obj["kind"] == "TrainJob":
+            check_trainjob(obj)
+        elif obj["kind"] == "TrainingRuntime":
+            check_trainingruntime(obj)
         elif obj["kind"] == "PodMonitor":
             labels = check_podmonitor(obj)
-            for job in (o for o in objs if o["kind"] == "PyTorchJob"):
-                for rspec in job["spec"]["pytorchReplicaSpecs"].values():
-                    pod_labels = rspec["template"]["metadata"]["labels"]
-                    assert labels.items() <= pod_labels.items(), "PodMonitor must select the training pods"
+            templates = [
+                r["template"]
+                for o in objs
+                if o["kind"] == "PyTorchJob"
+                for r in o["spec"]["pytorchReplicaSpecs"].values()
+            ] + [
+                rj["template"]["spec"]["template"]
+                for o in objs
+                if o["kind"] == "TrainJob"
+                for p in o["spec"]["runtimePatches"]
+                for rj in p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+            ]
+            for template in templates:
+                pod_labels = template["metadata"]["labels"]
+                assert labels.items() <= pod_labels.items(), "PodMonitor must select the training pods"
         else:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -142,15 +241,17 @@ def test_rbac_is_least_privilege(overlay) -> None:
         for r in rule["resources"]
     }
     assert rules == {
-        ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "delete", "patch"},
-        ("", "pods"): {"get", "list", "watch"},
+        ("kubeflow.org", "pytorchjobs"): {"create", "get", "delete"},
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "delete"},
+        ("", "pods"): {"list"},
         ("", "pods/log"): {"get"},
         ("", "events"): {"list"},
     }
     assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    (binding,) = [o for o in objs if o["kind"] == "RoleBinding"]
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert {"kind": "ServiceAccount", "name": "seer-launcher", "namespace": "seer"} in binding["subjects"]
+    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert all(b["roleRef"]["name"] == role["metadata"]["name"] for b in bindings)
+    subjects = [s for b in bindings for s in b["subjects"]]
+    assert {"kind": "ServiceAccount", "name": "seer-launcher", "namespace": "seer"} in subjects
     (trainer_sa,) = [
         o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "seer-trainer"
     ]
@@ -162,7 +263,7 @@ def test_storage_secret_is_a_marked_template_with_the_keys_storage_reads(overlay
 
     name, objs = overlay
     secrets = [o for o in objs if o["kind"] == "Secret"]
-    if name == "prod-62x8":
+    if name != "local":
         assert secrets == [], "a prod apply must never overwrite real credentials with the template"
         secrets = kustomize("manifests/overlays/local")
         secrets = [o for o in secrets if o["kind"] == "Secret"]
@@ -210,6 +311,19 @@ def test_prod_overlay_is_the_62x8_gang_scheduled_gpu_job() -> None:
             ),
         ),
         (
+            "manifests/overlays/trainer-v2/trainjob-rg10b.yaml",
+            dict(
+                name="seer-rg10b",
+                preset="rg10b",
+                output_uri="s3://seer/runs/rg10b",
+                data_uri="s3://seer/shards",
+                node_selector={"nvidia.com/gpu.present": "true"},
+                tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                network="efa",
+                network_devices=4,
+            ),
+        ),
+        (
             "manifests/overlays/local/pytorchjob-rg-tiny.yaml",
             dict(
                 name="seer-rg-tiny",
@@ -222,7 +336,8 @@ def test_prod_overlay_is_the_62x8_gang_scheduled_gpu_job() -> None:
 )
 def test_sample_jobs_match_what_the_launcher_renders(path: str, kwargs: dict[str, Any]) -> None:
     """The checked-in samples are regenerated output of `seer launch render`, not hand edits."""
-    expected = render_pytorchjob(image="registry.example.com/seer/trainer:0.1.0", **kwargs)
+    render = render_trainjob if "trainjob" in path else render_pytorchjob
+    expected = render(image="registry.example.com/seer/trainer:0.1.0", **kwargs)
     assert yaml.safe_load((ROOT / path).read_text()) == expected
 
 
@@ -245,3 +360,95 @@ def test_pod_template_validation_catches_schema_errors() -> None:
     job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resourcez"] = {}
     with pytest.raises(kubernetes_validate.ValidationError, match="resourcez"):
         check_pytorchjob(job)
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_no_overlay_relabels_a_kubeflow_profile_namespace(name: str) -> None:
+    """Kubeflow's profile controller labels a profile namespace (app.kubernetes.io/part-of:
+    kubeflow-profile, pipelines.kubeflow.org/enabled, ...; kubeflow/manifests
+    applications/profiles/upstream/base/namespace-labels.yaml) and KFP's SeaweedFS NetworkPolicy admits
+    only namespaces with that part-of label. Applying a Namespace over it would strip or overwrite them,
+    so only the overlays for clusters without profiles create one, and it carries no part-of label."""
+    namespaces = [o for o in kustomize(f"manifests/overlays/{name}") if o["kind"] == "Namespace"]
+    if name not in CREATES_NAMESPACE:
+        assert namespaces == [], f"{name} must not apply a Namespace over a Kubeflow profile"
+        return
+    (ns,) = namespaces
+    assert "app.kubernetes.io/part-of" not in ns["metadata"].get("labels", {})
+    assert not [o for o in kustomize("manifests/base") if o["kind"] == "Namespace"]
+
+
+def test_standalone_overlay_lets_seer_reach_the_kfp_object_store() -> None:
+    """Standalone KFP's SeaweedFS NetworkPolicy (kubeflow/manifests seaweedfs-networkpolicy.yaml: pods
+    app=seaweedfs, port 8333, from profile namespaces, istio-system and its own namespace) would drop
+    the seer namespace's traffic; policies add up, so a second one admits namespace seer."""
+    objs = kustomize("manifests/overlays/kfp-standalone")
+    (policy,) = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    assert policy["metadata"]["namespace"] == "kubeflow"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app": "seaweedfs"}}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8333}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "seer"}}}]
+
+
+def _launcher_flows(fake) -> None:
+    """Everything seer.launch does on a cluster: both backends' run to success, a failed run's cleanup
+    (logs copied, job kept), a cancelled run's cleanup (job deleted)."""
+    from seer.launch import make_launcher, render_job
+    from seer.launch.finish import clean_up_job
+    from seer.launch.kube import JobHandle
+    from tests.fake_kube import Pod, Step
+
+    def quick(backend: str):
+        return make_launcher(backend, fake.api_client(), poll_interval_s=0.0, sleep=lambda s: None)
+
+    for backend in ("pytorchjob", "trainjob"):
+        ok, failed, live = (f"{backend[:5]}-{s}" for s in ("ok", "failed", "live"))
+        for name in (ok, failed, live):
+            job = render_job(backend, name, "rg-tiny", image="r.test/t:1", output_uri="s3://b/r")
+            if name == ok:
+                fake.script(
+                    name,
+                    [
+                        Step("Running", pods=[Pod("master")], logs=["x"]),
+                        Step("Succeeded", pods=[Pod("master", phase="Succeeded")]),
+                    ],
+                )
+                quick(backend).run(job, on_progress=lambda _: None)
+            else:
+                state = "Failed" if name == failed else "Running"
+                fake.script(name, [Step(state, pods=[Pod("master", phase=state)], logs=["boom"])])
+                quick(backend).submit(job)
+                clean_up_job(quick(backend), JobHandle(name, "seer"), "")
+
+
+@pytest.mark.parametrize("name", sorted(STEP_ACCOUNTS))
+def test_rbac_covers_exactly_what_the_launcher_calls_for_the_account_steps_run_as(name: str) -> None:
+    """KFP runs steps as pipeline-runner (standalone, namespace kubeflow) or default-editor (profile
+    namespace; kubeflow/manifests pipelines-profile-controller sync.py), and a step switched to another
+    account loses KFP's kfp-launcher ConfigMap and artifact Secret. So the launcher Role must be bound to
+    that account, and grant exactly the verbs seer.launch calls: the fake API server enforces the rendered
+    Role like the RBAC authorizer (403 Forbidden otherwise) and records every verb asked for."""
+    from tests.fake_kube import FakeKube
+
+    objs = kustomize(f"manifests/overlays/{name}")
+    (role,) = [o for o in objs if o["kind"] == "Role"]
+    ns, account = STEP_ACCOUNTS[name]
+    subjects = [
+        (s.get("namespace") or b["metadata"]["namespace"], s["name"])
+        for b in objs
+        if b["kind"] == "RoleBinding" and b["roleRef"]["name"] == role["metadata"]["name"]
+        for s in b["subjects"]
+    ]
+    assert (ns, account) in subjects, f"{name}: the Role is not bound to {ns}/{account}"
+    with FakeKube(rbac=role["rules"]) as fake:
+        _launcher_flows(fake)
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert fake.verbs_used == granted

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local_run import run_local_evaluate, run_local_pipeline
+from pipelines.run.local_run import run_local_evaluate, run_local_pipeline
 from seer import storage
 from seer.registry import StorageRegistry, artifact_sha256
 

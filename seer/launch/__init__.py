@@ -1,21 +1,38 @@
-"""Launching `seer pretrain`: a kubeflow.org/v1 PyTorchJob on Kubernetes, or torchrun on this machine.
+"""Launching `seer pretrain`: a PyTorchJob or TrainJob on Kubernetes, or torchrun on this machine.
 
-- `pytorchjob.render_pytorchjob(...)` builds the job object (no cluster needed);
-- `kube.PyTorchJobLauncher(api_client).run(job)` submits or re-attaches, watches and cancels it;
+- `render_job(backend, ...)` builds the job object (no cluster needed): `pytorchjob` (Training
+  Operator v1, the default) or `trainjob` (Kubeflow Trainer v2);
+- `make_launcher(backend, api_client).run(job)` submits or re-attaches, watches and cancels it;
+- `job_name(run_id)` names a pipeline run's job (shared by the pretrain and exit-handler steps);
 - `local.run_local(args)` runs the same `seer` command under torchrun via torchx `local_cwd`.
 """
 
-from seer.launch.kube import JobHandle, JobLauncher, JobResult, LaunchError, PyTorchJobLauncher
+from seer.launch.backends import BACKENDS, job_name, make_launcher, render_job
+from seer.launch.kube import (
+    JobHandle,
+    JobLauncher,
+    JobResult,
+    LaunchError,
+    PyTorchJobLauncher,
+    TrainJobLauncher,
+)
 from seer.launch.local import run_local
 from seer.launch.pytorchjob import pretrain_args, render_pytorchjob
+from seer.launch.trainjob import render_trainjob
 
 __all__ = [
+    "BACKENDS",
     "JobHandle",
     "JobLauncher",
     "JobResult",
     "LaunchError",
     "PyTorchJobLauncher",
+    "TrainJobLauncher",
+    "job_name",
+    "make_launcher",
     "pretrain_args",
+    "render_job",
     "render_pytorchjob",
+    "render_trainjob",
     "run_local",
 ]

@@ -1,4 +1,5 @@
-"""`seer launch render|submit|cancel|local`: run pretraining as a PyTorchJob, or with torchrun here."""
+"""`seer launch render|submit|cancel|local|check-network`: run pretraining as a PyTorchJob or TrainJob,
+or with torchrun here."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 from typing import Any
 
 from seer.errors import ConfigError
-from seer.launch.pytorchjob import GANG_SCHEDULERS, METRICS_PORT, NETWORKS, pretrain_args, render_pytorchjob
+from seer.launch.backends import BACKENDS, render_job
+from seer.launch.pytorchjob import GANG_SCHEDULERS, METRICS_PORT, NETWORKS, pretrain_args
+from seer.launch.trainjob import DEFAULT_RUNTIME, RUNTIME_KINDS
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -36,7 +39,11 @@ def parse_toleration(text: str) -> dict[str, Any]:
 
 def _job(args: argparse.Namespace) -> dict[str, Any]:
     resources = {k: v for k, v in (("cpu", args.cpu), ("memory", args.memory)) if v}
-    return render_pytorchjob(
+    runtime = (
+        {"runtime": args.runtime, "runtime_kind": args.runtime_kind} if args.backend == "trainjob" else {}
+    )
+    return render_job(
+        args.backend,
         args.name,
         args.preset,
         image=args.image,
@@ -50,6 +57,7 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
         service_account=args.service_account,
         gang_scheduler=args.gang_scheduler,
         queue=args.queue,
+        kueue_queue=args.kueue_queue,
         node_selector=_pairs(args.node_selector, "--node-selector"),
         tolerations=[parse_toleration(t) for t in args.toleration or []],
         resources=resources,
@@ -61,6 +69,7 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
         metrics_port=args.metrics_port,
         backoff_limit=args.backoff_limit,
         image_pull_secrets=args.image_pull_secret or [],
+        **runtime,
     )
 
 
@@ -78,10 +87,13 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from seer.launch.kube import PyTorchJobLauncher, load_api_client
+    from seer.launch.backends import make_launcher
+    from seer.launch.kube import load_api_client
 
-    launcher = PyTorchJobLauncher(load_api_client(args.kube_context), poll_interval_s=args.poll_interval)
     job = _job(args)
+    launcher = make_launcher(
+        args.backend, load_api_client(args.kube_context), poll_interval_s=args.poll_interval
+    )
     if args.detach:
         handle = launcher.submit(job)
         print(f"{'re-attached to' if handle.attached else 'created'} job {handle.namespace}/{handle.name}")
@@ -92,12 +104,30 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from seer.launch.kube import JobHandle, PyTorchJobLauncher, load_api_client
+    from seer.launch.backends import make_launcher
+    from seer.launch.kube import JobHandle, load_api_client
 
-    launcher = PyTorchJobLauncher(load_api_client(args.kube_context))
+    launcher = make_launcher(args.backend, load_api_client(args.kube_context))
     deleted = launcher.cancel(JobHandle(args.name, args.namespace))
     print(f"{'deleted' if deleted else 'no such'} job {args.namespace}/{args.name}")
     return 0
+
+
+def _check_network(args: argparse.Namespace) -> int:
+    from seer.launch.network import check_efa
+
+    found = check_efa()
+    print(f"network {args.network}: found {', '.join(str(p) for p in found)}")
+    return 0
+
+
+def _add_backend_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=sorted(BACKENDS),
+        default="pytorchjob",
+        help="pytorchjob (Training Operator v1, default) or trainjob (Kubeflow Trainer v2)",
+    )
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -110,7 +140,15 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="PyTorchJob name (lowercase, digits, '-'); pods are named after it")
+    p.add_argument("name", help="job name (lowercase, digits, '-'); pods are named after it")
+    _add_backend_flag(p)
+    p.add_argument(
+        "--runtime", default=DEFAULT_RUNTIME, help="trainjob: the TrainingRuntime (default: %(default)s)"
+    )
+    p.add_argument(
+        "--runtime-kind", choices=RUNTIME_KINDS, default="TrainingRuntime", help="trainjob: kind of --runtime"
+    )
+    p.add_argument("--kueue-queue", help="Kueue LocalQueue: the job waits suspended until Kueue admits it")
     p.add_argument("--preset", required=True, help="pretrain preset (rg-tiny … rg10b) or config path")
     p.add_argument("--image", required=True, help="trainer image with a pinned tag (images/trainer)")
     p.add_argument(
@@ -153,13 +191,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `seer launch` (render, submit, cancel, local) to the `seer` command."""
     launch = subparsers.add_parser(
         "launch",
-        help="run pretraining as a Kubeflow PyTorchJob, or with torchrun on this machine",
-        description="Render, submit/watch and cancel a kubeflow.org/v1 PyTorchJob running `seer pretrain`, "
+        help="run pretraining as a Kubeflow PyTorchJob or TrainJob, or with torchrun on this machine",
+        description="Render, submit/watch and cancel a kubeflow.org/v1 PyTorchJob (or a Trainer v2 TrainJob, "
+        "--backend trainjob) running `seer pretrain`, "
         "or run the same command locally with torchrun.",
     )
     sub = launch.add_subparsers(dest="launch_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("render", help="print the PyTorchJob YAML (no cluster needed)")
+    p = sub.add_parser("render", help="print the job's YAML (no cluster needed)")
     _add_job_flags(p)
     p.add_argument("--out", help="write the YAML to this URI instead of stdout")
     p.set_defaults(func=_render)
@@ -188,8 +227,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_submit)
 
-    p = sub.add_parser("cancel", help="delete a PyTorchJob and its pods")
-    p.add_argument("name", help="PyTorchJob name")
+    p = sub.add_parser("cancel", help="delete a PyTorchJob or TrainJob and its pods")
+    p.add_argument("name", help="job name")
+    _add_backend_flag(p)
     p.add_argument("--namespace", default="seer", help="namespace of the job (default: seer)")
     p.add_argument(
         "--kube-context", help="kubeconfig context (default: in-cluster, then the current context)"
@@ -203,3 +243,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--nproc-per-node", type=int, default=2, help="processes (ranks) to start (default: 2)")
     p.set_defaults(func=_local)
+
+    p = sub.add_parser(
+        "check-network",
+        help="fail unless this image has what the NCCL fabric needs (run in the trainer pod)",
+        description="For efa: look for the aws-ofi-nccl plugin and libfabric where the EFA installer puts "
+        "them and on LD_LIBRARY_PATH; exit non-zero naming the fix when either is missing.",
+    )
+    p.add_argument("network", choices=["efa"], help="the fabric to check")
+    p.set_defaults(func=_check_network)

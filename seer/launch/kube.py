@@ -1,7 +1,9 @@
 """Submit, watch, cancel and re-attach to training jobs on Kubernetes.
 
-`JobLauncher` is the seam: `PyTorchJobLauncher` drives a Training Operator v1 `PyTorchJob` through the
-`kubernetes` client; a Trainer v2 `TrainJob` launcher would implement the same four methods.
+`JobLauncher` is the seam. `KubeJobLauncher` drives one custom resource through the `kubernetes`
+client, described by a `JobKind` (API path, pod labels, how status conditions read):
+`PyTorchJobLauncher` for Training Operator v1 `PyTorchJob`s (kubeflow.org/v1), `TrainJobLauncher` for
+Kubeflow Trainer v2 `TrainJob`s (trainer.kubeflow.org/v1alpha1).
 
 `run()` is what a pipeline step calls: submit (or re-attach to a live job of the same name and spec
 after a launcher restart), stream progress, return on success, raise a `LaunchError` naming the
@@ -24,12 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seer.errors import SeerError
-from seer.launch.pytorchjob import CONTAINER_NAME, GROUP, PLURAL, SPEC_HASH_ANNOTATION, VERSION
+from seer.launch import pytorchjob, trainjob
+from seer.launch.pytorchjob import SPEC_HASH_ANNOTATION
 
 ProgressFn = Callable[[str], None]
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+# Trainer v2 runs a TrainJob as a JobSet: pods carry the JobSet's name and the Job's completion index.
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+JOB_INDEX_LABEL = "jobset.sigs.k8s.io/job-index"
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 ACTIVE_STATES = frozenset({"Running", "Restarting"})
 _STATE_PRIORITY = ("Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created")
@@ -79,13 +86,89 @@ class JobResult:
 
 
 def job_state(job: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(state, reason, message) from the job's status conditions; "Pending" before the operator acts."""
+    """(state, reason, message) from a PyTorchJob's status conditions; "Pending" before the operator acts."""
     conditions = (job.get("status") or {}).get("conditions") or []
     true = {c.get("type"): c for c in conditions if c.get("status") == "True"}
     for state in _STATE_PRIORITY:
         if state in true:
             return state, true[state].get("reason") or "", true[state].get("message") or ""
     return "Pending", "", ""
+
+
+# TrainJob condition types (trainer.kubeflow.org/v1alpha1 trainjob_types.go) → the launcher's states.
+_TRAINJOB_STATES = (("Failed", "Failed"), ("Complete", "Succeeded"), ("Suspended", "Suspended"))
+
+
+def trainjob_state(job: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(state, reason, message) of a TrainJob in the PyTorchJob vocabulary.
+
+    A TrainJob only has `Complete`, `Failed` and `Suspended` conditions (metav1.Condition); it is
+    Running while any child Job of its JobSet is active (`status.jobsStatus[].active`), Created once the
+    controller reported child Jobs, else Pending.
+    """
+    status = job.get("status") or {}
+    true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    for condition, state in _TRAINJOB_STATES:
+        if condition in true:
+            return state, true[condition].get("reason") or "", true[condition].get("message") or ""
+    jobs = status.get("jobsStatus") or []
+    if any((j.get("active") or 0) > 0 for j in jobs):
+        return "Running", "", ""
+    return ("Created" if jobs else "Pending"), "", ""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What differs between training-job custom resources, as far as launching and watching go."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    container: str  # the training container, whose log is streamed
+    job_label: str  # pod label whose value is the job's name
+    state: Callable[[Mapping[str, Any]], tuple[str, str, str]]
+    role: Callable[[Mapping[str, str]], str]  # "master" for the rank-0 pod
+    install_hint: str  # what to install when the CRD is missing
+
+    def rbac_hint(self) -> str:
+        return (
+            f"the seer-launcher Role from manifests (bound to this step's service account): {self.plural} "
+            "create/get/delete, pods list, pods/log get, events list"
+        )
+
+
+def _pytorchjob_role(labels: Mapping[str, str]) -> str:
+    return labels.get(REPLICA_TYPE_LABEL, "")
+
+
+def _trainjob_role(labels: Mapping[str, str]) -> str:
+    first = labels.get(COMPLETION_INDEX_LABEL) == "0" and labels.get(JOB_INDEX_LABEL, "0") == "0"
+    return "master" if first else "worker"
+
+
+PYTORCHJOB = JobKind(
+    pytorchjob.KIND,
+    pytorchjob.GROUP,
+    pytorchjob.VERSION,
+    pytorchjob.PLURAL,
+    pytorchjob.CONTAINER_NAME,
+    JOB_NAME_LABEL,
+    job_state,
+    _pytorchjob_role,
+    "install the Kubeflow Training Operator v1 (PyTorchJob CRD)",
+)
+TRAINJOB = JobKind(
+    trainjob.KIND,
+    trainjob.GROUP,
+    trainjob.VERSION,
+    trainjob.PLURAL,
+    trainjob.CONTAINER_NAME,
+    JOBSET_NAME_LABEL,
+    trainjob_state,
+    _trainjob_role,
+    "install Kubeflow Trainer v2 (TrainJob CRD) and its runtime (manifests/overlays/trainer-v2)",
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +186,9 @@ class PodInfo:
     unschedulable: str
 
     @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> PodInfo:
+    def from_pod(
+        cls, pod: Mapping[str, Any], role: Callable[[Mapping[str, str]], str] = _pytorchjob_role
+    ) -> PodInfo:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
         waiting = next((s for s in statuses if (s.get("state") or {}).get("waiting")), None)
@@ -126,7 +211,7 @@ class PodInfo:
         )
         return cls(
             name=meta.get("name", "?"),
-            role=(meta.get("labels") or {}).get(REPLICA_TYPE_LABEL, ""),
+            role=role(meta.get("labels") or {}),
             phase=status.get("phase") or "Pending",
             restarts=sum(int(s.get("restartCount") or 0) for s in statuses),
             waiting_reason=waiting_state.get("reason") or "",
@@ -232,13 +317,16 @@ def load_api_client(kube_context: str | None = None) -> Any:
         ) from None
 
 
-class PyTorchJobLauncher(JobLauncher):
-    """`JobLauncher` for kubeflow.org/v1 PyTorchJobs over a `kubernetes.client.ApiClient`.
+class KubeJobLauncher(JobLauncher):
+    """`JobLauncher` for one training-job custom resource (`kind`) over a `kubernetes.client.ApiClient`.
 
     Polls with backoff: every `poll_interval_s` while something changes, growing ×1.5 up to
-    `max_poll_interval_s` while nothing does. Each poll reads the job, its pods (by the operator's
-    job-name label) and the tail of the master pod's `pytorch` log.
+    `max_poll_interval_s` while nothing does. Each poll reads the job, its pods (by the controller's
+    job-name label) and the tail of the master pod's training-container log. While the job is
+    Suspended (queued by Kueue) the pending timeout does not run: waiting for quota is not a stuck pod.
     """
+
+    kind: JobKind = PYTORCHJOB
 
     def __init__(
         self,
@@ -276,8 +364,8 @@ class PyTorchJobLauncher(JobLauncher):
             except ApiException as err:
                 if err.status in (401, 403):
                     raise LaunchError(
-                        f"{what}: forbidden ({err.status} {err.reason}); the service account needs the "
-                        "seer-launcher Role from manifests/base (pytorchjobs create/get/delete, pods list, pods/log get)"
+                        f"{what}: forbidden ({err.status} {_api_message(err)}); the service account needs "
+                        + self.kind.rbac_hint()
                     ) from None
                 if err.status is not None and err.status < 500 and err.status != 429:
                     raise
@@ -299,10 +387,10 @@ class PyTorchJobLauncher(JobLauncher):
             return self._call(
                 f"get job {namespace}/{name}",
                 self._custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
+                self.kind.group,
+                self.kind.version,
                 namespace,
-                PLURAL,
+                self.kind.plural,
                 name,
             )
         except ApiException as err:
@@ -317,11 +405,12 @@ class PyTorchJobLauncher(JobLauncher):
             f"list pods of {handle.name}",
             self._core.list_namespaced_pod,
             handle.namespace,
-            label_selector=f"{JOB_NAME_LABEL}={handle.name}",
+            label_selector=f"{self.kind.job_label}={handle.name}",
             _preload_content=False,
         )
         items = json.loads(resp.data).get("items") or []
-        return sorted((PodInfo.from_pod(p) for p in items), key=lambda p: (p.role != "master", p.name))
+        pods = (PodInfo.from_pod(p, self.kind.role) for p in items)
+        return sorted(pods, key=lambda p: (p.role != "master", p.name))
 
     def _log_tail(self, handle: JobHandle, pod: str) -> list[str]:
         from kubernetes.client.exceptions import ApiException
@@ -332,7 +421,7 @@ class PyTorchJobLauncher(JobLauncher):
                 self._core.read_namespaced_pod_log,
                 pod,
                 handle.namespace,
-                container=CONTAINER_NAME,
+                container=self.kind.container,
                 tail_lines=self.log_tail_lines,
                 timestamps=True,
             )
@@ -372,18 +461,18 @@ class PyTorchJobLauncher(JobLauncher):
             self._call(
                 f"create job {namespace}/{name}",
                 self._custom.create_namespaced_custom_object,
-                GROUP,
-                VERSION,
+                self.kind.group,
+                self.kind.version,
                 namespace,
-                PLURAL,
+                self.kind.plural,
                 dict(job),
             )
             return JobHandle(name, namespace, attached=False)
         except ApiException as err:
             if err.status == 404:
                 raise LaunchError(
-                    f"create job {namespace}/{name}: {_api_message(err)}; install the Kubeflow Training "
-                    f"Operator (PyTorchJob CRD) and create namespace {namespace} (kubectl apply -k manifests/base)"
+                    f"create {self.kind.kind} {namespace}/{name}: {_api_message(err)}; {self.kind.install_hint} "
+                    f"and create namespace {namespace} (manifests/README.md)"
                 ) from None
             if err.status != 409:
                 raise LaunchError(
@@ -401,7 +490,7 @@ class PyTorchJobLauncher(JobLauncher):
             )
         if (existing.get("metadata") or {}).get("deletionTimestamp"):
             raise LaunchError(f"job {namespace}/{name} is being deleted; run again once it is gone")
-        state, reason, message = job_state(existing)
+        state, reason, message = self.kind.state(existing)
         if state == "Failed":
             raise JobFailedError(
                 f"job {namespace}/{name} already exists and failed ({reason}: {message}); delete it "
@@ -416,10 +505,10 @@ class PyTorchJobLauncher(JobLauncher):
             self._call(
                 f"delete job {handle.namespace}/{handle.name}",
                 self._custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
+                self.kind.group,
+                self.kind.version,
                 handle.namespace,
-                PLURAL,
+                self.kind.plural,
                 handle.name,
                 propagation_policy="Background",
             )
@@ -440,14 +529,14 @@ class PyTorchJobLauncher(JobLauncher):
         on_progress: ProgressFn | None = None,
     ) -> JobResult:
         progress = _Progress(on_progress or _print)
-        start = self._clock()
+        start = pending_since = self._clock()
         interval = self.poll_interval_s
         ref = f"{handle.namespace}/{handle.name}"
         while True:
             job = self._get(handle.name, handle.namespace)
             if job is None:
                 raise LaunchError(f"job {ref} was deleted while being watched; run the step again")
-            state, reason, message = job_state(job)
+            state, reason, message = self.kind.state(job)
             pods = self._pods(handle)
             changed = progress.update(state, reason, message, pods)
             changed |= progress.events(self._warnings(handle))
@@ -470,18 +559,58 @@ class PyTorchJobLauncher(JobLauncher):
                     + (f" [{failures}]" if failures else "")
                     + "; see the log above, fix the cause and run the step again"
                 )
-            elapsed = self._clock() - start
+            now = self._clock()
+            elapsed = now - start
+            if state == "Suspended":  # queued (Kueue) or suspended by hand: not stuck, just waiting
+                pending_since = now
             progress.started |= state in ACTIVE_STATES or any(p.phase == "Running" for p in pods)
-            if not progress.started and elapsed > pending_timeout_s:
-                raise JobTimeoutError(
-                    f"job {ref} still pending after {elapsed:.0f}s: {_pending_reason(pods, progress.last_warning)}"
-                )
+            pending = now - pending_since
+            if not progress.started and pending > pending_timeout_s:
+                why = _pending_reason(pods, progress.last_warning, self.kind.kind.lower())
+                raise JobTimeoutError(f"job {ref} still pending after {pending:.0f}s: {why}")
             if timeout_s is not None and elapsed > timeout_s:
                 raise JobTimeoutError(
                     f"job {ref} still {state} after {elapsed:.0f}s (timeout {timeout_s:.0f}s); raise the timeout"
                 )
             interval = self.poll_interval_s if changed else min(interval * 1.5, self.max_poll_interval_s)
             self._sleep(interval)
+
+    def status(self, handle: JobHandle) -> tuple[str, str, str] | None:
+        """The job's (state, reason, message), or None when it does not exist."""
+        job = self._get(handle.name, handle.namespace)
+        return None if job is None else self.kind.state(job)
+
+    def pod_logs(self, handle: JobHandle, limit_bytes: int = 4 << 20) -> dict[str, str]:
+        """The last `limit_bytes` of each pod's training-container log (pods whose log is unreadable are
+        left out): what is worth keeping from a failed job before its pods go."""
+        from kubernetes.client.exceptions import ApiException
+
+        logs = {}
+        for pod in self._pods(handle):
+            try:
+                logs[pod.name] = self._call(
+                    f"read log of {pod.name}",
+                    self._core.read_namespaced_pod_log,
+                    pod.name,
+                    handle.namespace,
+                    container=self.kind.container,
+                    limit_bytes=limit_bytes,
+                )
+            except (ApiException, LaunchError):
+                continue
+        return logs
+
+
+class PyTorchJobLauncher(KubeJobLauncher):
+    """`KubeJobLauncher` for Training Operator v1 `PyTorchJob`s (kubeflow.org/v1)."""
+
+    kind = PYTORCHJOB
+
+
+class TrainJobLauncher(KubeJobLauncher):
+    """`KubeJobLauncher` for Kubeflow Trainer v2 `TrainJob`s (trainer.kubeflow.org/v1alpha1)."""
+
+    kind = TRAINJOB
 
 
 def _api_message(err: Any) -> str:
@@ -491,12 +620,12 @@ def _api_message(err: Any) -> str:
         return str(err.reason)
 
 
-def _pending_reason(pods: list[PodInfo], last_warning: str) -> str:
+def _pending_reason(pods: list[PodInfo], last_warning: str, kind: str = "pytorchjob") -> str:
     warning = f" Last warning: {last_warning}." if last_warning else ""
     if not pods:
         return (
-            f"no pods were created; check the training operator is running "
-            f"(kubectl -n kubeflow get pods) and the job's events (kubectl describe pytorchjob).{warning}"
+            "no pods were created; check the training operator (or Trainer/JobSet controller) is running "
+            f"(kubectl -n kubeflow get pods) and the job's events (kubectl describe {kind}).{warning}"
         )
     waiting = [p for p in pods if p.phase != "Running"]
     details = [

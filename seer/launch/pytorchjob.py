@@ -26,6 +26,7 @@ METRICS_PORT_NAME = "metrics"
 SPEC_HASH_ANNOTATION = "seer.kubeflow.org/spec-sha256"
 PART_OF_LABEL = ("app.kubernetes.io/part-of", "seer-kubeflow")
 GANG_SCHEDULERS = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 NETWORKS = ("tcp", "efa", "ib")
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -149,6 +150,7 @@ def render_pytorchjob(
     service_account: str = "seer-trainer",
     gang_scheduler: str | None = None,
     queue: str | None = None,
+    kueue_queue: str | None = None,
     node_selector: Mapping[str, str] | None = None,
     tolerations: Sequence[Mapping[str, Any]] = (),
     resources: Mapping[str, str] | None = None,
@@ -173,7 +175,11 @@ def render_pytorchjob(
     the per-pod cpu/memory requests (limits equal requests; GPUs are added as `nvidia.com/gpu`).
     `gang_scheduler` ("volcano" or "scheduler-plugins") makes all pods schedule together
     (`minAvailable = nodes`). `network` picks the NCCL fabric knobs: "tcp", "efa" (with
-    `network_devices` EFA adapters per pod) or "ib" (`network_devices` of `rdma_resource`).
+    `network_devices` EFA adapters per pod) or "ib" (`network_devices` of `rdma_resource`); with
+    "efa" an init container first checks the image has the NCCL EFA plugin (`seer launch
+    check-network efa`), so a missing plugin fails the pod instead of NCCL falling back to TCP.
+    `kueue_queue` queues the job in that Kueue LocalQueue: the `kueue.x-k8s.io/queue-name` label and
+    `runPolicy.suspend: true`, which Kueue lifts when it admits the job.
     """
     validate_name(name)
     shape = preset_shape(preset)
@@ -205,6 +211,10 @@ def render_pytorchjob(
     if not 0 < metrics_port < 65536 or metrics_port == 23456:
         raise ConfigError(
             f"metrics_port {metrics_port} is not usable; pick a free TCP port such as {METRICS_PORT}"
+        )
+    if kueue_queue and gang_scheduler:
+        raise ConfigError(
+            "kueue_queue and gang_scheduler both schedule the job; pick one (Kueue admits all pods at once)"
         )
     if queue and not gang_scheduler:
         raise ConfigError(f"queue {queue!r} only applies with a gang_scheduler; set gang_scheduler='volcano'")
@@ -291,6 +301,17 @@ def render_pytorchjob(
         pod_spec["imagePullSecrets"] = [{"name": s} for s in image_pull_secrets]
     if gang_scheduler:
         pod_spec["schedulerName"] = GANG_SCHEDULERS[gang_scheduler]
+    if network == "efa":
+        pod_spec["initContainers"] = [
+            {
+                "name": "network-check",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["seer", "launch", "check-network", "efa"],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                "securityContext": security,
+            }
+        ]
 
     def replica(count: int) -> dict[str, Any]:
         return {
@@ -317,6 +338,9 @@ def render_pytorchjob(
         run_policy["activeDeadlineSeconds"] = active_deadline_seconds
     if gang_scheduler:
         run_policy["schedulingPolicy"] = {"minAvailable": nodes, **({"queue": queue} if queue else {})}
+    if kueue_queue:
+        run_policy["suspend"] = True
+        common_labels[KUEUE_QUEUE_LABEL] = kueue_queue
     job: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -1,6 +1,6 @@
 """Run seer-pretrain on this machine through kfp.local (`make demo`).
 
-    python -m pipelines.local_run [--output demo-output] [--set NAME=JSON ...]
+    python -m pipelines.run.local_run [--output demo-output] [--set NAME=JSON ...]
 
 Every step runs as a subprocess of this interpreter (`SubprocessRunner(use_venv=False)`; the
 components are built with `install_kfp_package=False`, so nothing is pip-installed), artifacts go to
@@ -150,7 +150,7 @@ def _pipeline_parameters() -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.local_run",
+        prog="python -m pipelines.run.local_run",
         description="Run the seer-pretrain DAG end to end on this machine (kfp.local, CPU, rg-tiny by default).",
     )
     parser.add_argument(

@@ -1,13 +1,14 @@
 """`make pretrain-10b`: SEER RG-10B on 62 nodes × 8 GPUs.
 
     MODE=kfp (default): compile seer-pretrain and start a run on the KFP endpoint in KFP_HOST; its
-                        pretrain step submits and watches the PyTorchJob.
-    MODE=job:           apply the PyTorchJob directly with kubectl (shards must exist at DATA_URI).
+                        pretrain step submits and watches the training job.
+    MODE=job:           apply the training job directly with kubectl (shards must exist at DATA_URI).
     DRY_RUN=1:          print the plan (`seer plan` numbers), the run's arguments and the rendered
-                        PyTorchJob, and write them under build/pretrain-10b/; no cluster needed.
+                        job, and write them under build/pretrain-10b/; no cluster needed.
+    BACKEND=trainjob:   a Kubeflow Trainer v2 TrainJob instead of the (default) PyTorchJob.
 
 Settings come from the environment (the Makefile passes `make pretrain-10b VAR=…` through); each
-has a flag too (`python -m pipelines.submit --help`).
+has a flag too (`python -m pipelines.run.submit --help`).
 """
 
 import argparse
@@ -21,15 +22,14 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipelines.run.kfp_api import SubmitError, reaching_kfp, set_caching
+from pipelines.storage_defaults import DEFAULT_REGISTRY
+
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "pretrain-10b"
 # The 62×8 production shape of manifests/overlays/prod-62x8: Volcano gang, GPU nodes, AWS EFA.
 GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-class SubmitError(Exception):
-    """A missing or wrong setting; the message says what to set."""
 
 
 def _env(name: str, default: str = "") -> str:
@@ -37,7 +37,7 @@ def _env(name: str, default: str = "") -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.submit", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.run.submit", description=__doc__.splitlines()[0])
     p.add_argument(
         "--mode",
         default=_env("MODE", "kfp"),
@@ -91,13 +91,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--output-uri", default=_env("OUTPUT_URI"), help="run output for MODE=job, s3://… (OUTPUT_URI)"
     )
-    p.add_argument("--job-name", default=_env("JOB_NAME", "seer-rg10b"), help="PyTorchJob name (JOB_NAME)")
     p.add_argument(
-        "--namespace", default=_env("JOB_NAMESPACE", "seer"), help="PyTorchJob namespace (JOB_NAMESPACE)"
+        "--backend",
+        default=_env("BACKEND", "pytorchjob"),
+        choices=("pytorchjob", "trainjob"),
+        help="training job kind: pytorchjob (Training Operator v1) or trainjob (Trainer v2) (BACKEND)",
+    )
+    p.add_argument("--job-name", default=_env("JOB_NAME", "seer-rg10b"), help="training job name (JOB_NAME)")
+    p.add_argument(
+        "--namespace", default=_env("JOB_NAMESPACE", "seer"), help="training job namespace (JOB_NAMESPACE)"
+    )
+    p.add_argument(
+        "--kueue-queue",
+        default=_env("KUEUE_QUEUE"),
+        help="Kueue LocalQueue for the job, '' for none (KUEUE_QUEUE)",
     )
     p.add_argument(
         "--registry",
-        default=_env("REGISTRY", "minio://mlpipeline/seer/registry"),
+        default=_env("REGISTRY", DEFAULT_REGISTRY),
         help="model registry (REGISTRY)",
     )
     p.add_argument(
@@ -114,26 +125,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--gang-scheduler",
-        default=_env("GANG_SCHEDULER", "volcano"),
-        help="volcano, scheduler-plugins or '' (GANG_SCHEDULER)",
+        default=os.environ.get("GANG_SCHEDULER"),
+        help="volcano, scheduler-plugins or '' (GANG_SCHEDULER; default volcano for pytorchjob without Kueue)",
     )
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.gang_scheduler is None:
+        a.gang_scheduler = "volcano" if a.backend == "pytorchjob" and not a.kueue_queue else ""
+    return a
 
 
 def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
-    """seer-pretrain arguments of the 62×8 run: PyTorchJob backend, every evaluation on."""
+    """seer-pretrain arguments of the 62×8 run: the cluster backend, every evaluation on."""
     from components import SEER_TRAINER_IMAGE
 
     return {
         "images_uri": a.images_uri,
         "preset": a.preset,
-        "backend": "pytorchjob",
+        "backend": a.backend,
         "nodes": a.nodes,
         "gpus_per_node": a.gpus_per_node,
         "trainer_image": SEER_TRAINER_IMAGE,
         "job_name": a.job_name,
         "namespace": a.namespace,
         "gang_scheduler": a.gang_scheduler,
+        "kueue_queue": a.kueue_queue,
         "node_selector": GPU_SELECTOR,
         "tolerations": [GPU_TOLERATION],
         "network": a.network,
@@ -148,23 +163,26 @@ def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_settings() -> dict[str, Any]:
-    """Evaluations of a 10B trunk run on one GPU each (the defaults are CPU-only)."""
-    from components.placement import load_step_settings
+    """Evaluations of a 10B trunk run on one GPU each (the defaults are CPU-only); the pretrain step only
+    submits and polls the cluster job, so its pod is small."""
+    from components.placement import StepSettings, load_step_settings
     from pipelines.pretrain import DEFAULT_STEP_SETTINGS
 
     gpu = {"gpus": 1, "node_selector": GPU_SELECTOR, "tolerations": [GPU_TOLERATION]}
     settings = dict(DEFAULT_STEP_SETTINGS)
+    settings["pretrain"] = StepSettings(cpu="500m", memory="1Gi", retries=settings["pretrain"].retries)
     settings["evaluation"] = settings["evaluation"].merged({**gpu, "memory": "160Gi", "shm": "32Gi"})
     settings["consolidate-slice"] = settings["consolidate-slice"].merged({"memory": "128Gi"})
     return load_step_settings(settings, _env("STEP_SETTINGS") or None)
 
 
 def render_job(a: argparse.Namespace, data_uri: str, output_uri: str) -> dict[str, Any]:
-    """The PyTorchJob the run creates (MODE=job applies it; MODE=kfp's pretrain step submits it)."""
+    """The job the run creates (MODE=job applies it; MODE=kfp's pretrain step submits it)."""
     from components import SEER_TRAINER_IMAGE
-    from seer.launch import render_pytorchjob
+    from seer.launch import render_job as render
 
-    return render_pytorchjob(
+    return render(
+        a.backend,
         a.job_name,
         a.preset,
         image=SEER_TRAINER_IMAGE,
@@ -174,6 +192,7 @@ def render_job(a: argparse.Namespace, data_uri: str, output_uri: str) -> dict[st
         gpus_per_node=a.gpus_per_node,
         namespace=a.namespace,
         gang_scheduler=a.gang_scheduler or None,
+        kueue_queue=a.kueue_queue or None,
         node_selector=GPU_SELECTOR,
         tolerations=[GPU_TOLERATION],
         network=a.network,
@@ -242,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         job = render_job(a, a.data_uri or "s3://<DATA_URI>", a.output_uri or "s3://<OUTPUT_URI>")
         arguments = {}
-    job_path = BUILD / "pytorchjob.yaml"
+    job_path = BUILD / f"{a.backend}.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     package = BUILD / "seer-pretrain.yaml"
     if a.mode == "kfp":
@@ -251,34 +270,42 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.pretrain import build_pretrain_pipeline
 
         compiler.Compiler().compile(build_pretrain_pipeline(step_settings=step_settings()), str(package))
+        set_caching(package, False)  # a 62×8 run is never served from cache, exit handler included
         print(f"\nseer-pretrain package: {package}\nrun arguments ({BUILD / 'arguments.json'}):")
         print(json.dumps(arguments, indent=2))
-    print(f"\nPyTorchJob {a.namespace}/{a.job_name} ({job_path}):\n---")
+    print(f"\n{job['kind']} {a.namespace}/{a.job_name} ({job_path}):\n---")
     print(yaml.safe_dump(job, sort_keys=False), end="")
     if a.dry_run:
         print("\nDRY_RUN: nothing was submitted.")
         return 0
     if a.mode == "job":
         subprocess.run(["kubectl", "apply", "-f", str(job_path)], check=True)
-        print(f"watch it: kubectl -n {a.namespace} get pytorchjob {a.job_name} -w")
+        print(f"watch it: kubectl -n {a.namespace} get {job['kind'].lower()} {a.job_name} -w")
         return 0
-    return submit_run(a, package, arguments)
+    try:
+        return submit_run(a, package, arguments)
+    except SubmitError as err:
+        print(err, file=sys.stderr)
+        return 2
 
 
 def submit_run(a: argparse.Namespace, package: Path, arguments: dict[str, Any]) -> int:
-    """Start the compiled seer-pretrain package (GPU step settings compiled in) on KFP_HOST."""
+    """Start the compiled seer-pretrain package (GPU step settings compiled in, caching off) on KFP_HOST."""
     import kfp
 
-    client = kfp.Client(host=a.kfp_host, namespace=a.kfp_namespace, existing_token=_env("KFP_TOKEN") or None)
-    run = client.create_run_from_pipeline_package(
-        str(package),
-        arguments=arguments,
-        run_name=f"seer-pretrain-{a.preset}",
-        experiment_name=a.experiment,
-        namespace=a.kfp_namespace,
-        enable_caching=False,
-        service_account=a.service_account or None,
-    )
+    with reaching_kfp(a.kfp_host, "make pretrain-10b"):
+        client = kfp.Client(
+            host=a.kfp_host, namespace=a.kfp_namespace, existing_token=_env("KFP_TOKEN") or None
+        )
+        run = client.create_run_from_pipeline_package(
+            str(package),
+            arguments=arguments,
+            run_name=f"seer-pretrain-{a.preset}",
+            experiment_name=a.experiment,
+            namespace=a.kfp_namespace,
+            enable_caching=False,
+            service_account=a.service_account or None,
+        )
     print(f"started run {run.run_id} on {a.kfp_host} (experiment {a.experiment})")
     return 0
 

@@ -3,7 +3,7 @@
 KFP cron expressions have 6 fields, seconds first (`0 0 3 * * *` = 03:00 every day). The schedule
 runs with caching off (identical inputs would otherwise be served from cache and nothing would be
 re-evaluated), without catch-up (no burst of missed runs after a pause) and one run at a time.
-Settings come from the environment or flags (`python -m pipelines.schedule --help`).
+Settings come from the environment or flags (`python -m pipelines.run.schedule --help`).
 """
 
 import argparse
@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipelines.run.kfp_api import SubmitError, reaching_kfp, set_caching
+from pipelines.storage_defaults import DEFAULT_REGISTRY
+
+ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "schedule-reeval"
 
 
@@ -49,7 +52,7 @@ def recurring_run_request(a: argparse.Namespace, package: Path) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m pipelines.schedule", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pipelines.run.schedule", description=__doc__.splitlines()[0])
     p.add_argument("--kfp-host", default=env("KFP_HOST", ""), help="KFP API endpoint (KFP_HOST)")
     p.add_argument(
         "--kfp-namespace", default=env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
@@ -62,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--name", default=env("SCHEDULE_NAME", "seer-reeval"), help="recurring run name (SCHEDULE_NAME)"
     )
-    p.add_argument(
-        "--registry", default=env("REGISTRY", "minio://mlpipeline/seer/registry"), help="registry (REGISTRY)"
-    )
+    p.add_argument("--registry", default=env("REGISTRY", DEFAULT_REGISTRY), help="registry (REGISTRY)")
     p.add_argument(
         "--model-name", default=env("MODEL_NAME", "seer-rg10b"), help="registered model (MODEL_NAME)"
     )
@@ -98,11 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     package = BUILD / "seer-evaluate.yaml"
     compiler.Compiler().compile(seer_evaluate, str(package))
-    client = kfp.Client(host=a.kfp_host, namespace=a.kfp_namespace, existing_token=env("KFP_TOKEN") or None)
-    experiment = client.create_experiment(a.experiment, namespace=a.kfp_namespace)
-    job = client.create_recurring_run(
-        experiment_id=experiment.experiment_id, **recurring_run_request(a, package)
-    )
+    set_caching(package, False)  # every re-evaluation really re-evaluates, nested tasks included
+    try:
+        with reaching_kfp(a.kfp_host, "make schedule-reeval"):
+            client = kfp.Client(
+                host=a.kfp_host, namespace=a.kfp_namespace, existing_token=env("KFP_TOKEN") or None
+            )
+            experiment = client.create_experiment(a.experiment, namespace=a.kfp_namespace)
+            job = client.create_recurring_run(
+                experiment_id=experiment.experiment_id, **recurring_run_request(a, package)
+            )
+    except SubmitError as err:
+        print(err, file=sys.stderr)
+        return 2
     print(f"scheduled {a.name} ({a.cron}) on {a.kfp_host}: recurring run {job.recurring_run_id}")
     return 0
 
