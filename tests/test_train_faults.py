@@ -194,6 +194,40 @@ def test_sigterm_to_one_rank_saves_that_iteration_and_exits_resumable(
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_agent_is_forwarded_and_the_pod_exits_resumable(shards: Path, tmp_path: Path) -> None:
+    """The kubelet's SIGTERM reaches the container's PID 1 (the launcher): the agent forwards it to every
+    worker and waits up to --shutdown-timeout; the workers save and exit; the pod exits retryable."""
+    output = tmp_path / "out"
+    cmd = _launch(str(output), shards)
+    cmd.insert(cmd.index("--max-restarts"), "--shutdown-timeout=60")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _steps_logged(output) >= 4, proc, "iteration 4")
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == RESUMABLE_EXIT_CODE, stderr[-3000:]
+    (stop,) = _events(str(output), "preempted")
+    assert stop["checkpoint"] == checkpoint.checkpoint_uri(str(output), stop["iteration"])
+    assert checkpoint.latest_complete(str(output)).iteration == stop["iteration"] == _steps_logged(output)
+
+
+def test_fault_counters_are_served_on_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from seer.metrics import TrainMetrics
+
+    metrics = TrainMetrics(0)
+    metrics.record_faults(restarts=3, faults=1, preemption_saves=2, failed_saves=1, time_lost_s=42.5)
+    metrics.failed_saves.inc()
+    text = generate_latest(metrics.registry).decode()
+    for line in ("seer_train_restarts_total 3.0", "seer_train_faults_total 1.0", "seer_train_failed_saves_total 2.0",
+                 "seer_train_preemption_saves_total 2.0", "seer_train_time_lost_seconds_total 42.5"):  # fmt: skip
+        assert line in text
+
+
+@pytest.mark.slow
 def test_sigkill_of_one_worker_restarts_the_group_which_resumes(
     shards: Path, reference: str, tmp_path: Path
 ) -> None:
