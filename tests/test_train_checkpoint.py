@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from seer import storage
-from seer.errors import StorageError
 from seer.config import load_config
+from seer.errors import StorageError
 from seer.train import checkpoint
 from seer.train.parallel import build_model, init_distributed, parallelize
 
