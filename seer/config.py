@@ -112,6 +112,12 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     metrics_port: int = 9090
+    # Faults (seer.train.faults): restarts after failures the run survives before it gives up, seconds
+    # after SIGTERM within which the preemption checkpoint must complete (keep it below the pod's
+    # terminationGracePeriodSeconds), and how long a save retries an unreachable object store.
+    max_faults: int = 10
+    grace_seconds: float = 120.0
+    save_retry_seconds: float = 300.0
 
 
 @dataclass
@@ -409,6 +415,12 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     _require(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
     _require(
         tr.sync_bn_group >= 0, f"train.sync_bn_group: must be >= 0 (0 = all ranks), got {tr.sync_bn_group}"
+    )
+    _require(tr.max_faults >= 0, f"train.max_faults: must be >= 0, got {tr.max_faults}")
+    _require(tr.grace_seconds > 0, f"train.grace_seconds: must be > 0 seconds, got {tr.grace_seconds}")
+    _require(
+        tr.save_retry_seconds >= 0,
+        f"train.save_retry_seconds: must be >= 0 seconds (0 = no retry), got {tr.save_retry_seconds}",
     )
     _require(
         0 <= tr.metrics_port < 65536,

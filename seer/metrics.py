@@ -48,6 +48,22 @@ class TrainMetrics:
         )
         self.images = Counter(f"{PREFIX}_images", "Images trained on (all ranks).", registry=r)
         self.checkpoints = Counter(f"{PREFIX}_checkpoints", "Checkpoints saved.", registry=r)
+        # Faults: totals over the whole run (earlier attempts read back from train_log.jsonl).
+        self.restarts = Counter(f"{PREFIX}_restarts", "Times the run was restarted.", registry=r)
+        self.faults = Counter(
+            f"{PREFIX}_faults", "Restarts after a failure (not after a preemption save).", registry=r
+        )
+        self.preemption_saves = Counter(
+            f"{PREFIX}_preemption_saves", "Checkpoints written on SIGTERM before exiting.", registry=r
+        )
+        self.failed_saves = Counter(
+            f"{PREFIX}_failed_saves", "Checkpoint saves that failed (training went on).", registry=r
+        )
+        self.time_lost_seconds = Counter(
+            f"{PREFIX}_time_lost_seconds",
+            "Wall time lost to restarts: downtime plus work redone since the resumed checkpoint.",
+            registry=r,
+        )
         self._server = None
         if port < 0 or port > 65535:
             raise ConfigError(f"metrics port {port} is out of range; use 1-65535, or 0 to disable /metrics")
@@ -82,6 +98,16 @@ class TrainMetrics:
     def record_checkpoint(self, seconds: float) -> None:
         self.checkpoint_seconds.set(seconds)
         self.checkpoints.inc()
+
+    def record_faults(
+        self, restarts: int, faults: int, preemption_saves: int, failed_saves: int, time_lost_s: float
+    ) -> None:
+        """Add fault totals (at start: the run's history; later: this attempt's own events)."""
+        self.restarts.inc(restarts)
+        self.faults.inc(faults)
+        self.preemption_saves.inc(preemption_saves)
+        self.failed_saves.inc(failed_saves)
+        self.time_lost_seconds.inc(time_lost_s)
 
     def close(self) -> None:
         """Stop the HTTP server, if any."""

@@ -37,9 +37,35 @@ def test_two_ranks_run_stream_output_and_succeed(tmp_path) -> None:
 def test_a_failing_rank_fails_the_run(tmp_path) -> None:
     (tmp_path / "boom.py").write_text("import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
     lines: list[str] = []
-    rc = run_local([], module="boom", env={"PYTHONPATH": str(tmp_path)}, on_line=lines.append)
+    rc = run_local([], module="boom", max_restarts=0, env={"PYTHONPATH": str(tmp_path)}, on_line=lines.append)
     assert rc == 1
     assert any("ended FAILED" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_restarted_with_its_group(tmp_path) -> None:
+    """torch elastic agent: a worker killed by SIGKILL fails the group; the agent restarts both workers
+    (TORCHELASTIC_RESTART_COUNT 1) while --max-restarts allows, with the same c10d rendezvous."""
+    (tmp_path / "flaky.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal
+            attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+            if attempt == "0" and os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+            print(f"rank {os.environ['RANK']} attempt {attempt}")
+            """
+        )
+    )
+    lines: list[str] = []
+    rc = run_local(
+        [], module="flaky", max_restarts=1, env={"PYTHONPATH": str(tmp_path)}, on_line=lines.append
+    )
+    assert rc == 0, lines
+    assert "[0]:rank 0 attempt 1" in lines and "[1]:rank 1 attempt 1" in lines
+    assert (
+        run_local([], module="flaky", max_restarts=0, env={"PYTHONPATH": str(tmp_path)}, on_line=print) == 1
+    )
 
 
 def test_rejects_zero_processes() -> None:

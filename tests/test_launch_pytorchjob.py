@@ -35,12 +35,17 @@ def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
     c = container(job, "Worker")
     assert c["name"] == "pytorch" and c["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert c["command"] == [
-        "torchrun",
+        "python",
+        "-m",
+        "seer.launch.elastic",
         "--nnodes=$(PET_NNODES)",
         "--nproc-per-node=$(PET_NPROC_PER_NODE)",
-        "--node-rank=$(PET_NODE_RANK)",
-        "--master-addr=$(PET_MASTER_ADDR)",
-        "--master-port=$(PET_MASTER_PORT)",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)",
+        "--rdzv-id=seer-run",
+        "--rdzv-conf=join_timeout=1800",
+        "--max-restarts=10",
+        "--shutdown-timeout=180",
         "-m",
         "seer",
         "pretrain",
@@ -48,6 +53,10 @@ def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
         "rg10b",
         "--set",
         "train.metrics_port=9090",
+        "--set",
+        "train.max_faults=10",
+        "--set",
+        "train.grace_seconds=150",
         "--set",
         "train.lr=0.3",
         "--data",
@@ -66,9 +75,9 @@ def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "128Gi"}}
     ]
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"] == "OnFailure"
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"] == "ExitCode"
     assert job["spec"]["runPolicy"] == {
-        "backoffLimit": 3,
+        "backoffLimit": 621,
         "ttlSecondsAfterFinished": 604800,
         "cleanPodPolicy": "Running",
     }
@@ -173,3 +182,71 @@ def test_config_path_preset_with_explicit_shape() -> None:
     job = render(preset="s3://cfg/my.yaml", nodes=2, gpus_per_node=4)
     assert job["spec"]["nprocPerNode"] == "4" and job["metadata"]["labels"]["seer.kubeflow.org/preset"]
     assert container(job)["command"][container(job)["command"].index("--config") + 1] == "s3://cfg/my.yaml"
+
+
+# ---- restarts, as the training operator counts them --------------------------------------------
+# A model of kubeflow/training-operator v1.9 (read in its sources, not copied):
+# - pkg/core/pod.go SetRestartPolicy: replica restartPolicy ExitCode → the pod's restartPolicy Never.
+# - pkg/controller.v1/common/pod.go ReconcilePods + pkg/util/train IsRetryableExitCode: a Failed pod is
+#   deleted and recreated under OnFailure/Always, or under ExitCode when exitCode >= 128; under
+#   ExitCode with 1-127 the job fails.
+# - pkg/core/job.go PastBackoffLimit: the sum of container restartCounts of Running pods, job failed
+#   when it reaches backoffLimit (any restart when backoffLimit is 0). Recreated pods start at 0.
+
+
+def _operator_restarts_pod(restart_policy: str, exit_code: int) -> bool:
+    if restart_policy == "ExitCode":
+        return exit_code >= 128
+    return restart_policy in ("OnFailure", "Always")
+
+
+def _past_backoff_limit(backoff_limit: int, running_pod_restart_counts: list[int]) -> bool:
+    total = sum(running_pod_restart_counts)
+    return total > 0 if backoff_limit == 0 else total >= backoff_limit
+
+
+def test_62x8_restart_fields_survive_the_faults_the_operator_counts() -> None:
+    from seer.launch.pytorchjob import CHECKPOINT_BYTES_PER_PARAM, SAVE_BYTES_PER_S_PER_NODE, restart_settings
+    from seer.train.faults import PERMANENT_EXIT_CODE, RESUMABLE_EXIT_CODE
+
+    job = render(max_faults=4)
+    spec = job["spec"]
+    nodes = 62
+    replicas = spec["pytorchReplicaSpecs"]
+    assert {r["restartPolicy"] for r in replicas.values()} == {"ExitCode"}
+    # Which exit codes restart the pod: the trainer's "preempted/lost a peer, resume me" does; a
+    # SeerError (bad config, diverged, fault budget spent) fails the job at once.
+    assert _operator_restarts_pod("ExitCode", RESUMABLE_EXIT_CODE)
+    assert not _operator_restarts_pod("ExitCode", PERMANENT_EXIT_CODE)
+    assert not _operator_restarts_pod("ExitCode", 1)  # why pods run seer.launch.elastic, not bare torchrun
+
+    # Backoff: one fault restarts every pod's container once where restarts are counted.
+    backoff = spec["runPolicy"]["backoffLimit"]
+    assert backoff == nodes * 4 + 1
+    assert not _past_backoff_limit(backoff, [4] * nodes)  # 4 faults survived
+    assert _past_backoff_limit(backoff, [5] * nodes)  # the 5th fails the job
+    assert _past_backoff_limit(3, [1] * nodes)  # the old OnFailure/backoffLimit 3 died at the first fault
+    # Under ExitCode recreated pods restart at 0, so the trainer enforces the same budget itself.
+    command = container(job, "Worker")["command"]
+    assert "--max-restarts=4" in command and "train.max_faults=4" in command
+
+    # Grace: trainer budget < torchrun's SIGKILL of workers < the kubelet's SIGKILL, and covers a 10B save.
+    settings = restart_settings(nodes, 4, 10e9 * CHECKPOINT_BYTES_PER_PARAM)
+    pod = replicas["Master"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == settings.termination_grace_period_seconds
+    assert f"train.grace_seconds={settings.grace_seconds}" in command
+    assert f"--shutdown-timeout={settings.shutdown_timeout}" in command
+    assert settings.grace_seconds < settings.shutdown_timeout < settings.termination_grace_period_seconds
+    ten_b_save = 10e9 * CHECKPOINT_BYTES_PER_PARAM / (nodes * SAVE_BYTES_PER_S_PER_NODE)
+    assert (
+        settings.save_seconds == pytest.approx(ten_b_save) and settings.grace_seconds >= 60 + 2 * ten_b_save
+    )
+
+
+def test_max_faults_zero_fails_at_the_first_fault_and_backoff_can_be_overridden() -> None:
+    job = render(max_faults=0)
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 1
+    assert not _past_backoff_limit(1, [0] * 62) and _past_backoff_limit(1, [1] + [0] * 61)
+    assert render(backoff_limit=7)["spec"]["runPolicy"]["backoffLimit"] == 7
+    with pytest.raises(ConfigError, match="max_faults >= 0"):
+        render(max_faults=-1)

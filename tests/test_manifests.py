@@ -94,11 +94,12 @@ def check_pytorchjob(job: dict[str, Any]) -> None:
         pod = template["spec"]
         (c,) = [c for c in pod["containers"] if c["name"] == "pytorch"]
         assert c["image"] and ":" in c["image"].rsplit("/", 1)[-1], "image must be pinned by tag"
-        assert c["command"][0] == "torchrun" and "--nproc-per-node=$(PET_NPROC_PER_NODE)" in c["command"]
-        assert c["command"][c["command"].index("-m") + 1 : c["command"].index("-m") + 3] == [
-            "seer",
-            "pretrain",
-        ]
+        # torchrun through seer.launch.elastic, whose exit codes the operator reads under ExitCode
+        assert c["command"][:3] == ["python", "-m", "seer.launch.elastic"]
+        launcher = c["command"][3:]
+        assert "--nproc-per-node=$(PET_NPROC_PER_NODE)" in launcher and "--rdzv-backend=c10d" in launcher
+        assert launcher[launcher.index("-m") + 1 : launcher.index("-m") + 3] == ["seer", "pretrain"]
+        assert pod["terminationGracePeriodSeconds"] > 30, "the preemption save needs more than the default"
         gpus = int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
         assert gpus == 0 or str(gpus) == nproc, "one process per GPU"
         shm = next(v for v in pod["volumes"] if v["name"] == "dshm")

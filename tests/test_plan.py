@@ -48,6 +48,12 @@ def test_rg10b_on_62_nodes_fits_and_says_why(capsys: pytest.CaptureFixture[str])
     assert plan.sharded_params_bytes == pytest.approx(9_628_923_288 * 4 / 496)
     assert plan.total_bytes(True) < 40 * GIB < plan.total_bytes(False)
     assert plan.largest_unit == "trunk.trunk_output.block4.block4-0.f.c.0"  # 800M-param conv, own unit
+    # Faults: what the rendered PyTorchJob uses (seer.launch.pytorchjob.restart_settings, max_faults 10).
+    assert "restart policy      ExitCode: exit 200" in out
+    assert "backoffLimit        621 = 62 nodes × 10 faults + 1" in out
+    assert "torchrun            --max-restarts 10, c10d rendezvous" in out
+    assert "checkpoint save     ~26 s for fp32 weights + momentum at 50 MB/s per node" in out  # 80 GB / 62
+    assert "trainer 150 s < torchrun SIGKILL 180 s < terminationGracePeriodSeconds 210 s" in out
 
 
 def test_plan_refuses_what_cannot_fit_with_the_numbers(capsys: pytest.CaptureFixture[str]) -> None:

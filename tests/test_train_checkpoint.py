@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +14,7 @@ import torch.distributed.checkpoint as dcp
 
 from seer import storage
 from seer.config import load_config
+from seer.errors import StorageError
 from seer.train import checkpoint
 from seer.train.parallel import build_model, init_distributed, parallelize
 
@@ -69,9 +73,12 @@ def test_save_load_roundtrip_with_the_documented_layout(
         "world_size": 1,
         "format": "seer-dcp-v1",
     }
-    assert set(marker) == {"iteration", "preset", "config", "world_size", "created", "format"}
+    assert set(marker) == {"iteration", "preset", "config", "world_size", "created", "format", "checksums"}
     names = {o.uri.rsplit("/", 1)[-1] for o in storage.list(uri)}
     assert ".metadata" in names and any(n.endswith(".distcp") for n in names)
+    assert set(marker["checksums"]) == names - {checkpoint.MARKER}  # every data file, hashed by its writer
+    for name, digest in marker["checksums"].items():
+        assert hashlib.sha256(storage.read_bytes(storage.join(uri, name))).hexdigest() == digest
 
     local = storage.local_path(uri)
     if local is not None:  # the keys readers rely on: unwrapped model names, optim, extra
@@ -147,3 +154,79 @@ def test_one_gpu_unsharded_checkpoint_loads_into_the_sharded_model(
     for name, value in sharded.state_dict().items():
         whole = value.full_tensor() if hasattr(value, "full_tensor") else value
         assert torch.equal(whole, local.state_dict()[name]), name
+
+
+def _save(output: str, iteration: int, model, optimizer, **kwargs) -> str:
+    return checkpoint.save(output, iteration, model, optimizer, scheduler={}, rank_state={"it": iteration},
+                           marker={"preset": "rg-tiny"}, keep_last=3, **kwargs)  # fmt: skip
+
+
+def test_a_corrupted_newest_checkpoint_is_skipped_for_the_previous_one(
+    single_process_group: None, storage_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One flipped byte in a data file of the newest checkpoint: resume takes the previous one, warns,
+    and the corrupt folder loses its marker (so it is cleaned up like an interrupted save)."""
+    output = storage.join(storage_root, "run")
+    model, optimizer = _tiny_training_state()
+    _save(output, 3, model, optimizer)
+    newest = _save(output, 6, model, optimizer)
+    assert checkpoint.verify(newest) == [] and checkpoint.latest_verified(output).iteration == 6
+    data = sorted(n for n in checkpoint.read_marker(newest)["checksums"] if n.endswith(".distcp"))[0]
+    blob = bytearray(storage.read_bytes(storage.join(newest, data)))
+    blob[len(blob) // 2] ^= 0x01
+    storage.write_bytes(storage.join(newest, data), bytes(blob))
+    assert checkpoint.verify(newest) == [data]
+    with caplog.at_level(logging.WARNING, logger="seer.train.checkpoint"):
+        ref = checkpoint.latest_verified(output)
+    assert ref is not None and ref.iteration == 3
+    assert f"checkpoint {newest} is corrupt (1 file(s) fail their checksum: {data})" in caplog.text
+    assert [(c.iteration, c.complete) for c in checkpoint.list_checkpoints(output)] == [(3, True), (6, False)]
+    assert checkpoint.load(ref.uri, model, optimizer).rank_state == {"it": 3}
+
+
+class _Outage:
+    """`storage.put` failing like an unreachable object store for the first `failures` calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, failures: int) -> None:
+        self.failures, self.calls, self._put = failures, 0, storage.put
+        monkeypatch.setattr(checkpoint.storage, "put", self)
+
+    def __call__(self, src, uri):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StorageError(f"S3 request PUT {uri} failed after 1 attempt(s): connection refused")
+        return self._put(src, uri)
+
+
+def test_a_save_retries_an_outage_within_its_budget(
+    single_process_group: None, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = f"s3://{s3_bucket}/run"
+    model, optimizer = _tiny_training_state()
+    outage = _Outage(monkeypatch, failures=2)
+    uri = _save(output, 2, model, optimizer, retry_seconds=30)
+    assert outage.calls > 2 and checkpoint.latest_verified(output).uri == uri
+
+
+def test_a_save_that_stays_unreachable_fails_without_looking_complete(
+    single_process_group: None, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = f"s3://{s3_bucket}/run"
+    model, optimizer = _tiny_training_state()
+    _save(output, 2, model, optimizer)
+    outage = _Outage(monkeypatch, failures=10**6)
+    start = time.monotonic()
+    with pytest.raises(checkpoint.SaveFailed, match=r"iter-00000004 was not saved: S3 request PUT"):
+        _save(output, 4, model, optimizer, retry_seconds=1.5)
+    assert 1.5 <= time.monotonic() - start < 10 and outage.calls >= 2
+    assert checkpoint.latest_complete(output).iteration == 2  # nothing new looks complete
+    monkeypatch.undo()
+    assert _save(output, 4, model, optimizer).endswith("iter-00000004")  # the next save starts clean
+
+
+def test_a_save_past_its_deadline_is_abandoned_without_a_marker(single_process_group: None, tmp_path) -> None:
+    output = str(tmp_path / "run")
+    model, optimizer = _tiny_training_state()
+    with pytest.raises(checkpoint.SaveAbandoned, match="grace period ended"):
+        _save(output, 5, model, optimizer, deadline=time.monotonic())
+    assert [(c.iteration, c.complete) for c in checkpoint.list_checkpoints(output)] == [(5, False)]

@@ -67,6 +67,7 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
         ib_hca=args.ib_hca,
         nccl_debug=args.nccl_debug,
         metrics_port=args.metrics_port,
+        max_faults=args.max_faults,
         backoff_limit=args.backoff_limit,
         image_pull_secrets=args.image_pull_secret or [],
         **runtime,
@@ -183,7 +184,18 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port", type=int, default=METRICS_PORT, help="trainer /metrics port (PodMonitor)"
     )
-    p.add_argument("--backoff-limit", type=int, default=3, help="pod restarts before the job fails")
+    p.add_argument(
+        "--max-faults",
+        type=int,
+        default=10,
+        help="faults (lost ranks, crashed pods) the run survives; sizes torchrun restarts and backoffLimit",
+    )
+    p.add_argument(
+        "--backoff-limit",
+        type=int,
+        default=None,
+        help="override the job's backoffLimit (default: nodes × --max-faults + 1, see `seer plan`)",
+    )
     p.add_argument("--image-pull-secret", action="append", help="image pull Secret name, repeatable")
 
 

@@ -25,6 +25,7 @@ def run_local(
     args: Sequence[str],
     *,
     nproc_per_node: int = 2,
+    max_restarts: int = 3,
     module: str = "seer",
     env: Mapping[str, str] | None = None,
     log_dir: str | None = None,
@@ -32,11 +33,16 @@ def run_local(
 ) -> int:
     """Run `torchrun --nproc-per-node N -m MODULE ARGS` here; stream its output; return its exit status.
 
-    Returns 0 on success, 1 on failure; Ctrl-C/SIGTERM cancels the ranks and re-raises.
+    Returns 0 on success, 1 on failure; Ctrl-C/SIGTERM cancels the ranks and re-raises. A failed
+    worker group (a rank killed or crashed) is restarted up to `max_restarts` times; the c10d
+    rendezvous store lives in the torchrun agent, so it survives those restarts, and `seer pretrain`
+    resumes from its newest complete checkpoint.
     Rank output lines are prefixed `[rank]:` by torchrun. Logs stay under `log_dir` (a temp dir by default).
     """
     if nproc_per_node < 1:
         raise ConfigError(f"nproc_per_node must be at least 1 (got {nproc_per_node})")
+    if max_restarts < 0:
+        raise ConfigError(f"max_restarts must be 0 or more (got {max_restarts})")
     from torchx.components.dist import ddp
     from torchx.runner import get_runner
     from torchx.specs import AppState
@@ -47,6 +53,8 @@ def run_local(
     app = ddp(
         *args, m=module, j=f"1x{nproc_per_node}", env={"PATH": path, "PYTHONUNBUFFERED": "1", **(env or {})}
     )
+    shell = app.roles[0].args  # ["-c", "torchrun --rdzv_backend c10d ... -m MODULE ARGS"]
+    shell[-1] = shell[-1].replace("torchrun ", f"torchrun --max_restarts {max_restarts} ", 1)
     role = app.roles[0].name
     with get_runner() as runner:
         handle = runner.run(

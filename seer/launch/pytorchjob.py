@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -84,15 +85,112 @@ def pretrain_args(
     return [*args, "--output", output_uri, *extra_args]
 
 
-def torchrun_command(module_args: Sequence[str]) -> list[str]:
-    """`torchrun` taking topology from the operator's PET_* env (expanded by the kubelet), then `-m seer`."""
+# ---- restarts --------------------------------------------------------------------------------
+# Training operator v1.9 (pkg/util/train, pkg/core/job.go, pkg/controller.v1/common/pod.go):
+# - restartPolicy ExitCode sets the pods' own restartPolicy to Never; a pod that fails with an exit code
+#   >= 128 is deleted and recreated, one with 1-127 fails the job at once.
+# - backoffLimit is compared with the sum of container restartCounts of Running pods (plus, for
+#   backoffLimit 0, any new pod failure fails the job). Recreated pods start at 0, so under ExitCode
+#   retryable failures are not counted (kubeflow/trainer#2045); the trainer counts them itself
+#   (train.max_faults, `seer.train.faults`). Under OnFailure one rank's fault restarts the container
+#   of every pod (torchrun fails on all nodes), i.e. `nodes` restarts per fault.
+RESTART_POLICY = "ExitCode"
+CHECKPOINT_BYTES_PER_PARAM = 8  # fp32 weights + fp32 SGD momentum in the DCP checkpoint
+SAVE_BYTES_PER_S_PER_NODE = 50e6  # conservative upload rate of one node's shard to object storage
+STEP_ALLOWANCE_S = 60.0  # the step in flight when SIGTERM arrives finishes first
+MIN_GRACE_S = 120
+MARGIN_S = 30  # between the trainer's budget, torchrun's SIGKILL and the kubelet's SIGKILL
+RDZV_JOIN_TIMEOUT_S = 1800  # a replacement pod may wait for a node before the group re-forms
+
+
+@dataclass(frozen=True)
+class RestartSettings:
+    """How a job of `nodes` survives `max_faults` faults; shared by the PyTorchJob and TrainJob backends.
+
+    `grace_seconds` (train.grace_seconds) bounds the trainer's preemption save after SIGTERM;
+    torchrun SIGKILLs its workers `shutdown_timeout` seconds after forwarding SIGTERM, and the kubelet
+    kills the pod `termination_grace_period_seconds` after its SIGTERM: each covers the one before.
+    """
+
+    nodes: int
+    max_faults: int
+    restart_policy: str
+    backoff_limit: int
+    max_restarts: int
+    save_seconds: float
+    grace_seconds: int
+    shutdown_timeout: int
+    termination_grace_period_seconds: int
+
+    def torchrun_args(self, rdzv_id: str) -> list[str]:
+        """Elastic restarts with a c10d rendezvous on the Master pod (it outlives worker restarts)."""
+        return [
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)",
+            f"--rdzv-id={rdzv_id}",
+            f"--rdzv-conf=join_timeout={RDZV_JOIN_TIMEOUT_S}",
+            f"--max-restarts={self.max_restarts}",
+            f"--shutdown-timeout={self.shutdown_timeout}",
+        ]
+
+    def trainer_overrides(self) -> list[str]:
+        return [f"train.max_faults={self.max_faults}", f"train.grace_seconds={self.grace_seconds}"]
+
+
+def restart_settings(
+    nodes: int,
+    max_faults: int,
+    checkpoint_bytes: float = 0.0,
+    *,
+    save_bytes_per_s_per_node: float = SAVE_BYTES_PER_S_PER_NODE,
+    step_seconds: float = STEP_ALLOWANCE_S,
+) -> RestartSettings:
+    """Restart policy, backoff, torchrun restarts and grace periods for `nodes` tolerating `max_faults`.
+
+    backoffLimit = nodes × max_faults + 1: where the operator counts restarts (container restarts, every
+    pod once per fault; the job fails when the count reaches the limit) the job survives `max_faults`
+    faults and fails on the next. The save
+    is estimated as `checkpoint_bytes` written by all nodes in parallel; the trainer's grace covers the
+    step in flight plus twice that, at least `MIN_GRACE_S`.
+    """
+    if nodes < 1 or max_faults < 0:
+        raise ConfigError(f"nodes must be >= 1 and max_faults >= 0 (got {nodes} and {max_faults})")
+    save_s = checkpoint_bytes / (nodes * save_bytes_per_s_per_node)
+    grace = max(MIN_GRACE_S, 10 * math.ceil((step_seconds + 2 * save_s + MARGIN_S) / 10))
+    return RestartSettings(
+        nodes=nodes,
+        max_faults=max_faults,
+        restart_policy=RESTART_POLICY,
+        backoff_limit=nodes * max_faults + 1,
+        max_restarts=max_faults,
+        save_seconds=save_s,
+        grace_seconds=grace,
+        shutdown_timeout=grace + MARGIN_S,
+        termination_grace_period_seconds=grace + 2 * MARGIN_S,
+    )
+
+
+def checkpoint_bytes(preset: str) -> float:
+    """Size of a training checkpoint of a model preset (0 when the preset is unknown, e.g. a config path)."""
+    from seer.models.presets import PRESETS
+
+    published = getattr(PRESETS.get(preset.lower()), "published_params", None)
+    if not published:
+        return 0.0
+    scale = {"M": 1e6, "B": 1e9}[published[-1]]
+    return float(published[:-1]) * scale * CHECKPOINT_BYTES_PER_PARAM
+
+
+def torchrun_command(module_args: Sequence[str], restarts: RestartSettings, rdzv_id: str) -> list[str]:
+    """torchrun (through `seer.launch.elastic`, for exit codes the operator reads) taking topology
+    from the operator's PET_* env (expanded by the kubelet), then `-m seer`."""
     return [
-        "torchrun",
+        "python",
+        "-m",
+        "seer.launch.elastic",
         "--nnodes=$(PET_NNODES)",
         "--nproc-per-node=$(PET_NPROC_PER_NODE)",
-        "--node-rank=$(PET_NODE_RANK)",
-        "--master-addr=$(PET_MASTER_ADDR)",
-        "--master-port=$(PET_MASTER_PORT)",
+        *restarts.torchrun_args(rdzv_id),
         "-m",
         "seer",
         *module_args,
@@ -162,7 +260,8 @@ def render_pytorchjob(
     nccl_debug: str | None = None,
     shm_size: str | None = None,
     metrics_port: int = METRICS_PORT,
-    backoff_limit: int = 3,
+    max_faults: int = 10,
+    backoff_limit: int | None = None,
     ttl_seconds_after_finished: int = 7 * 24 * 3600,
     active_deadline_seconds: int | None = None,
     clean_pod_policy: str = "Running",
@@ -174,8 +273,9 @@ def render_pytorchjob(
     `nodes`/`gpus_per_node` default to the preset's published shape (rg10b: 62×8). `resources` sets
     the per-pod cpu/memory requests (limits equal requests; GPUs are added as `nvidia.com/gpu`).
     `gang_scheduler` ("volcano" or "scheduler-plugins") makes all pods schedule together
-    (`minAvailable = nodes`). `network` picks the NCCL fabric knobs: "tcp", "efa" (with
-    `network_devices` EFA adapters per pod) or "ib" (`network_devices` of `rdma_resource`); with
+    (`minAvailable = nodes`). Restarts follow `restart_settings(nodes, max_faults, ...)`;
+    `backoff_limit` overrides its backoffLimit. `network` picks the NCCL fabric knobs: "tcp", "efa"
+    (with `network_devices` EFA adapters per pod) or "ib" (`network_devices` of `rdma_resource`); with
     "efa" an init container first checks the image has the NCCL EFA plugin (`seer launch
     check-network efa`), so a missing plugin fails the pod instead of NCCL falling back to TCP.
     `kueue_queue` queues the job in that Kueue LocalQueue: the `kueue.x-k8s.io/queue-name` label and
@@ -246,6 +346,7 @@ def render_pytorchjob(
         "privileged": False,
         "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if network == "ib" else {})},
     }
+    restarts = restart_settings(nodes, max_faults, checkpoint_bytes(preset))
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -254,10 +355,12 @@ def render_pytorchjob(
             pretrain_args(
                 preset,
                 output_uri,
-                [f"train.metrics_port={metrics_port}", *overrides],
+                [f"train.metrics_port={metrics_port}", *restarts.trainer_overrides(), *overrides],
                 data_uri=data_uri,
                 extra_args=extra_args,
-            )
+            ),
+            restarts,
+            rdzv_id=name,
         ),
         "env": [{"name": k, "value": v} for k, v in container_env.items()],
         "ports": [
@@ -290,6 +393,7 @@ def render_pytorchjob(
             "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "terminationGracePeriodSeconds": restarts.termination_grace_period_seconds,
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": shm}],
     }
@@ -316,7 +420,7 @@ def render_pytorchjob(
     def replica(count: int) -> dict[str, Any]:
         return {
             "replicas": count,
-            "restartPolicy": "OnFailure",
+            "restartPolicy": restarts.restart_policy,
             "template": {
                 "metadata": {
                     "labels": dict(common_labels),
@@ -330,7 +434,7 @@ def render_pytorchjob(
     if nodes > 1:
         replicas["Worker"] = replica(nodes - 1)
     run_policy: dict[str, Any] = {
-        "backoffLimit": backoff_limit,
+        "backoffLimit": restarts.backoff_limit if backoff_limit is None else backoff_limit,
         "ttlSecondsAfterFinished": ttl_seconds_after_finished,
         "cleanPodPolicy": clean_pod_policy,
     }

@@ -16,17 +16,27 @@ The DCP state dict has three top-level keys:
 - `extra`: `iteration` (int, the number of completed iterations), `scheduler` (a pickled dict),
   and one `rank<r>` entry per rank holding that rank's pickled loader position and RNG states.
 
-`seer_checkpoint.json` = `{"iteration", "preset", "config", "world_size", "created", "format"}`.
-A folder without it is an interrupted save: it is never resumed from, and it is deleted when a
+`seer_checkpoint.json` = `{"iteration", "preset", "config", "world_size", "created", "format",
+"checksums"}`; `checksums` maps every file of the folder to its sha256 (each rank hashes the files
+it wrote). On resume `latest_verified` checks them: a checkpoint whose files do not match is
+skipped, with a warning, for the previous complete one (its marker is removed). Markers without
+`checksums` (older saves) are trusted as they are. A folder without a marker is an interrupted save: it is never resumed from, and it is deleted when a
 run starts and when a newer checkpoint completes. The newest `keep_last` complete checkpoints
 are kept. A local `<output>` is written in place, so with several nodes it must be a filesystem
 they all mount (or use object storage). For object storage each rank writes its DCP files to a
 local staging folder and uploads them; rank 0 writes the marker after every rank has uploaded.
 Restoring from object storage downloads `.metadata` and only the data files this rank reads.
+
+Storage outages: every step of a save that touches storage is retried for `retry_seconds`; if it still
+fails, all ranks agree (a collective) that the save failed, no marker is written and `SaveFailed` is
+raised on every rank, so the trainer can go on and try again at the next save. A save given a
+`deadline` (a preemption save) that passes it before the marker is written raises `SaveAbandoned`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import pickle
 import random
 import re
@@ -53,7 +63,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.futures import Future
 
 from seer import storage
-from seer.errors import SeerError
+from seer.errors import SeerError, StorageError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "seer-dcp-v1"
 MARKER = "seer_checkpoint.json"
@@ -62,6 +74,14 @@ _DIR_RE = re.compile(r"^iter-(\d{8})$")
 
 class CheckpointError(SeerError):
     """A checkpoint cannot be written or read back."""
+
+
+class SaveFailed(CheckpointError):
+    """A save did not complete (storage unreachable within the retry budget); nothing looks complete."""
+
+
+class SaveAbandoned(SaveFailed):
+    """A save with a deadline (a preemption save) ran out of time before its marker was written."""
 
 
 @dataclass(frozen=True)
@@ -172,9 +192,46 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def _agree(ok: bool) -> bool:
+    """Collective (also a barrier): True only when `ok` holds on every rank."""
+    if not dist.is_initialized():
+        return ok
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _retrying(action: Any, retry_seconds: float, what: str) -> Any:
+    """`action()`, retried on StorageError with growing pauses until `retry_seconds` have passed."""
+    deadline, pause = time.monotonic() + retry_seconds, 0.5
+    while True:
+        try:
+            return action()
+        except StorageError as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning("%s failed (%s); retrying for %.0f s more", what, err, left)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 10.0)
+
+
+def _sha256(stream: Any) -> str:
+    digest = hashlib.sha256()
+    while chunk := stream.read(8 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_files(folder: Path, names: list[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        with (folder / name).open("rb") as fh:
+            out[name] = _sha256(fh)
+    return out
 
 
 def save(
@@ -187,19 +244,34 @@ def save(
     rank_state: dict[str, Any],
     marker: dict[str, Any],
     keep_last: int,
+    retry_seconds: float = 0.0,
+    deadline: float | None = None,
 ) -> str:
     """Collective: write checkpoint `iteration` (every rank calls it); returns its URI.
 
     `rank_state` is this rank's own state (loader position, RNG); `marker` adds `preset` and
-    `config` to the completion marker.
+    `config` to the completion marker. Storage failures are retried for `retry_seconds`, then raise
+    `SaveFailed` on every rank; passing `deadline` (time.monotonic()) before the marker is written
+    raises `SaveAbandoned` on every rank. Either way the folder has no marker.
     """
     rank = _rank()
     uri = checkpoint_uri(output_uri, iteration)
     marker_uri = storage.join(uri, MARKER)
-    if rank == 0:  # overwriting (a re-run after a crash): the folder is incomplete until we finish
+    error: Exception | None = None
+    if deadline is not None:  # a preemption save retries only while the grace period lasts
+        retry_seconds = min(retry_seconds, max(0.0, deadline - time.monotonic()))
+
+    def clear() -> None:  # overwriting (a re-run after a crash): incomplete until we finish
         storage.delete(marker_uri)
         storage.delete_prefix(uri.rstrip("/") + "/")
-    _barrier()
+
+    if rank == 0:
+        try:
+            _retrying(clear, retry_seconds, f"clearing {uri}")
+        except StorageError as err:
+            error = err
+    if not _agree(error is None):
+        raise SaveFailed(f"checkpoint {uri} was not saved: {error or 'rank 0 could not clear its folder'}")
     state = {
         "model": get_model_state_dict(model),
         "optim": get_optimizer_state_dict(model, optimizer),
@@ -209,33 +281,107 @@ def save(
             f"rank{rank}": pickle.dumps(rank_state),
         },
     }
+    checksums: dict[str, str] = {}
     local = storage.local_path(uri)
     if local is not None:
         Path(local).mkdir(parents=True, exist_ok=True)
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(local)))
+        mine = [p.name for p in Path(local).iterdir() if p.name.startswith(f"__{rank}_")]
+        checksums = _hash_files(Path(local), sorted(mine + ([".metadata"] if rank == 0 else [])))
     else:
         staging = Path(tempfile.mkdtemp(prefix=f"seer-ckpt-{iteration:08d}-rank{rank}-"))
         try:
             dcp.save(state, storage_writer=dcp.FileSystemWriter(str(staging)))
-            for path in sorted(staging.iterdir()):
-                storage.put(str(path), storage.join(uri, path.name))
+            checksums = _hash_files(staging, sorted(p.name for p in staging.iterdir()))
+            for name in checksums:
+                target = storage.join(uri, name)
+                _retrying(
+                    lambda n=name, t=target: storage.put(str(staging / n), t),
+                    retry_seconds,
+                    f"upload {target}",
+                )
+        except StorageError as err:
+            error = err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    _barrier()  # every rank's files are in place
-    if rank == 0:
-        storage.write_json(
-            marker_uri,
-            {
-                "iteration": iteration,
-                "world_size": _world(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "format": FORMAT,
-                **marker,
-            },
+    uploaded = _agree(error is None)  # every rank's files are in place
+    gathered: list[Any] = [None] * _world()
+    if dist.is_initialized():
+        dist.all_gather_object(gathered, checksums)
+    else:
+        gathered = [checksums]
+    if not uploaded:
+        raise SaveFailed(
+            f"checkpoint {uri} was not saved: {error or 'another rank could not upload its files'}"
         )
-        prune(output_uri, keep_last)
-    _barrier()
+    if deadline is not None and not _agree(time.monotonic() < deadline):
+        raise SaveAbandoned(f"checkpoint {uri} was abandoned: the grace period ended before it completed")
+    if rank == 0:
+        content = {
+            "iteration": iteration,
+            "world_size": _world(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "format": FORMAT,
+            **marker,
+            "checksums": {k: v for part in gathered for k, v in part.items()},
+        }
+        try:
+            _retrying(lambda: storage.write_json(marker_uri, content), retry_seconds, f"writing {marker_uri}")
+        except StorageError as err:
+            error = err
+        else:
+            try:
+                prune(output_uri, keep_last)
+            except StorageError as err:  # old checkpoints stay a little longer; the next save prunes
+                log.warning("could not prune old checkpoints under %s: %s", output_uri, err)
+    if not _agree(error is None):
+        raise SaveFailed(f"checkpoint {uri} was not saved: {error or 'rank 0 could not write its marker'}")
     return uri
+
+
+def verify(ckpt_uri: str) -> list[str]:
+    """Collective: the files of a complete checkpoint that are missing or fail their sha256 (each rank
+    checks a share of them). Empty when all match, or when the marker has no checksums (older saves)."""
+    expected: dict[str, str] = read_marker(ckpt_uri).get("checksums") or {}
+    names = sorted(expected)[_rank() :: _world()]
+    bad = []
+    for name in names:
+        try:
+            with storage.open(storage.join(ckpt_uri, name), "rb") as fh:
+                ok = _sha256(fh) == expected[name]
+        except StorageError:
+            ok = False
+        if not ok:
+            bad.append(name)
+    gathered: list[Any] = [None] * _world()
+    if dist.is_initialized():
+        dist.all_gather_object(gathered, bad)
+    else:
+        gathered = [bad]
+    return sorted(n for part in gathered for n in part)
+
+
+def latest_verified(output_uri: str) -> CheckpointRef | None:
+    """Collective: the newest complete checkpoint whose files match their checksums, or None.
+
+    A newer one that fails is skipped with a warning and its marker is removed, so it is treated
+    (and cleaned up) like an interrupted save from then on.
+    """
+    complete = [c for c in list_checkpoints(output_uri) if c.complete]
+    for ref in reversed(complete):
+        bad = verify(ref.uri)
+        if not bad:
+            return ref
+        log.warning(
+            "checkpoint %s is corrupt (%d file(s) fail their checksum: %s); using the previous complete one",
+            ref.uri,
+            len(bad),
+            ", ".join(bad[:5]),
+        )
+        if _rank() == 0:
+            storage.delete(storage.join(ref.uri, MARKER))
+        _agree(True)
+    return None
 
 
 class _FetchingReader(dcp.FileSystemReader):

@@ -88,10 +88,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    import sys
+
     from seer.train.engine import run_pretraining
+    from seer.train.faults import RESUMABLE_EXIT_CODE, Preempted
 
     cfg = load_config(args.config, args.overrides)
-    run_pretraining(cfg, args.output, data_uri=args.data)
+    try:
+        run_pretraining(cfg, args.output, data_uri=args.data)
+    except Preempted as stop:  # not an error: exit so that torchrun / the operator restart us
+        print(f"seer pretrain: {stop} (exit {RESUMABLE_EXIT_CODE})", file=sys.stderr)
+        return RESUMABLE_EXIT_CODE
     return 0
 
 

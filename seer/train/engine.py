@@ -38,7 +38,7 @@ from seer.errors import ConfigError, SeerError
 from seer.metrics import JsonlLog, TrainMetrics
 from seer.ssl.optim import LRSchedule, build_optimizer
 from seer.ssl.swav import PrototypeFreezer, SwAVLoss, normalize_prototypes_
-from seer.train import checkpoint
+from seer.train import checkpoint, faults
 from seer.train.parallel import (
     DistEnv,
     ParallelInfo,
@@ -154,6 +154,7 @@ class Trainer:
         self.iteration = 0
         self.resumed_from: str | None = None
         self.checkpoints: list[str] = []
+        self.last_save_seconds: float | None = None
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class Trainer:
             for uri in checkpoint.remove_incomplete(self.output):
                 log.warning("deleted interrupted checkpoint %s", uri)
         dist.barrier()
-        ref = checkpoint.latest_complete(self.output)
+        ref = checkpoint.latest_verified(self.output)  # skips a newest one that fails its checksums
         if ref is None:
             return
         marker = checkpoint.read_marker(ref.uri)
@@ -187,9 +188,24 @@ class Trainer:
             )
         self.resumed_from = ref.uri
 
-    def save(self, metrics: TrainMetrics, jlog: JsonlLog | None) -> None:
+    def save(self, metrics: TrainMetrics, jlog: JsonlLog | None, deadline: float | None = None) -> str | None:
+        """Checkpoint this iteration; None (counted and logged) when storage stayed unreachable."""
         start = time.perf_counter()
-        uri = checkpoint.save(
+        try:
+            uri = self._save(deadline)
+        except checkpoint.SaveFailed as err:
+            faults.record_failed_save(err, self.iteration, metrics, jlog)
+            return None
+        seconds = self.last_save_seconds = time.perf_counter() - start
+        metrics.record_checkpoint(seconds)
+        self.checkpoints = [*self.checkpoints, uri][-self.cfg.train.keep_last :]
+        if jlog is not None:
+            jlog.write("checkpoint", iteration=self.iteration, uri=uri, seconds=round(seconds, 3))
+            faults.flush_log(jlog)
+        return uri
+
+    def _save(self, deadline: float | None) -> str:
+        return checkpoint.save(
             self.output,
             self.iteration,
             self.model,
@@ -202,13 +218,9 @@ class Trainer:
             },
             marker={"preset": self.cfg.model.preset, "config": config_to_dict(self.cfg)},
             keep_last=self.cfg.train.keep_last,
+            retry_seconds=self.cfg.train.save_retry_seconds,
+            deadline=deadline,
         )
-        seconds = time.perf_counter() - start
-        metrics.record_checkpoint(seconds)
-        self.checkpoints = [*self.checkpoints, uri][-self.cfg.train.keep_last :]
-        if jlog is not None:
-            jlog.write("checkpoint", iteration=self.iteration, uri=uri, seconds=round(seconds, 3))
-            jlog.flush()
 
     def _global_mean(self, value: Tensor) -> float:
         value = value.float().clone()
@@ -221,7 +233,9 @@ class Trainer:
         cfg, env = self.cfg, self.env
         total = cfg.train.iterations
         metrics = TrainMetrics(cfg.train.metrics_port if env.local_rank == 0 else 0)
+        history = faults.start_attempt(self, metrics, storage.join(self.output, LOG_NAME))
         jlog = JsonlLog(storage.join(self.output, LOG_NAME)) if env.is_main else None
+        watch = faults.PreemptionWatch(env.device)
         shards = [None] * env.world_size
         dist.all_gather_object(shards, {"rank": env.rank, **_shard_counts(self.info)})
         wall0 = time.perf_counter()
@@ -239,7 +253,12 @@ class Trainer:
                 shards=shards,
             )
             if self.resumed_from:
-                jlog.write("resume", iteration=self.iteration, checkpoint=self.resumed_from)
+                jlog.write(
+                    "resume",
+                    iteration=self.iteration,
+                    checkpoint=self.resumed_from,
+                    time_lost_seconds=round(history.time_lost_now, 3),
+                )
             jlog.flush()
         bar = tqdm(total=total, initial=self.iteration, disable=None if env.is_main else True, unit="it")
         images_per_s: list[float] = []
@@ -286,6 +305,8 @@ class Trainer:
                         )
                 if self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == total:
                     self.save(metrics, jlog)
+                if self.iteration < total and watch.stop_agreed():  # SIGTERM reached some rank
+                    raise faults.preempt(self, metrics, jlog, watch)
             summary = self._summary(
                 start_iteration, last_loss, images_per_s, time.perf_counter() - wall0, shards
             )
@@ -294,6 +315,7 @@ class Trainer:
                 storage.write_json(storage.join(self.output, SUMMARY_NAME), summary)
             return summary
         finally:
+            watch.close()
             bar.close()
             metrics.close()
             if jlog is not None:

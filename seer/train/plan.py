@@ -26,6 +26,12 @@ from typing import Any
 
 from seer.config import SeerConfig
 from seer.errors import ConfigError
+from seer.launch.pytorchjob import (
+    CHECKPOINT_BYTES_PER_PARAM,
+    SAVE_BYTES_PER_S_PER_NODE,
+    checkpoint_bytes,
+    restart_settings,
+)
 from seer.models.presets import get_preset
 from seer.train.parallel import build_model, fsdp_units
 
@@ -125,6 +131,7 @@ class Plan:
     img_per_sec_per_gpu: float | None
     throughput_source: str
     notes: list[str] = field(default_factory=list)
+    restarts: dict[str, Any] = field(default_factory=dict)  # `restart_settings` for this plan
 
     @property
     def gpus(self) -> int:
@@ -313,6 +320,14 @@ def estimate(
         img_per_sec_per_gpu=img_per_sec_per_gpu,
         throughput_source=source,
         notes=notes,
+        # the same checkpoint size the rendered job assumes (published size; counted for other models)
+        restarts=asdict(
+            restart_settings(
+                nodes,
+                cfg.train.max_faults,
+                checkpoint_bytes(cfg.model.preset) or params * CHECKPOINT_BYTES_PER_PARAM,
+            )
+        ),
     )
 
 
@@ -357,6 +372,20 @@ def format_plan(plan: Plan) -> str:
     else:
         lines.append(f"  time                unknown: throughput {plan.throughput_source}")
     lines += [f"  note: {n}" for n in plan.notes]
+    if plan.restarts:
+        r = plan.restarts
+        lines += [
+            f"faults (train.max_faults = {r['max_faults']}; see seer.train.faults)",
+            f"  restart policy      {r['restart_policy']}: exit 200 (preempted, lost a peer) recreates the pod; "
+            "1-127 (bad config, diverged) fails the job",
+            f"  backoffLimit        {r['backoff_limit']} = {r['nodes']} nodes × {r['max_faults']} faults + 1 "
+            "(a fault restarts every pod once where the operator counts restarts)",
+            f"  torchrun            --max-restarts {r['max_restarts']}, c10d rendezvous on the Master pod",
+            f"  checkpoint save     ~{r['save_seconds']:.0f} s for fp32 weights + momentum "
+            f"at {SAVE_BYTES_PER_S_PER_NODE / 1e6:g} MB/s per node",
+            f"  grace after SIGTERM trainer {r['grace_seconds']} s < torchrun SIGKILL {r['shutdown_timeout']} s "
+            f"< terminationGracePeriodSeconds {r['termination_grace_period_seconds']} s",
+        ]
     mode = "with" if plan.activation_checkpointing else "without"
     used = with_ckpt if plan.activation_checkpointing else without
     if plan.fits:

@@ -25,6 +25,21 @@ class DistEnv:
         return self.rank == 0
 
 
+def _attempt_store(timeout: datetime.timedelta) -> tuple[dist.Store, int, int]:
+    """torchrun's store with a prefix per restart attempt (`TORCHELASTIC_RESTART_COUNT`).
+
+    torchrun's workers share the agent's c10d store, which outlives worker-group restarts and keeps
+    the previous attempt's keys: a restarted rank that starts faster than its peers reads their old
+    gloo/NCCL addresses and fails or hangs in `init_process_group` (seen with torch 2.14 --max-restarts).
+    """
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world = next(
+        rendezvous("env://", int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timeout=timeout)
+    )
+    return dist.PrefixStore(f"seer/attempt-{os.environ['TORCHELASTIC_RESTART_COUNT']}", store), rank, world
+
+
 def init_distributed(timeout_s: int = 1800) -> DistEnv:
     """Join the torchrun job (env `RANK`, `WORLD_SIZE`, …), or start a 1-process group without torchrun.
 
@@ -38,7 +53,17 @@ def init_distributed(timeout_s: int = 1800) -> DistEnv:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
-        if "WORLD_SIZE" in os.environ:
+        if "TORCHELASTIC_RESTART_COUNT" in os.environ:  # under torchrun: see _attempt_store
+            store, rank, world = _attempt_store(timeout)
+            dist.init_process_group(
+                backend,
+                store=store,
+                rank=rank,
+                world_size=world,
+                timeout=timeout,
+                device_id=device if cuda else None,
+            )
+        elif "WORLD_SIZE" in os.environ:
             dist.init_process_group(backend, timeout=timeout, device_id=device if cuda else None)
         else:
             dist.init_process_group(
