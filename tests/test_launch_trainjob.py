@@ -134,7 +134,7 @@ def test_efa_trainjob_checks_the_plugin_before_torchrun() -> None:
     still expands $(PET_*) in it."""
     cmd = trainjob("seer-efa", "rg10b", network="efa", network_devices=4)["spec"]["trainer"]["command"]
     assert cmd[:4] == ["sh", "-c", 'seer launch check-network efa && exec "$@"', "sh"]
-    assert cmd[4] == "torchrun" and "--node-rank=$(PET_NODE_RANK)" in cmd
+    assert cmd[4:7] == ["python", "-m", "seer.launch.elastic"] and "--rdzv-backend=c10d" in cmd
 
 
 def test_kueue_queue_labels_and_suspends_both_kinds() -> None:

@@ -136,7 +136,7 @@ def check_trainjob(job: dict[str, Any]) -> None:
     assert set(t) <= {"image", "command", "args", "env", "numNodes", "resourcesPerNode", "numProcPerNode"}
     assert t["numNodes"] >= 1 and t["numProcPerNode"] >= 1
     assert ":" in t["image"].rsplit("/", 1)[-1], "image must be pinned by tag"
-    assert "torchrun" in t["command"] and "--nproc-per-node=$(PET_NPROC_PER_NODE)" in t["command"]
+    assert "seer.launch.elastic" in t["command"] and "--nproc-per-node=$(PET_NPROC_PER_NODE)" in t["command"]
     gpus = int(t["resourcesPerNode"]["limits"].get("nvidia.com/gpu", 0))
     assert gpus in (0, t["numProcPerNode"]), "one process per GPU"
     for env in t["env"]:

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import seer.launch.pytorchjob as pytorchjob
+import seer.launch.trainjob as trainjob
 from seer.errors import SeerError
-from seer.launch import pytorchjob, trainjob
 from seer.launch.pytorchjob import SPEC_HASH_ANNOTATION
 
 ProgressFn = Callable[[str], None]
