@@ -78,7 +78,7 @@ def test_nasty_corpus_every_valid_image_once_and_rejects_counted(tmp_path: Path,
         (d["source"].rsplit("/", 1)[1], d["duplicate_of"].rsplit("/", 1)[1]) for d in records["duplicates"]
     ] == [("zz_copy_of_ok.jpg", "ok.jpg")]
     assert "rejected" not in manifest and "duplicates" not in manifest  # per-sample records stay out
-    assert manifest["totals"]["passed_through"] == 1  # ok.jpg: a baseline RGB JPEG, kept as coded
+    assert manifest["encoded"] == {"passed_through": 1, "reencoded": 10}  # ok.jpg: baseline RGB JPEG
     assert manifest["converted_by_kind"]["alpha_over_white"] == 3
     assert manifest["settings"]["max_samples_per_shard"] == 4 and manifest["seer_version"]
 

@@ -258,7 +258,7 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
         storage.open(storage.join(output, LISTS_DIR, list_file_name(p, partitions)), "wb")
         for p in range(partitions)
     ]
-    writers = [gzip.GzipFile(fileobj=sink, mode="wb", mtime=0) for sink in sinks]
+    writers = [gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6) for sink in sinks]
     counts = [0] * partitions
     ignored: Counter = Counter()
     index = 0

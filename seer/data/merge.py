@@ -68,8 +68,9 @@ class _Exclusions:
         sha, _, partition, shard, key, source = sample
         if partition not in self.open:
             sink = storage.open(storage.join(self.output, exclusions_name(partition, self.partitions)), "wb")
-            self.open[partition] = (sink, gzip.GzipFile(fileobj=sink, mode="wb", mtime=0))
-        row = {"source": source, "duplicate_of": winner[5], "shard": shard, "key": key, "sha256": sha}
+            self.open[partition] = (sink, gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6))
+        name = f"{partition_dir(partition, self.partitions)}/{shard}"  # as the manifest names the shard
+        row = {"source": source, "duplicate_of": winner[5], "shard": name, "key": key, "sha256": sha}
         self.open[partition][1].write((json.dumps(row, sort_keys=True) + "\n").encode())
         self.per_shard[(partition, shard)] += 1
 
@@ -191,6 +192,7 @@ def _global_manifest(parts: list[dict], partitions: int, exclusions: _Exclusions
         "totals": totals,
         "rejected_by_reason": added("rejected_by_reason"),
         "converted_by_kind": added("converted_by_kind"),
+        "encoded": added("encoded"),
         "ignored_by_reason": added("ignored_by_reason"),
         "records": records,
     }

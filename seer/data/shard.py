@@ -9,7 +9,9 @@ Output layout of a single run under the output prefix::
     duplicates.jsonl.gz     one line per dropped duplicate ({source, duplicate_of})
     manifest.json           written last; its presence means the whole run is complete. It lists
                             the shards (name, samples, bytes, sha256) and totals by reason; the
-                            per-sample records stay in the .jsonl.gz files it names under "records"
+                            per-sample records stay in the .jsonl.gz files it names under "records".
+                            "converted_by_kind" and "encoded" (passed_through / reencoded) count
+                            the samples written to tars (after a merge: including excluded copies)
 
 A fan-out run (``--partition I/N``, see ``shard_partition``) writes the same layout into
 ``pNNNNN-of-NNNNN/`` with ``part.json`` in place of manifest.json, plus ``samples.jsonl.gz`` (the
@@ -344,7 +346,10 @@ def _delete_outputs(output: str) -> None:
 def write_jsonl_gz(uri: str, rows: Iterable[Any]) -> int:
     """Write ``rows`` as gzip-compressed JSON lines to ``uri`` atomically; return how many."""
     count = 0
-    with storage.open(uri, "wb") as sink, gzip.GzipFile(fileobj=sink, mode="wb", mtime=0) as out:
+    with (
+        storage.open(uri, "wb") as sink,
+        gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6) as out,
+    ):
         for row in rows:
             out.write((json.dumps(row, sort_keys=True) + "\n").encode())
             count += 1
@@ -620,6 +625,7 @@ def _write_records(
     for part in parts:
         converted.update(part["converted"])
     shards = [part["shard"] for part in parts]
+    passed = sum(part["passed_through"] for part in parts)
     return {
         "settings": dataclasses.asdict(settings),
         "fingerprint": fingerprint,
@@ -632,10 +638,10 @@ def _write_records(
             "rejected": n_rejected,
             "duplicates": n_duplicates,
             "ignored": 0,
-            "passed_through": sum(part.get("passed_through", 0) for part in parts),
         },
         "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
         "converted_by_kind": dict(sorted(converted.items())),
+        "encoded": {"passed_through": passed, "reencoded": sum(s["samples"] for s in shards) - passed},
         "ignored_by_reason": {},
         "records": {"rejected": ["rejected.jsonl.gz"], "duplicates": ["duplicates.jsonl.gz"]},
     }
