@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Files whose names look like images; anything else in a folder or tar is ignored, not rejected.
@@ -125,6 +124,8 @@ def _to_rgb(image: Image.Image, converted: list[str]) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    import numpy as np  # only for these rare modes: keeps decoder start-up (one per worker) short
+
     if mode.startswith("I;16") or mode == "I":
         converted.append("16bit")
         pixels = np.asarray(image).astype(np.int64)

@@ -44,7 +44,6 @@ import os
 import sys
 import tarfile
 import time
-import urllib.request
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -129,6 +128,8 @@ class Outcome:
 
 def _read_source(ref: InputRef) -> bytes:
     if ref.uri.startswith(("http://", "https://")):
+        import urllib.request
+
         with urllib.request.urlopen(ref.uri, timeout=60) as response:
             return response.read()
     return storage.read_bytes(ref.uri)
