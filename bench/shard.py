@@ -5,8 +5,8 @@ write JPEG q90. The naive baseline does no validation, EXIF, dedup or sidecars; 
 that (JPEGs that need no change pass through after a full entropy-decode check). Throughput is
 images per CPU-second (this process plus its worker processes), so other load on a shared machine
 does not count; wall-clock images/s are shown too. Each measurement runs in a fresh process (best
-of --repeats interleaved rounds); peak memory is that process's peak RSS (VmHWM) and the largest worker's. Worker start-up (spawn +
-imports) is included in the parallel run's CPU time. Prints a table, writes bench/results/shard.json.
+of --repeats interleaved rounds); peak memory is that process's peak RSS (VmHWM) and the largest
+worker's. Worker start-up (spawn + imports) is included in the parallel run's CPU time. Prints a table, writes bench/results/shard.json.
 
 The scaling table compares `--workers 1` with `--workers 2` per CPU-second (parallel efficiency:
 1.0 means the second process costs no extra CPU per image) and in wall time (only meaningful on
