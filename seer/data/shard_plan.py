@@ -17,7 +17,7 @@ from seer.errors import ConfigError
 
 # Per-core rate from `bench/shard.py` (JPEG inputs, 256-1024 px, full validation, --max-short-side
 # none/256), rounded down; measure your own images with the bench and pass --rate.
-DEFAULT_RATE = 150.0
+DEFAULT_RATE = 120.0
 LIST_RATE = 5_000.0  # objects/s one pod streams from an S3 listing (1000-key pages, ~0.2 s each)
 MERGE_RATE = 300_000.0  # samples/s of the k-way merge (gzip JSON lines, one core)
 BYTES_PER_SAMPLE = 400  # partition memory per kept sample (dedup map, part records, sort)

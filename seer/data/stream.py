@@ -17,6 +17,10 @@ batch_size, shuffle_buffer):
    decisions only depend on positions, so the output order is computed up front from a generator
    seeded by (seed, epoch, g) and streamed with at most about ``shuffle_buffer`` samples in memory.
 
+Exclusions: after `seer shard merge`, a shard may hold copies of samples kept in another
+partition; the manifest counts only the kept ones and names the keys to skip (read lazily, one
+partition's exclusion file at a time). The virtual sequence runs over kept samples only.
+
 Resume: the DataLoader takes batches from its workers round-robin, so after the trainer consumed
 B = consumed / batch_size batches, worker role r has produced ⌈(B − r) / W⌉ of them. A resumed
 loader rotates the roles (DataLoader worker i plays role (i + B) mod W) and each role skips what it
