@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import io
 import json
 import os
 import sys
@@ -241,22 +240,25 @@ class _HashingWriter:
 class _TarWriter:
     """A shard being written: members stream into an atomic storage writer (invisible until commit).
 
-    The tar is deterministic: fixed mtime, owner and mode, USTAR headers.
+    The tar is deterministic: fixed mtime, owner and mode, USTAR headers. Members are written as
+    header + payload + padding in one write each (what tarfile's stream mode writes, without its
+    small-chunk copying); the end is two zero blocks, padded to tar's 10240-byte record size.
     """
 
     def __init__(self, uri: str) -> None:
         self._sink = storage.open(uri, "wb")
         self._hashing = _HashingWriter(self._sink)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
 
     def add(self, name: str, payload: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(payload), 0, 0o644
-        self._tar.addfile(info, io.BytesIO(payload))
+        header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        self._hashing.write(header + payload + bytes(-len(payload) % _TAR_BLOCK))
 
     def commit(self) -> tuple[int, str]:
         """Finish the tar and make it visible; return (bytes, sha256)."""
-        self._tar.close()
+        end = 2 * _TAR_BLOCK
+        self._hashing.write(bytes(end + -(self._hashing.size + end) % tarfile.RECORDSIZE))
         self._sink.close()
         return self._hashing.size, self._hashing.sha256.hexdigest()
 
