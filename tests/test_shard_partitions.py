@@ -34,7 +34,7 @@ from seer.data.shard import (
     shard,
     shard_partition,
 )
-from seer.data.stream import ShardStream
+from seer.data.stream import ShardStream, build_loader
 from seer.data.synthetic import generate_corpus, generate_nasty_corpus
 from seer.errors import ConfigError
 
@@ -123,6 +123,14 @@ def test_one_two_four_partitions_same_samples_and_accounting(tmp_path: Path) -> 
         stream.batch_size = 1
         keys = [key for _, key in stream]
         assert sorted(keys) == sorted(key for key, _ in reference)  # the stream skips excluded copies
+    # Two ranks x two loader workers: each reads its span once, excluded copies never appear.
+    spans = []
+    for rank in range(2):
+        loader = build_loader(ShardStream(manifest_uri, None, rank=rank, world_size=2), 2, num_workers=2)
+        spans += [key for _, keys in loader for key in keys]
+    assert len(spans) == len(set(spans)) == len(reference) // 8 * 8 and set(spans) <= {
+        k for k, _ in reference
+    }
 
 
 def test_listing_streams_every_input_into_exactly_one_partition(tmp_path: Path, storage_root: str) -> None:
@@ -132,7 +140,8 @@ def test_listing_streams_every_input_into_exactly_one_partition(tmp_path: Path, 
         storage.put(path, storage.join(source, path.parent.name, path.name))
     storage.put(b"not an image", storage.join(source, "a-readme.md"))
     output = storage.join(storage_root, "out")
-    listing = list_inputs([source], output, 3)
+    assert main(["shard", "list", source, "--output", output, "--partitions", "3"]) == 0
+    listing = list_inputs([source], output, 3)  # already there: returned as written
     assert listing["total"] == 12 and sum(listing["counts"]) == 12
     assert listing["ignored_by_reason"] == {"not_an_image_name": 1}
     everything = []

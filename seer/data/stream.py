@@ -325,12 +325,12 @@ class ShardLoader:
 
 
 def _collate(samples: Sequence[tuple[Any, str]], pad: bool) -> tuple[Any, list[str]]:
-    from seer.data.transforms import collate_multicrop
-
     crops = [sample[0] for sample in samples]
     keys = [sample[1] for sample in samples]
     if isinstance(crops[0], (bytes, bytearray)):
-        return crops, keys
+        return crops, keys  # raw bytes: no need to import the transforms (torchvision) at all
+    from seer.data.transforms import collate_multicrop
+
     return collate_multicrop(crops, pad=pad), keys
 
 
