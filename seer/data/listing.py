@@ -260,12 +260,12 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
     ]
     writers = [gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6) for sink in sinks]
     counts = [0] * partitions
-    ignored: Counter = Counter()
+    ignored: list[Counter] = [Counter() for _ in range(partitions)]
     index = 0
     try:
         for item in iter_inputs(inputs):
             if isinstance(item, Ignored):
-                ignored[item.reason] += 1
+                ignored[partition_of(item.uri, partitions)][item.reason] += 1
                 continue
             owner = partition_of(item.source, partitions)
             record = {"i": index, "uri": item.uri, "member": item.member}
@@ -285,7 +285,8 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
         "partitions": partitions,
         "total": index,
         "counts": counts,
-        "ignored_by_reason": dict(sorted(ignored.items())),
+        "ignored_by_reason": dict(sorted(sum(ignored, Counter()).items())),
+        "ignored_by_partition": [dict(sorted(counts.items())) for counts in ignored],
         "lists": [list_file_name(p, partitions) for p in range(partitions)],
     }
     storage.write_json(listing_uri, listing)
@@ -298,7 +299,7 @@ def read_listing(
     """The partition's share from a `seer shard list` listing under ``output``; None when there is none.
 
     ``inputs`` empty means "whatever was listed"; otherwise the listing must be of the same inputs.
-    Ignored files are reported by partition 0 only (the listing counted them once).
+    Ignored files are counted by the partition their URI hashes to, as ``partition_inputs`` does.
     """
     listing_uri = storage.join(output.rstrip("/"), LISTS_DIR, LISTING_NAME)
     if not storage.exists(listing_uri):
@@ -317,4 +318,4 @@ def read_listing(
         for line in lines:
             record = json.loads(line)
             refs.append((int(record["i"]), InputRef(record["uri"], record["member"])))
-    return refs, dict(listing["ignored_by_reason"]) if partition == 0 else {}
+    return refs, dict(listing["ignored_by_partition"][partition])
