@@ -19,7 +19,7 @@ from PIL import Image
 
 from seer import storage
 from seer.cli import main
-from seer.data.shard import ShardSettings, shard
+from seer.data.shard import ShardSettings, iter_records, shard
 from seer.data.synthetic import generate_corpus, generate_nasty_corpus
 from seer.errors import ConfigError, NotFoundError
 
@@ -71,10 +71,14 @@ def test_nasty_corpus_every_valid_image_once_and_rejects_counted(tmp_path: Path,
     assert totals["shards"] == len(manifest["shards"]) == -(-len(kept) // 4)
     assert totals["bytes"] == sum(s["bytes"] for s in manifest["shards"])
     assert manifest["rejected_by_reason"] == dict(Counter(rejected.values()))
-    assert {r["source"].rsplit("/", 1)[1]: r["reason"] for r in manifest["rejected"]} == rejected
+    manifest_uri = storage.join(output, "manifest.json")
+    records = {kind: list(iter_records(manifest_uri, kind)) for kind in ("rejected", "duplicates")}
+    assert {r["source"].rsplit("/", 1)[1]: r["reason"] for r in records["rejected"]} == rejected
     assert [
-        (d["source"].rsplit("/", 1)[1], d["duplicate_of"].rsplit("/", 1)[1]) for d in manifest["duplicates"]
+        (d["source"].rsplit("/", 1)[1], d["duplicate_of"].rsplit("/", 1)[1]) for d in records["duplicates"]
     ] == [("zz_copy_of_ok.jpg", "ok.jpg")]
+    assert "rejected" not in manifest and "duplicates" not in manifest  # per-sample records stay out
+    assert manifest["encoded"] == {"passed_through": 1, "reencoded": 10}  # ok.jpg: baseline RGB JPEG
     assert manifest["converted_by_kind"]["alpha_over_white"] == 3
     assert manifest["settings"]["max_samples_per_shard"] == 4 and manifest["seer_version"]
 
@@ -119,7 +123,8 @@ def test_lists_tars_and_unreadable_entries(tmp_path: Path) -> None:
         f"{tmp_path / 'pack.tar'}#inner/{p.name}" for p in paths[:3]
     ] + [str(paths[5])]
     assert manifest["rejected_by_reason"] == {"unreadable": 1}
-    assert manifest["rejected"][0]["source"].endswith("imgs/missing.jpg")
+    rejected = list(iter_records(str(tmp_path / "out" / "manifest.json"), "rejected"))
+    assert len(rejected) == 1 and rejected[0]["source"].endswith("imgs/missing.jpg")
     assert manifest["totals"]["ignored"] == 1
 
 

@@ -8,10 +8,20 @@ import sys
 from seer import storage
 from seer.errors import ConfigError
 
+_ACTIONS = ("list", "merge")
+
 
 def _shard(args: argparse.Namespace) -> int:
-    from seer.data.shard import ShardSettings, shard
+    from seer.data.shard import ShardSettings, shard, shard_partition
 
+    action = args.inputs[0] if args.inputs and args.inputs[0] in _ACTIONS else None
+    inputs = args.inputs[1:] if action else args.inputs
+    if args.plan:
+        return _plan(args)
+    if action == "list":
+        return _list(args, inputs)
+    if action == "merge":
+        return _merge(args, inputs)
     settings = ShardSettings(
         shard_size_mb=args.shard_size_mb,
         max_samples_per_shard=args.max_samples_per_shard,
@@ -20,9 +30,52 @@ def _shard(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         dedup=not args.no_dedup,
         write_json=not args.no_json,
+        pass_through=not args.no_pass_through,
     )
-    shard(
-        args.inputs, args.output, settings, workers=args.workers, overwrite=args.overwrite, command=sys.argv
+    if args.output is None:
+        raise ConfigError("--output is required: the prefix for shards and manifest.json")
+    if args.partition:
+        shard_partition(
+            inputs, args.output, args.partition, settings=settings, workers=args.workers,
+            overwrite=args.overwrite, command=sys.argv,
+        )  # fmt: skip
+        return 0
+    if not inputs:
+        raise ConfigError("no inputs given: pass folders, tar files, list files or s3:// prefixes")
+    shard(inputs, args.output, settings, workers=args.workers, overwrite=args.overwrite, command=sys.argv)
+    return 0
+
+
+def _list(args: argparse.Namespace, inputs: list[str]) -> int:
+    from seer.data.listing import list_inputs
+
+    if args.output is None or args.partitions is None:
+        raise ConfigError(
+            "`seer shard list INPUTS --output PREFIX --partitions N` needs --output and --partitions"
+        )
+    listing = list_inputs(inputs, args.output, args.partitions)
+    print(f"listed {listing['total']} inputs into {args.partitions} partitions under {args.output}/_lists")
+    return 0
+
+
+def _merge(args: argparse.Namespace, inputs: list[str]) -> int:
+    from seer.data.merge import merge_partitions
+
+    if inputs or args.output is None or args.partitions is None:
+        raise ConfigError(
+            "`seer shard merge --output PREFIX --partitions N` takes no inputs and needs both flags"
+        )
+    merge_partitions(args.output, args.partitions, command=sys.argv)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from seer.data.shard_plan import plan_sharding, print_plan
+
+    print_plan(
+        plan_sharding(
+            args.images, pods=args.pods, cores=args.cores, rate=args.rate, target_hours=args.target_hours
+        )
     )
     return 0
 
@@ -62,15 +115,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="a folder or s3:// prefix (all images below it), a .tar file, a .txt/.csv list of paths "
-        "or URIs (relative entries are relative to the list), or one image file",
+        "or URIs (relative entries are relative to the list), or one image file. "
+        "`seer shard list INPUTS --output P --partitions N` streams the listing into N list files; "
+        "`seer shard merge --output P --partitions N` writes the manifest over N partitions "
+        "(a folder literally named list or merge: write ./list)",
     )
     p.add_argument(
         "--output",
-        required=True,
         help="prefix (local folder or s3://bucket/key) for shards and manifest.json",
+    )
+    p.add_argument(
+        "--partition",
+        metavar="I/N",
+        help="fan-out: shard only partition I of N (a stable hash of each input's URI decides), into "
+        "OUTPUT/pIIIII-of-NNNNN/; inputs may be omitted after `seer shard list`; then `seer shard merge`",
+    )
+    p.add_argument("--partitions", type=int, help="N for `seer shard list` and `seer shard merge`")
+    p.add_argument(
+        "--no-pass-through",
+        action="store_true",
+        help="re-encode every image (default: valid baseline RGB JPEGs within limits keep their coded bytes)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the wall time and pod count to shard --images N at --pods x --cores (no sharding)",
+    )
+    p.add_argument("--images", type=float, default=1e9, help="--plan: corpus size (default 1e9)")
+    p.add_argument("--pods", type=int, default=100, help="--plan: shard pods (default 100)")
+    p.add_argument(
+        "--cores", type=int, default=8, help="--plan: cores (worker processes) per pod (default 8)"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="--plan: images per core-second (default: the JPEG row of bench/results/shard.json)",
+    )
+    p.add_argument(
+        "--target-hours",
+        type=float,
+        default=24.0,
+        help="--plan: wall time to size the pod count for (default 24)",
     )
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPU cores)")
     p.add_argument(

@@ -17,6 +17,10 @@ batch_size, shuffle_buffer):
    decisions only depend on positions, so the output order is computed up front from a generator
    seeded by (seed, epoch, g) and streamed with at most about ``shuffle_buffer`` samples in memory.
 
+Exclusions: after `seer shard merge`, a shard may hold copies of samples kept in another
+partition; the manifest counts only the kept ones and names the keys to skip (read lazily, one
+partition's exclusion file at a time). The virtual sequence runs over kept samples only.
+
 Resume: the DataLoader takes batches from its workers round-robin, so after the trainer consumed
 B = consumed / batch_size batches, worker role r has produced ⌈(B − r) / W⌉ of them. A resumed
 loader rotates the roles (DataLoader worker i plays role (i + B) mod W) and each role skips what it
@@ -40,7 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from seer import storage
-from seer.data.shard import read_manifest
+from seer.data.shard import read_exclusions, read_manifest
 from seer.errors import ConfigError, SeerError
 
 Transform = Callable[[bytes, str, int], Any]
@@ -100,9 +104,14 @@ class ShardStream(IterableDataset):
             raise ConfigError(f"shuffle_buffer ({shuffle_buffer}) and epoch ({epoch}) must be >= 0")
         manifest = read_manifest(manifest_uri)
         prefix = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
+        self.manifest_uri = manifest_uri
         self.shards = [
             (storage.join(prefix, s["name"]), int(s["samples"])) for s in manifest["shards"] if s["samples"]
         ]
+        # Shards holding samples a merge excluded (duplicates across partitions): index -> entry.
+        kept = [s for s in manifest["shards"] if s["samples"]]
+        self._excluded = {i: s for i, s in enumerate(kept) if s.get("excluded")}
+        self._exclusion_cache: dict[str, dict[str, set[str]]] = {}
         self.num_samples = sum(count for _, count in self.shards)
         self.manifest_id = hashlib.sha256(
             json.dumps(manifest["shards"], sort_keys=True).encode()
@@ -177,8 +186,8 @@ class ShardStream(IterableDataset):
 
     # ---- iteration -----------------------------------------------------------------------------
 
-    def _pieces(self, epoch: int, global_worker: int, per_worker: int) -> list[tuple[str, int, int]]:
-        """(shard URI, first, stop) sample ranges that make up a global worker's span, in order."""
+    def _pieces(self, epoch: int, global_worker: int, per_worker: int) -> list[tuple[int, int, int]]:
+        """(shard index, first, stop) sample ranges that make up a global worker's span, in order."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
         counts = [self.shards[i][1] for i in order]
         ends = np.cumsum(counts).tolist()
@@ -188,22 +197,27 @@ class ShardStream(IterableDataset):
         while begin < end:
             shard_start = ends[position] - counts[position]
             stop = min(end, ends[position])
-            pieces.append((self.shards[order[position]][0], begin - shard_start, stop - shard_start))
+            pieces.append((int(order[position]), begin - shard_start, stop - shard_start))
             begin, position = stop, position + 1
         return pieces
 
     def _read(
-        self, pieces: list[tuple[str, int, int]], needed: np.ndarray
+        self, pieces: list[tuple[int, int, int]], needed: np.ndarray
     ) -> Iterator[tuple[int, str, bytes]]:
         """(span position, key, jpeg bytes) for every needed position, in stream order."""
         position = 0
-        for uri, first, stop in pieces:
+        for shard, first, stop in pieces:
+            uri = self.shards[shard][0]
             count = stop - first
             if not needed[position : position + count].any():
                 position += count
                 continue
+            excluded: set[str] = set()
+            if shard in self._excluded:
+                excluded = read_exclusions(self.manifest_uri, self._excluded[shard], self._exclusion_cache)
             found = 0
-            for index, key, data in _tar_samples(uri, first, stop, needed[position : position + count]):
+            samples = _tar_samples(uri, first, stop, needed[position : position + count], excluded)
+            for index, key, data in samples:
                 found = index - first + 1
                 if data is not None:
                     yield position + index - first, key, data
@@ -250,15 +264,20 @@ class ShardStream(IterableDataset):
 
 
 def _tar_samples(
-    uri: str, first: int, stop: int, needed: np.ndarray
+    uri: str, first: int, stop: int, needed: np.ndarray, excluded: set[str]
 ) -> Iterator[tuple[int, str, bytes | None]]:
-    """(sample index, key, jpeg bytes or None when not needed) for samples first..stop-1 of a shard."""
+    """(sample index, key, jpeg bytes or None when not needed) for samples first..stop-1 of a shard.
+
+    Samples whose key is in ``excluded`` do not count: indices run over the remaining samples.
+    """
     index, current = -1, None
     with storage.open(uri, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for info in tar:
             if not info.isfile():
                 continue
             key, _, extension = info.name.partition(".")
+            if key in excluded:
+                continue
             if key != current:
                 index, current = index + 1, key
                 if index >= stop:
@@ -306,12 +325,12 @@ class ShardLoader:
 
 
 def _collate(samples: Sequence[tuple[Any, str]], pad: bool) -> tuple[Any, list[str]]:
-    from seer.data.transforms import collate_multicrop
-
     crops = [sample[0] for sample in samples]
     keys = [sample[1] for sample in samples]
     if isinstance(crops[0], (bytes, bytearray)):
-        return crops, keys
+        return crops, keys  # raw bytes: no need to import the transforms (torchvision) at all
+    from seer.data.transforms import collate_multicrop
+
     return collate_multicrop(crops, pad=pad), keys
 
 

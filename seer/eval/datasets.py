@@ -343,7 +343,7 @@ def _from_folder(uri: str, task: str, checker: _RowChecker) -> list[tuple[Sample
 def _from_shards(uri: str, task: str, checker: _RowChecker) -> list[tuple[Sample, dict]]:
     manifest_uri = uri if uri.lower().endswith(".json") else storage.join(uri, "manifest.json")
     out: list[tuple[Sample, dict]] = []
-    for shard_uri, _ in shard_uris(manifest_uri):
+    for shard_uri, excluded in shard_uris(manifest_uri):
         shard_name = posixpath.basename(shard_uri)
         images: dict[str, str] = {}
         metadata: dict[str, bytes] = {}
@@ -356,7 +356,7 @@ def _from_shards(uri: str, task: str, checker: _RowChecker) -> list[tuple[Sample
                     metadata[key] = tar.extractfile(member).read()  # type: ignore[union-attr]
                 elif f".{ext.lower()}" in IMAGE_EXTENSIONS:
                     images[key] = member.name
-        for key in sorted(set(images) | set(metadata)):
+        for key in sorted((set(images) | set(metadata)) - excluded):
             where = f"{shard_name}:{key}"
             if key not in images:
                 checker.bad.append(BadRow(where, "metadata without an image member"))

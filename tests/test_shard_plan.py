@@ -1,0 +1,34 @@
+"""`seer shard --plan`: wall time and pods from images, pods x cores and a per-core rate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from seer.cli import main
+from seer.data.shard_plan import BYTES_PER_SAMPLE, LIST_RATE, MERGE_RATE, plan_sharding
+from seer.errors import ConfigError
+
+
+def test_billion_images_plan() -> None:
+    plan = plan_sharding(1e9, pods=125, cores=8, rate=100.0, target_hours=72)
+    assert plan.shard_hours == pytest.approx(1e9 / (125 * 8 * 100) / 3600)  # 2.78 h
+    overhead = 1e9 / LIST_RATE / 3600 + 1e9 / MERGE_RATE / 3600
+    assert plan.total_hours == pytest.approx(plan.shard_hours + overhead)
+    assert overhead > 50  # one pod listing 1B keys at ~5k keys/s dominates: see docs/sharding.md
+    assert plan.pods_for_target == math.ceil(1e9 / (8 * 100 * (72 - overhead) * 3600))
+    # pods_for_target pods really finish within the target, one pod fewer does not
+    for pods, within in ((plan.pods_for_target, True), (plan.pods_for_target - 1, False)):
+        assert (plan_sharding(1e9, pods=pods, cores=8, rate=100.0).total_hours <= 72) is within
+    assert plan.partition_images == 8_000_000
+    assert plan.partition_memory_gib == pytest.approx(8e6 * BYTES_PER_SAMPLE / 2**30)
+    assert plan_sharding(1e9, pods=1, cores=1, rate=100.0, target_hours=24).pods_for_target == 0  # impossible
+
+
+def test_plan_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shard", "--plan", "--images", "1e9", "--pods", "125", "--cores", "8", "--rate", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "1,000,000,000" in out and "sharding         2.8 h" in out and "125 x 8 = 1000 cores" in out
+    with pytest.raises(ConfigError, match="--cores >= 1"):
+        plan_sharding(10, pods=1, cores=0)
