@@ -37,6 +37,7 @@ from seer.data.shard import (
 from seer.data.stream import ShardStream, build_loader
 from seer.data.synthetic import generate_corpus, generate_nasty_corpus
 from seer.errors import ConfigError
+from seer.eval.datasets import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ShardSettings(max_samples_per_shard=3)
@@ -123,6 +124,8 @@ def test_one_two_four_partitions_same_samples_and_accounting(tmp_path: Path) -> 
         stream.batch_size = 1
         keys = [key for _, key in stream]
         assert sorted(keys) == sorted(key for key, _ in reference)  # the stream skips excluded copies
+        evaluation_set = load_dataset(manifest_uri, "images")  # so do the evaluation readers
+        assert len(evaluation_set.samples) == len(reference), partitions
     # Two ranks x two loader workers: each reads its span once, excluded copies never appear.
     spans = []
     for rank in range(2):
