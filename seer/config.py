@@ -74,6 +74,8 @@ class SwAVConfig:
     queue_start_iter: int = 0
     freeze_prototypes_iters: int = 313
     normalize_prototypes: bool = True
+    # Not in SEER (0): one-hot argmax codes as targets for the first N iterations (small-batch warm-up).
+    hard_codes_iters: int = 0
 
 
 @dataclass
@@ -379,6 +381,7 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     _require(n_crops >= 2, f"data.crops: SwAV needs at least 2 crops per image, got {n_crops}")
     _require(swav.queue_length >= 0, f"swav.queue_length: must be >= 0, got {swav.queue_length}")
     _require(swav.freeze_prototypes_iters >= 0, "swav.freeze_prototypes_iters: must be >= 0")
+    _require(swav.hard_codes_iters >= 0, f"swav.hard_codes_iters: must be >= 0, got {swav.hard_codes_iters}")
 
     opt = cfg.optim
     for name in (

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from seer.config import load_config
 from seer.data.transforms import MultiCropTransform, collate_multicrop
 from seer.models import build_swav_model
+from seer.ssl.collapse import mean_pairwise_cosine
 from seer.ssl.optim import LRSchedule, build_optimizer
 from seer.ssl.swav import PrototypeFreezer, SwAVLoss, normalize_prototypes_
 
@@ -97,3 +99,33 @@ def train() -> tuple[list[float], int]:
         losses.append(loss.item())
     torch.testing.assert_close(proto.detach().norm(dim=1), torch.ones(proto.shape[0]))
     return losses, proto.shape[0]
+
+
+def test_one_larc_step_from_fresh_rg_tiny_keeps_the_embedding_spread() -> None:
+    """Seer issue 11: with the trunk's init on the head (zero last bias), LARC's unscaled step for
+    zero-norm parameters (apex `LARC.py`) moved that bias by ~1 on step 0 and the mean pairwise
+    embedding cosine jumped 0.32 → 0.975. One step at the rg-tiny preset's peak LR (the demo's global
+    batch of 32) must leave it within a small margin of where it started."""
+    cfg = load_config("rg-tiny")
+    crops_spec = [(c.size, c.count, tuple(c.scale)) for c in cfg.data.crops]
+    transform = MultiCropTransform(crops_spec, seed=0)
+    images = shape_images(32)
+    crops = collate_multicrop([transform(img, i, epoch=0) for i, img in enumerate(images)])
+    peak = LRSchedule.from_config(cfg.optim, global_batch=32, total_steps=cfg.train.iterations).peak_lr
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for seed in (0,):
+            model = build_swav_model(cfg.model.preset, seed=seed)
+            normalize_prototypes_(model)
+            optimizer = build_optimizer(model, cfg.optim, lr=peak)
+            loss_fn = SwAVLoss(len(crops), epsilon=cfg.swav.epsilon, sinkhorn_iterations=3, embedding_dim=32)
+            embedding, scores = model(crops)
+            before = mean_pairwise_cosine(embedding[:32]).item()
+            loss_fn(embedding, scores).backward()
+            optimizer.step()
+            with torch.no_grad():
+                after = mean_pairwise_cosine(model(crops)[0][:32]).item()
+            assert abs(after - before) < 0.1 and after < 0.6, (seed, before, after)
+    finally:
+        torch.set_num_threads(threads)

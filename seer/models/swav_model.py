@@ -55,18 +55,20 @@ class SwAVModel(nn.Module):
 
 
 def build_head(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVHead:
-    """The SwAV head of preset `name` with SEER init (on the meta device when `device="meta"`)."""
+    """The SwAV head of preset `name` with PyTorch's default init, as VISSL's (on the meta device when
+    `device="meta"`). Seeded by the names it has inside a `SwAVModel` (`head.*`)."""
     preset = get_preset(name)
     with torch.device("meta"):
         head = SwAVHead(preset.head_dims, preset.head_use_bn, preset.num_prototypes)
-    return place_(head, device, seed)
+    return place_(head, device, seed, prefix="head")
 
 
 def build_swav_model(name: str, device: torch.device | str | None = None, seed: int | None = 0) -> SwAVModel:
     """Trunk + SwAV head of preset `name`, built on the meta device and materialised on `device`.
 
     `device="meta"` allocates nothing; `device=None` means torch's current default device.
-    Initialisation depends only on `seed` and parameter names (see `seer.models.init`).
+    Initialisation depends only on `seed` and parameter names (see `seer.models.init`): SEER init for
+    the trunk, PyTorch's default for the head (as in VISSL).
     """
     model = SwAVModel(build_trunk(name, device="meta"), build_head(name, device="meta"))
     return place_(model, device, seed)
