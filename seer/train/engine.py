@@ -70,7 +70,9 @@ def _padded_forward(self: SwAVModel, crops: PaddedCrops) -> tuple[Tensor, list[T
 
 def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
     """This rank's loader: deterministic order (seed, epoch) and crops (seed, epoch, sample key)."""
-    transform = MultiCropTransform(cfg.data.crops, seed=cfg.train.seed)
+    transform = MultiCropTransform(
+        cfg.data.crops, seed=cfg.train.seed, jitter_strength=cfg.data.jitter_strength, blur_p=cfg.data.blur_p
+    )
     stream = ShardStream(
         manifest_uri(data_uri),
         transform,
