@@ -122,7 +122,8 @@ def main() -> int:
         metavar="NAME=OVERRIDES",
         help="a recipe: name=space-separated --set overrides of rg-tiny (repeatable)",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds per recipe (0..N-1)")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per recipe")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
     parser.add_argument("--results", default=str(RESULTS), help="JSON file the rows are appended to")
     parser.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     args = parser.parse_args()
@@ -147,7 +148,7 @@ def main() -> int:
     new_rows = []
     for spec in args.recipe:
         name, _, text = spec.partition("=")
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             overrides = [*shlex.split(text), f"train.seed={seed}"]
             ckpt, seconds = train(work, f"{name}-s{seed}", overrides, shards, args.nproc)
             row = {"name": name, "seed": seed, "overrides": overrides, "images": args.images,
