@@ -4,14 +4,14 @@ Builds the demo's inputs once (the generated corpus → shards, the generated co
 benchmarks), then for each recipe (a list of `--set` overrides of the rg-tiny preset) trains with
 `seer pretrain` (one process), consolidates, and runs the demo's linear probe, kNN and copy detection
 with exactly the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS, components/evaluate.py).
-The random-init baseline (same seed as the demo's) is evaluated once per work folder. Prints a table,
-appends rows to bench/results/demo_quality.json. One process with batch 32 stands in for the demo's
-2 ranks x 16. A recipe that changes model.num_prototypes cannot be consolidated (the checkpoint
-mapping checks head shapes against the model preset).
+The random-init baseline (same seed as the demo's) is evaluated once per work folder. Each recipe is
+trained with `--seeds` training seeds (`train.seed`); prints one row per run, then per recipe the mean
+and range over seeds and whether every seed beat random-init on all three metrics; appends rows to
+bench/results/demo_quality.json. One process with batch 32 stands in for the demo's 2 ranks x 16.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq \
+    OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3 \
         --recipe preset="train.batch_per_gpu=32" \
-        --recipe trained-protos="train.batch_per_gpu=32 swav.freeze_prototypes_iters=5"
+        --recipe soft-codes="train.batch_per_gpu=32 swav.epsilon=0.05"
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def main() -> int:
         metavar="NAME=OVERRIDES",
         help="a recipe: name=space-separated --set overrides of rg-tiny (repeatable)",
     )
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per recipe")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
     parser.add_argument("--results", default=str(RESULTS), help="JSON file the rows are appended to")
     parser.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     args = parser.parse_args()
@@ -140,31 +142,37 @@ def main() -> int:
             cached.write_text(json.dumps(evaluate("random", sets, preset="rg-tiny")))
         baseline = json.loads(cached.read_text())
         print(json.dumps({"name": "random-init", **baseline}), flush=True)
+    new_rows = []
     for spec in args.recipe:
         name, _, text = spec.partition("=")
-        overrides = shlex.split(text)
-        ckpt, seconds = train(work, name, overrides, shards, args.nproc)
-        metrics = evaluate(ckpt, sets)
-        row = {
-            "name": name,
-            "overrides": overrides,
-            "images": args.images,
-            "nproc": args.nproc,
-            "train_seconds": round(seconds, 1),
-            **metrics,
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            overrides = [*shlex.split(text), f"train.seed={seed}"]
+            ckpt, seconds = train(work, f"{name}-s{seed}", overrides, shards, args.nproc)
+            row = {"name": name, "seed": seed, "overrides": overrides, "images": args.images,
+                   "nproc": args.nproc, "train_seconds": round(seconds, 1), **evaluate(ckpt, sets)}  # fmt: skip
+            new_rows.append(row)
+            print(json.dumps(row), flush=True)
+    rows += new_rows
+    print(f"{'run':<18} {'linear':>7} {'knn':>7} {'copy':>7} {'strong':>7} {'train s':>8}")
     if baseline:
         print(
-            f"{'random-init':<14} {baseline['linear']:>7.3f} {baseline['knn']:>7.3f} {baseline['copy']:>7.3f} "
+            f"{'random-init':<18} {baseline['linear']:>7.3f} {baseline['knn']:>7.3f} {baseline['copy']:>7.3f} "
             f"{baseline.get('copy_strong', 0):>7.3f}"
         )
-    print(f"{'recipe':<14} {'linear':>7} {'knn':>7} {'copy':>7} {'strong':>7} {'train s':>8}")
-    for r in rows:
+    for r in new_rows:
         print(
-            f"{r['name']:<14} {r['linear']:>7.3f} {r['knn']:>7.3f} {r['copy']:>7.3f} "
+            f"{r['name'] + ' s' + str(r['seed']):<18} {r['linear']:>7.3f} {r['knn']:>7.3f} {r['copy']:>7.3f} "
             f"{r.get('copy_strong', 0):>7.3f} {r['train_seconds']:>8.1f}"
+        )
+    for name in dict.fromkeys(r["name"] for r in new_rows):
+        runs = [r for r in new_rows if r["name"] == name]
+        cells = []
+        for metric in ("linear", "knn", "copy"):
+            values = [r[metric] for r in runs]
+            cells.append(f"{metric} {sum(values) / len(values):.3f} [{min(values):.3f}-{max(values):.3f}]")
+        beats = baseline and all(r[m] > baseline[m] for r in runs for m in ("linear", "knn", "copy"))
+        print(
+            f"{name}: {len(runs)} seeds, " + ", ".join(cells) + f"; beats random-init in every seed: {beats}"
         )
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps({"rows": rows, "random-init": baseline}, indent=1))

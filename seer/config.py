@@ -60,6 +60,9 @@ class DataConfig:
     shuffle_buffer: int = 2048
     # SEER 10B `create_multidimensional_tensor`: pad all crops to the largest size, one trunk pass.
     padded_single_pass: bool = False
+    # Augmentation strength (SEER: colour jitter 0.8/0.8/0.8/0.2 → strength 1.0, Gaussian blur p 0.5).
+    jitter_strength: float = 1.0
+    blur_p: float = 0.5
 
 
 @dataclass
@@ -74,6 +77,8 @@ class SwAVConfig:
     queue_start_iter: int = 0
     freeze_prototypes_iters: int = 313
     normalize_prototypes: bool = True
+    # Not in SEER (0): one-hot argmax codes as targets for the first N iterations (small-batch warm-up).
+    hard_codes_iters: int = 0
 
 
 @dataclass
@@ -363,6 +368,12 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
             len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1,
             f"{key}.scale: must be [low, high] with 0 < low <= high <= 1, got {lo_hi}",
         )
+    _require(
+        cfg.data.jitter_strength >= 0, f"data.jitter_strength: must be >= 0, got {cfg.data.jitter_strength}"
+    )
+    _require(
+        0 <= cfg.data.blur_p <= 1, f"data.blur_p: must be a probability in [0, 1], got {cfg.data.blur_p}"
+    )
     _require(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
     _require(
         cfg.data.shuffle_buffer >= 0, f"data.shuffle_buffer: must be >= 0, got {cfg.data.shuffle_buffer}"
@@ -385,6 +396,7 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     _require(n_crops >= 2, f"data.crops: SwAV needs at least 2 crops per image, got {n_crops}")
     _require(swav.queue_length >= 0, f"swav.queue_length: must be >= 0, got {swav.queue_length}")
     _require(swav.freeze_prototypes_iters >= 0, "swav.freeze_prototypes_iters: must be >= 0")
+    _require(swav.hard_codes_iters >= 0, f"swav.hard_codes_iters: must be >= 0, got {swav.hard_codes_iters}")
 
     opt = cfg.optim
     for name in (

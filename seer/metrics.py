@@ -46,7 +46,24 @@ class TrainMetrics:
         self.checkpoint_seconds = Gauge(
             f"{PREFIX}_checkpoint_seconds", "Wall time of the last checkpoint save.", registry=r
         )
+        self.embedding_cosine = Gauge(
+            f"{PREFIX}_embedding_cosine",
+            "Mean pairwise cosine of one crop's embeddings at the last logged step (mean over ranks); "
+            "near 1 means collapse.",
+            registry=r,
+        )
+        self.code_entropy = Gauge(
+            f"{PREFIX}_code_entropy_ratio",
+            "Mean per-sample entropy of the SwAV codes / ln K at the last logged step (mean over ranks); "
+            "near 1 means uniform codes (collapse).",
+            registry=r,
+        )
         self.images = Counter(f"{PREFIX}_images", "Images trained on (all ranks).", registry=r)
+        self.collapse_warnings = Counter(
+            f"{PREFIX}_collapse_warnings",
+            "Logged steps whose collapse statistics crossed a threshold.",
+            registry=r,
+        )
         self.checkpoints = Counter(f"{PREFIX}_checkpoints", "Checkpoints saved.", registry=r)
         # Faults: totals over the whole run (earlier attempts read back from train_log.jsonl).
         self.restarts = Counter(f"{PREFIX}_restarts", "Times the run was restarted.", registry=r)
@@ -94,6 +111,13 @@ class TrainMetrics:
         self.loss.set(loss)
         self.learning_rate.set(lr)
         self.gpu_memory_bytes.set(gpu_memory_bytes)
+
+    def record_collapse(self, embedding_cosine: float, code_entropy: float, warned: bool) -> None:
+        """Collapse statistics of a logged step (see `seer.ssl.collapse`)."""
+        self.embedding_cosine.set(embedding_cosine)
+        self.code_entropy.set(code_entropy)
+        if warned:
+            self.collapse_warnings.inc()
 
     def record_checkpoint(self, seconds: float) -> None:
         self.checkpoint_seconds.set(seconds)

@@ -272,9 +272,11 @@ def test_multi_resolution_training_step_runs_on_cpu() -> None:
 
 
 def test_init_statistics_follow_the_spec() -> None:
+    """Trunk: SEER init (VISSL `regnet_fsdp.init_weights`). Head: PyTorch's default, as VISSL's
+    `swav_prototypes_head.py`, which never re-initialises its Linear layers (seer issue 11)."""
     torch.manual_seed(0)
     model = build_swav_model("rg-small", seed=0)
-    for name, m in model.named_modules():
+    for name, m in model.trunk.named_modules():
         if isinstance(m, nn.Conv2d) and m.weight.numel() >= 50_000:
             std = math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
             assert abs(m.weight.std().item() / std - 1) < 0.05, name
@@ -290,6 +292,58 @@ def test_init_statistics_follow_the_spec() -> None:
         elif isinstance(m, nn.Linear):
             assert abs(m.weight.std().item() / 0.01 - 1) < 0.05, name
             assert m.bias is None or torch.equal(m.bias, torch.zeros_like(m.bias)), name
+    _assert_torch_default_head_init(model.head.projection_head, "projection_head")
+    _assert_torch_default_head_init(model.head.prototypes, "prototypes")
+
+
+def _assert_torch_default_head_init(module: nn.Module, where: str) -> None:
+    """nn.Linear.reset_parameters: weight and bias ~ U(±1/sqrt(fan_in)); BatchNorm1d weight 1, bias 0."""
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            bound = 1 / math.sqrt(m.in_features)
+            for t in [t for t in (m.weight, m.bias) if t is not None]:
+                assert t.abs().max().item() <= bound, (where, name)
+                assert abs(t.std().item() / (bound / math.sqrt(3)) - 1) < 0.2, (
+                    where,
+                    name,
+                )  # U(±b): std b/√3
+        elif isinstance(m, nn.BatchNorm1d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any(), (where, name)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_head_keeps_torch_default_init(name: str) -> None:
+    """Every preset's head, rg10b's included, is initialised as VISSL's SwAV head: built on meta, its
+    last projection Linear (the layer whose zero bias collapsed runs under LARC) and first prototype
+    rows materialised alone, as the sharded engine does."""
+    head = build_swav_model(name, device="meta").head
+    last = head.projection_head[-1]
+    materialize_(last, "cpu", seed=0, prefix=f"head.projection_head.{len(head.projection_head) - 1}")
+    _assert_torch_default_head_init(last, name)
+    assert last.bias.norm() > 0 and last.weight.std() > 0.5 / math.sqrt(last.in_features)
+    if numel(head) < 5_000_000:
+        whole = build_swav_model(name, device="cpu", seed=0).head
+        _assert_torch_default_head_init(whole, name)
+        torch.testing.assert_close(whole.projection_head[-1].bias, last.bias, rtol=0, atol=0)
+
+
+def test_only_batchnorm_biases_start_at_zero_norm() -> None:
+    """LARC leaves zero-norm parameters unscaled (apex `LARC.py`), so at init only BN biases may be 0,
+    as in VISSL; a zero head bias would jump at the full LR on step 0 (seer issue 11)."""
+    model = build_swav_model("rg-tiny", seed=0)
+    zero = {n for n, p in model.named_parameters() if p.norm() == 0}
+    bn_biases = {
+        f"{mn}.bias" for mn, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
+    assert zero and zero <= bn_biases, sorted(zero - bn_biases)
+
+
+def test_build_head_equals_the_models_head() -> None:
+    from seer.models import build_head
+
+    head, model = build_head("rg-tiny", seed=5), build_swav_model("rg-tiny", seed=5)
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, model.head.state_dict()[key]), key
 
 
 def test_materialize_unit_by_unit_equals_whole_model() -> None:

@@ -81,6 +81,21 @@ def test_larc_skips_parameters_without_gradient_and_supports_clip_mode() -> None
     torch.testing.assert_close(a.detach(), torch.full((3,), 1 - 0.1 * (0.5 + 1e-5) * adaptive))
 
 
+def test_larc_gives_zero_norm_parameters_the_raw_sgd_step_as_apex() -> None:
+    """Decision (seer issue 11): keep apex `apex/parallel/LARC.py` / VISSL behaviour. A parameter with
+    ‖p‖ = 0 (or ‖g‖ = 0) gets no trust-ratio scaling and no weight decay: its step is lr·g, at the full
+    LR, while a same-sized non-zero parameter moves by ≈ lr·η‖p‖. That is why no zero-norm parameter
+    may feed the embedding directly at init (the SwAV head keeps PyTorch's non-zero default bias)."""
+    zero, live = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.full((4,), 0.5))
+    grad = torch.tensor([0.2, -0.1, 0.3, 0.0])
+    zero.grad, live.grad = grad.clone(), grad.clone()
+    LARC([zero, live], lr=2.4, momentum=0.9, weight_decay=1e-5).step()
+    torch.testing.assert_close(zero.detach(), -2.4 * grad)  # raw step: ‖Δ‖ = 2.4·‖g‖ ≈ 0.9
+    live_step = (live.detach() - 0.5).norm()
+    assert live_step < 2.4 * 0.001 * 1.0 * 1.01  # ≈ lr·η·‖p‖ = 2.4e-3
+    assert (zero.detach().norm() / live_step) > 300
+
+
 def test_build_optimizer_from_config_and_overrides() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     opt = build_optimizer(model, OptimConfig())

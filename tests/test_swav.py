@@ -317,3 +317,24 @@ def test_loss_from_config_uses_the_swav_section() -> None:
         [0, 1],
     )
     assert loss.queue.shape == (2, 64, 256) and loss.queue_start_iter == 15
+
+
+def test_loss_reports_collapse_statistics() -> None:
+    """`SwAVLoss.stats` (seer issue 11): a collapsed batch (one embedding for every image) shows cosine 1
+    and uniform codes (entropy ln K); a spread batch with distinct prototype winners shows neither."""
+    from seer.ssl.collapse import COSINE_WARN, ENTROPY_WARN, code_entropy_ratio, collapse_warnings
+
+    torch.manual_seed(0)
+    k, b = 8, 16
+    prototypes = torch.nn.functional.normalize(torch.randn(k, 4), dim=1)
+    loss_fn = SwAVLoss(2, crops_for_assign=[0], epsilon=0.05, sinkhorn_iterations=3, embedding_dim=4)
+    same = torch.nn.functional.normalize(torch.ones(2 * b, 4), dim=1)
+    loss_fn(same, same @ prototypes.T)
+    assert loss_fn.stats["embedding_cosine"].item() == pytest.approx(1.0, abs=1e-5)
+    assert loss_fn.stats["code_entropy"].item() == pytest.approx(1.0, abs=1e-4)
+    assert len(collapse_warnings(1.0, 1.0)) == 2
+    spread = torch.cat([prototypes, prototypes]).repeat(2, 1)  # each sample sits on one prototype
+    loss_fn(spread, spread @ prototypes.T)
+    assert loss_fn.stats["embedding_cosine"].item() < COSINE_WARN
+    assert loss_fn.stats["code_entropy"].item() < ENTROPY_WARN
+    assert code_entropy_ratio(torch.eye(k)).item() == 0.0

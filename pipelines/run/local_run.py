@@ -122,16 +122,25 @@ def run_local_evaluate(output: str | Path, arguments: Mapping[str, Any]) -> dict
     return open_registry(arguments["registry"]).latest(arguments["model_name"]).to_dict()
 
 
+# The headline metric of each evaluation, compared with the random-init trunk in the closing summary.
+HEADLINE = {"linear": "top1", "knn": "top1", "copy-detection": "mAP"}
+
+
 def print_metrics(entry: Mapping[str, Any]) -> None:
-    """The registered metrics, next to each evaluation's baselines (e.g. a random-init trunk)."""
+    """The registered metrics, next to each evaluation's baselines (e.g. a random-init trunk), then the
+    headline metrics against random-init."""
     from seer import storage
 
-    rows, baselines = [], set()
+    rows, baselines, verdicts = [], set(), []
     for key, uri in sorted(entry["artifacts"].items()):
         if not key.endswith(".metrics"):
             continue
         doc = storage.read_json(uri)
         baselines |= set(doc.get("baselines") or {})
+        metric = HEADLINE.get(doc["eval"])
+        random_init = ((doc.get("baselines") or {}).get("random-init") or {}).get(metric)
+        if metric and random_init is not None:
+            verdicts.append((f"{doc['eval']}.{metric}", doc["metrics"][metric], random_init))
         for metric, value in doc["metrics"].items():
             others = {b: v.get(metric) for b, v in (doc.get("baselines") or {}).items()}
             rows.append((f"{doc['eval']}.{metric}", value, others))
@@ -140,6 +149,12 @@ def print_metrics(entry: Mapping[str, Any]) -> None:
     for name, value, others in rows:
         cells = "".join(f" {others[b]:>15.4f}" if others.get(b) is not None else f" {'-':>15}" for b in names)
         print(f"  {name:<28} {value:>8.4f}{cells}")
+    for name, trained, random_init in verdicts:
+        mark = ">" if trained > random_init else "<="
+        print(f"  {name}: trained {trained:.4f} {mark} random-init {random_init:.4f}")
+    if verdicts:
+        better = sum(trained > random_init for _, trained, random_init in verdicts)
+        print(f"trained beats random-init on {better} of {len(verdicts)} headline metrics")
 
 
 def _pipeline_parameters() -> set[str]:

@@ -3,6 +3,9 @@
 Parameter names: `projection_head.{i}.weight/bias` (a flat Sequential: Linear, [BatchNorm1d],
 ReLU, …, Linear — the same indices as VISSL's `projection_head`) and `prototypes.{k}.weight`
 (K_k × embedding_dim, no bias; VISSL calls it `prototypes{k}`).
+
+Initialisation: PyTorch's default (as VISSL's head, which never re-initialises it), not the trunk's
+SEER init: the head marks itself with `keep_torch_default_init` so `seer.models.init` leaves it so.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seer.errors import ConfigError
+from seer.models.init import keep_torch_default_init
 
 
 class SwAVHead(nn.Module):
@@ -52,6 +56,7 @@ class SwAVHead(nn.Module):
         self.embedding_dim = dims[-1]
         self.projection_head = nn.Sequential(*layers)
         self.prototypes = nn.ModuleList(nn.Linear(dims[-1], k, bias=False) for k in num_prototypes)
+        keep_torch_default_init(self)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, list[Tensor]]:
         if feats.dim() != 2 or feats.shape[1] != self.in_dim:

@@ -5,6 +5,13 @@ BatchNorm weight 1 / bias 0 (running stats reset), Linear weight ~ N(0, 0.01) / 
 the last BN. Conv biases (only the SE convs have one) keep PyTorch's default U(±1/sqrt(fan_in)), as
 in VISSL, which never re-initialises them.
 
+These rules are the *trunk's*. VISSL applies them in the RegNet trunk only; its SwAV head
+(`swav_prototypes_head.py`) keeps PyTorch's default init: Linear weight and bias
+U(±1/sqrt(fan_in)), BatchNorm weight 1 / bias 0. Modules marked with :func:`keep_torch_default_init`
+(the SwAV head marks all of its own) get that default instead, drawn from the same per-name generators.
+A zero Linear bias in the head is not harmless: LARC leaves a zero-norm parameter's step unscaled, so
+on step 0 it jumps at the full LR and every embedding becomes ≈ normalize(bias) (seer issue 11).
+
 With a `seed`, every tensor draws from its own generator seeded by `(seed, qualified name)`, so a
 model gets the same weights whether it is initialised whole or unit by unit (pass the unit's
 qualified name as `prefix`), on any number of processes.
@@ -22,7 +29,15 @@ from torch import nn
 from seer.errors import ConfigError
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+_TORCH_DEFAULT = "_seer_torch_default_init"
 M = TypeVar("M", bound=nn.Module)
+
+
+def keep_torch_default_init(module: M) -> M:
+    """Mark `module` and its children for PyTorch's default init instead of the SEER trunk rules."""
+    for sub in module.modules():
+        setattr(sub, _TORCH_DEFAULT, True)
+    return module
 
 
 def _generator(seed: int | None, name: str, device: torch.device) -> torch.Generator | None:
@@ -61,6 +76,11 @@ def _init_one(module: nn.Module, prefix: str, seed: int | None) -> None:
                 nn.init.zeros_(module.bias)
             if module.track_running_stats:
                 module.reset_running_stats()
+        elif isinstance(module, nn.Linear) and getattr(module, _TORCH_DEFAULT, False):
+            bound = 1.0 / math.sqrt(module.in_features)  # nn.Linear.reset_parameters, seeded per name
+            nn.init.uniform_(module.weight, -bound, bound, generator=gen("weight"))
+            if module.bias is not None:
+                nn.init.uniform_(module.bias, -bound, bound, generator=gen("bias"))
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.01, generator=gen("weight"))
             if module.bias is not None:
@@ -104,10 +124,10 @@ def materialize_(
     return init_weights_(module, recurse=recurse, seed=seed, prefix=prefix)
 
 
-def place_(module: M, device: torch.device | str | None = None, seed: int | None = 0) -> M:
-    """Materialise a meta-device `module` on `device` (None: torch's current default device),
-    or leave it on meta when that is the target."""
+def place_(module: M, device: torch.device | str | None = None, seed: int | None = 0, prefix: str = "") -> M:
+    """Materialise a meta-device `module` (named `prefix` in the full model) on `device` (None: torch's
+    current default device), or leave it on meta when that is the target."""
     target = torch.device(device) if device is not None else torch.get_default_device()
     if target.type != "meta":
-        materialize_(module, target, seed=seed)
+        materialize_(module, target, seed=seed, prefix=prefix)
     return module

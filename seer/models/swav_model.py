@@ -70,12 +70,13 @@ Counts = Sequence[int] | None  # prototype counts per head; None: the preset's
 def build_head(
     name: str, device: Device = None, seed: int | None = 0, num_prototypes: Counts = None
 ) -> SwAVHead:
-    """The SwAV head of preset `name` with SEER init (on the meta device when `device="meta"`);
-    `num_prototypes` overrides the preset's prototype counts (config `model.num_prototypes`)."""
+    """The SwAV head of preset `name` with PyTorch's default init, as VISSL's (on the meta device when
+    `device="meta"`), seeded by the names it has inside a `SwAVModel` (`head.*`); `num_prototypes`
+    overrides the preset's prototype counts (config `model.num_prototypes`)."""
     preset = get_preset(name)
     with torch.device("meta"):
         head = SwAVHead(preset.head_dims, preset.head_use_bn, list(num_prototypes or preset.num_prototypes))
-    return place_(head, device, seed)
+    return place_(head, device, seed, prefix="head")
 
 
 def build_swav_model(
@@ -84,7 +85,8 @@ def build_swav_model(
     """Trunk + SwAV head of preset `name`, built on the meta device and materialised on `device`.
 
     `device="meta"` allocates nothing; `device=None` means torch's current default device.
-    Initialisation depends only on `seed` and parameter names (see `seer.models.init`).
+    Initialisation depends only on `seed` and parameter names (see `seer.models.init`): SEER init for
+    the trunk, PyTorch's default for the head (as in VISSL).
     """
     model = SwAVModel(
         build_trunk(name, device="meta"), build_head(name, "meta", num_prototypes=num_prototypes)

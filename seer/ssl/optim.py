@@ -5,6 +5,11 @@ LARC (VISSL ``LARC_FSDP``, scale mode): for each parameter with ‖p‖ > 0 and 
 0.9) runs with the scheduled LR and weight decay removed. Norms are over the *whole* parameter: for
 FSDP2 / DTensor parameters the local sums of squares are all-reduced over the sharding process
 groups, so a parameter split across ranks gets exactly the update it would get unsplit.
+
+A parameter with ‖p‖ = 0 or ‖g‖ = 0 is left unscaled and undecayed, as apex's ``LARC`` (and so VISSL)
+does: its step is the raw ``lr·g``, at the full LR. SEER relies on that only for BN biases; a zero bias
+feeding the embedding would jump on step 0 (seer issue 11), so the SwAV head keeps PyTorch's non-zero
+default bias (`seer.models.init`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from seer.errors import ConfigError, SeerError
+from seer.ssl.collapse import code_entropy_ratio, mean_pairwise_cosine
 
 PROTOTYPES_KEY = "prototypes"
 
@@ -108,6 +109,12 @@ class SwAVLoss(nn.Module):
     the *current* prototypes (pass ``prototypes``: one K×D weight per head, plain or FSDP2-sharded) are
     prepended to the Sinkhorn input and dropped from its output. The queue stores embeddings, which all
     heads share; it is a buffer, so it is saved and restored with the loss module's state dict.
+    For the first ``hard_codes_iters`` iterations (0 in SEER; a small-scale option) the targets are the
+    one-hot argmax of the Sinkhorn codes instead of the soft codes.
+
+    After each call, ``stats`` holds collapse diagnostics of that batch (local, detached, no host sync;
+    see `seer.ssl.collapse`): ``embedding_cosine`` of the first assignment crop's embeddings and
+    ``code_entropy`` (mean per-sample entropy of the codes / ln K, over heads and assignment crops).
     """
 
     def __init__(
@@ -121,8 +128,12 @@ class SwAVLoss(nn.Module):
         queue_start_iter: int = 0,
         embedding_dim: int = 256,
         group: dist.ProcessGroup | None = None,
+        hard_codes_iters: int = 0,
     ) -> None:
         super().__init__()
+        if hard_codes_iters < 0:
+            raise ConfigError(f"swav.hard_codes_iters must be >= 0, got {hard_codes_iters}")
+        self.hard_codes_iters = hard_codes_iters
         self.crops_for_assign = [int(c) for c in crops_for_assign]
         if (
             num_crops < 2
@@ -151,6 +162,7 @@ class SwAVLoss(nn.Module):
             "queue", torch.zeros(len(self.crops_for_assign), local, embedding_dim), persistent=True
         )
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=True)
+        self.stats: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(
@@ -164,6 +176,7 @@ class SwAVLoss(nn.Module):
             "sinkhorn_iterations",
             "queue_length",
             "queue_start_iter",
+            "hard_codes_iters",
         )
         settings = {name: getattr(swav_cfg, name) for name in names}
         return cls(num_crops, embedding_dim=embedding_dim, group=group, **settings)
@@ -195,6 +208,7 @@ class SwAVLoss(nn.Module):
             raise SwAVError("the SwAV queue is active: pass prototypes=[K×D weight per head] to the loss")
 
         total = embedding.new_zeros((), dtype=torch.float32)
+        entropy = embedding.new_zeros((), dtype=torch.float32)
         # one row-wise log-softmax per head, sliced per crop
         log_probs = [nnf.log_softmax(s.float() / self.temperature, dim=1).split(bs) for s in heads]
         for h, s in enumerate(heads):
@@ -209,9 +223,17 @@ class SwAVLoss(nn.Module):
                         queue_scores = self.queue[i].to(weight.dtype) @ weight.t()
                         crop_scores = torch.cat([queue_scores.to(crop_scores.dtype), crop_scores])
                     q = sinkhorn_knopp(crop_scores, self.epsilon, self.sinkhorn_iterations, self.group)[-bs:]
+                    entropy += code_entropy_ratio(q)
+                    if iteration < self.hard_codes_iters:  # warm-up: one-hot argmax of the Sinkhorn codes
+                        q = nnf.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
                 sub = sum(-(q * log_probs[h][p]).sum(dim=1).mean() for p in range(self.num_crops) if p != c)
                 head_loss = head_loss + sub / (self.num_crops - 1)
             total = total + head_loss / len(self.crops_for_assign)
+        first = self.crops_for_assign[0]
+        self.stats = {
+            "embedding_cosine": mean_pairwise_cosine(embedding.detach()[first * bs : (first + 1) * bs]),
+            "code_entropy": entropy / (len(heads) * len(self.crops_for_assign)),
+        }
         if self.queue_length > 0:
             self._enqueue(embedding.detach(), bs)
         return total / len(heads)

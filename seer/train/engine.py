@@ -10,7 +10,7 @@ complete checkpoint under `output_uri` (`seer.train.checkpoint`), then trains:
     prototypes L2-normalised; metrics / log / checkpoint
 
 Outputs under `output_uri`: `checkpoints/iter-<N>/` (see `seer.train.checkpoint`),
-`train_log.jsonl` (rank 0: `start`, `resume`, `step`, `checkpoint`, `end` events) and
+`train_log.jsonl` (`seer.train.monitor`; rank 0: `start`, `resume`, `step`, `checkpoint`, `end` events) and
 `summary.json` (written at the end). Rank 0 of each node serves Prometheus `/metrics`.
 """
 
@@ -27,18 +27,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
-from tqdm import tqdm
 
 from seer import storage
 from seer.config import SeerConfig, config_to_dict, validate
 from seer.data.padded import PaddedCrops
 from seer.data.stream import ShardLoader, ShardStream, build_loader
 from seer.data.transforms import MultiCropTransform
-from seer.errors import ConfigError, SeerError
+from seer.errors import ConfigError
 from seer.metrics import JsonlLog, TrainMetrics
 from seer.ssl.optim import LRSchedule, build_optimizer
 from seer.ssl.swav import PrototypeFreezer, SwAVLoss, normalize_prototypes_
 from seer.train import checkpoint, faults
+from seer.train.monitor import LOG_NAME, StepReporter
 from seer.train.parallel import (
     DistEnv,
     ParallelInfo,
@@ -50,11 +50,6 @@ from seer.train.parallel import (
 log = logging.getLogger(__name__)
 
 
-class TrainingError(SeerError):
-    """Training diverged (the loss is not finite)."""
-
-
-LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "summary.json"
 
 
@@ -65,7 +60,9 @@ def manifest_uri(data_uri: str) -> str:
 
 def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
     """This rank's loader: deterministic order (seed, epoch) and crops (seed, epoch, sample key)."""
-    transform = MultiCropTransform(cfg.data.crops, seed=cfg.train.seed)
+    transform = MultiCropTransform(
+        cfg.data.crops, seed=cfg.train.seed, jitter_strength=cfg.data.jitter_strength, blur_p=cfg.data.blur_p
+    )
     stream = ShardStream(
         manifest_uri(data_uri),
         transform,
@@ -102,8 +99,7 @@ class SwAVStep:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations)
         num_crops = sum(c.count for c in cfg.data.crops)
-        embedding_dim = self.model.head.embedding_dim
-        self.loss_fn = SwAVLoss.from_config(cfg.swav, num_crops, embedding_dim).to(env.device)
+        self.loss_fn = SwAVLoss.from_config(cfg.swav, num_crops, self.model.head.embedding_dim).to(env.device)
         self.freezer = PrototypeFreezer(cfg.swav.freeze_prototypes_iters)
 
     def to_device(self, crops: list[Tensor] | PaddedCrops) -> list[Tensor] | PaddedCrops:
@@ -232,16 +228,19 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
         total = cfg.train.iterations
-        metrics = TrainMetrics(cfg.train.metrics_port if env.local_rank == 0 else 0)
-        history = faults.start_attempt(self, metrics, storage.join(self.output, LOG_NAME))
-        jlog = JsonlLog(storage.join(self.output, LOG_NAME)) if env.is_main else None
+        reporter = StepReporter(
+            self.output, rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,
+            device=env.device, metrics_port=cfg.train.metrics_port, log_every=cfg.train.log_every,
+            total=total, initial=self.iteration, global_batch=self.global_batch,
+        )  # fmt: skip
+        history = faults.start_attempt(self, reporter.metrics, storage.join(self.output, LOG_NAME))
         watch = faults.PreemptionWatch(env.device)
         shards = [None] * env.world_size
         dist.all_gather_object(shards, {"rank": env.rank, **_shard_counts(self.info)})
         wall0 = time.perf_counter()
         start_iteration = self.iteration
-        if jlog is not None:
-            jlog.write(
+        if reporter.jlog is not None:
+            reporter.jlog.write(
                 "start",
                 preset=cfg.model.preset,
                 world_size=env.world_size,
@@ -253,16 +252,13 @@ class Trainer:
                 shards=shards,
             )
             if self.resumed_from:
-                jlog.write(
+                reporter.jlog.write(
                     "resume",
                     iteration=self.iteration,
                     checkpoint=self.resumed_from,
                     time_lost_seconds=round(history.time_lost_now, 3),
                 )
-            jlog.flush()
-        bar = tqdm(total=total, initial=self.iteration, disable=None if env.is_main else True, unit="it")
-        images_per_s: list[float] = []
-        last_loss = float("nan")
+            reporter.jlog.flush()
         try:
             batches = iter(self.loader)
             while self.iteration < total:
@@ -275,55 +271,22 @@ class Trainer:
                 data_wait = time.perf_counter() - t0
                 loss, lr = self.step(crops, self.iteration)
                 self.iteration += 1
-                logging_step = self.iteration % cfg.train.log_every == 0 or self.iteration == total
-                if logging_step:
-                    last_loss = self._global_mean(loss)
-                    if not math.isfinite(last_loss):
-                        raise TrainingError(
-                            f"the loss is {last_loss} at iteration {self.iteration}; lower optim.base_lr or "
-                            "raise optim.warmup_iters, then rerun (it resumes from the last checkpoint)"
-                        )
-                elif env.device.type == "cuda":
-                    torch.cuda.synchronize(env.device)
-                step_s = time.perf_counter() - t0
-                images_per_s.append(self.global_batch / step_s)
-                mem = torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda" else 0
-                metrics.record_step(self.iteration, self.global_batch, step_s, data_wait, last_loss, lr, mem)
-                bar.update(1)
-                if logging_step:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}")
-                    if jlog is not None:
-                        jlog.write(
-                            "step",
-                            iteration=self.iteration,
-                            loss=last_loss,
-                            lr=lr,
-                            step_seconds=round(step_s, 4),
-                            data_wait_seconds=round(data_wait, 4),
-                            images_per_second=round(self.global_batch / step_s, 2),
-                            gpu_memory_bytes=mem,
-                        )
+                reporter.step(self.iteration, t0, data_wait, loss, lr, self.loss_fn.stats)
                 if self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == total:
-                    self.save(metrics, jlog)
+                    self.save(reporter.metrics, reporter.jlog)
                 if self.iteration < total and watch.stop_agreed():  # SIGTERM reached some rank
-                    raise faults.preempt(self, metrics, jlog, watch)
-            summary = self._summary(
-                start_iteration, last_loss, images_per_s, time.perf_counter() - wall0, shards
-            )
-            if jlog is not None:
-                jlog.write("end", **{k: v for k, v in summary.items() if k != "config"})
+                    raise faults.preempt(self, reporter.metrics, reporter.jlog, watch)
+            summary = self._summary(start_iteration, reporter, time.perf_counter() - wall0, shards)
+            if reporter.jlog is not None:
+                reporter.jlog.write("end", **{k: v for k, v in summary.items() if k != "config"})
                 storage.write_json(storage.join(self.output, SUMMARY_NAME), summary)
             return summary
         finally:
             watch.close()
-            bar.close()
-            metrics.close()
-            if jlog is not None:
-                jlog.close()
+            reporter.close()
 
-    def _summary(
-        self, start: int, final_loss: float, images_per_s: list[float], wall: float, shards: list
-    ) -> dict[str, Any]:
+    def _summary(self, start: int, reporter: StepReporter, wall: float, shards: list) -> dict[str, Any]:
+        final_loss, images_per_s = reporter.last_loss, reporter.images_per_s
         steady = images_per_s[1:] or images_per_s  # the first step includes warm-up
         if self.env.is_main:  # what exists, including checkpoints of runs before a restart
             self.checkpoints = [c.uri for c in checkpoint.list_checkpoints(self.output) if c.complete]
@@ -333,6 +296,7 @@ class Trainer:
             "start_iteration": start,
             "resumed_from": self.resumed_from,
             "final_loss": final_loss if math.isfinite(final_loss) else None,
+            **{f"final_{name}": value for name, value in reporter.collapse.items()},
             "images_per_second": sum(steady) / len(steady) if steady else None,
             "wall_time_seconds": round(wall, 3),
             "world_size": self.env.world_size,
