@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 import types
@@ -113,7 +114,8 @@ class SwAVStep:
             self.model.padded_forward = types.MethodType(_padded_forward, self.model)
             register_fsdp_forward_method(self.model, "padded_forward")
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations)
+        per_node = cfg.train.batch_per_gpu * int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations, per_node)
         sw = cfg.swav
         self.loss_fn = SwAVLoss(
             num_crops=sum(c.count for c in cfg.data.crops),
