@@ -110,7 +110,9 @@ def test_lr_scaling_matches_seer_numbers() -> None:
         scaled_lr(0.3, 0)
 
 
-def _vissl_composite(step: int, total: int, lengths: list[float], start: float, peak: float, end: float) -> float:
+def _vissl_composite(
+    step: int, total: int, lengths: list[float], start: float, peak: float, end: float
+) -> float:
     """Reference: VISSL's ``composite`` LR schedule as ClassyVision's CompositeParamScheduler evaluates it,
     written from its definition, with SEER's ``schedulers: [linear, cosine]`` and ``interval_scaling:
     [rescaled, fixed]`` (VISSL configs/config/pretrain/swav/swav_8node_resnet.yaml-style SEER configs):
