@@ -115,7 +115,7 @@ def _vissl_composite(
 ) -> float:
     """Reference: VISSL's ``composite`` LR schedule as ClassyVision's CompositeParamScheduler evaluates it,
     written from its definition, with SEER's ``schedulers: [linear, cosine]`` and ``interval_scaling:
-    [rescaled, fixed]`` (VISSL configs/config/pretrain/swav/swav_8node_resnet.yaml-style SEER configs):
+    [rescaled, fixed]`` (VISSL SEER pretraining configs, seer_spec §3.1):
     ``where = step / total``; inside the first interval the linear scheduler sees ``where`` rescaled to
     that interval, the cosine always sees the whole-run ``where``."""
     where = step / total
