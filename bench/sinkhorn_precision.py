@@ -20,6 +20,7 @@ swapped-prediction cross-entropy. Prints a table and writes bench/results/sinkho
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 from pathlib import Path
@@ -44,7 +45,7 @@ def trained_like(rows: int, protos: int, dim: int, gen: torch.Generator) -> tupl
 
 def head_mlp(dims: tuple[int, ...], gen: torch.Generator) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
