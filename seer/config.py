@@ -87,7 +87,9 @@ class OptimConfig:
 
     base_lr: float = 0.3
     base_batch: int = 256
-    start_lr: float = 0.3
+    # Warmup start LR; null = VISSL's rule: base_lr × (batch per node) / base_batch (0.15 for SEER's
+    # 16 img/GPU × 8 GPUs), with the warmup dropped on one node when it would not rise.
+    start_lr: float | None = None
     final_lr_ratio: float = 0.001
     # Warmup length: an absolute iteration count, or a fraction of the run when warmup_iters is None.
     warmup_iters: int | None = 8000
@@ -401,7 +403,6 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     opt = cfg.optim
     for name in (
         "base_lr",
-        "start_lr",
         "final_lr_ratio",
         "weight_decay",
         "momentum",
@@ -410,6 +411,8 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     ):
         value = getattr(opt, name)
         _require(value >= 0, f"optim.{name}: must be >= 0, got {value}")
+    if opt.start_lr is not None:
+        _require(opt.start_lr >= 0, f"optim.start_lr: must be >= 0 or null, got {opt.start_lr}")
     _require(opt.base_lr > 0, f"optim.base_lr: must be > 0 (SEER uses 0.3 per 256 images), got {opt.base_lr}")
     _require(opt.base_batch > 0, f"optim.base_batch: must be > 0, got {opt.base_batch}")
     _require(opt.momentum < 1, f"optim.momentum: must be in [0, 1), got {opt.momentum}")

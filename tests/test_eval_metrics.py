@@ -84,6 +84,19 @@ def test_evaluate_ranking_per_split_by_hand() -> None:
     assert result.metrics["uAP"] == pytest.approx((1 + 2 / 3) / 2)
 
 
+def test_mp_at_k_uses_revisitop_definition() -> None:
+    """revisitop ``compute_map``: P@k is measured at kq = min(k, 1-based position of the last positive),
+    so one positive ranked first scores P@5 = 1 (not 1/5), and positives at positions 1 and 3 give
+    P@5 = 2/3 and P@1 = 1."""
+    similarity = np.array([[0.9, 0.1, 0.2, 0.3, 0.4, 0.0], [0.9, 0.8, 0.7, 0.1, 0.0, 0.2]])
+    truth = np.zeros((2, 6), dtype=bool)
+    truth[0, 0] = True  # position 1
+    truth[1, [0, 2]] = True  # positions 1 and 3
+    result = evaluate_ranking(similarity, truth, ["a", "b"], ks=(1, 5))
+    assert result.per_split["a"]["mP@5"] == 1.0 and result.per_split["a"]["mP@1"] == 1.0
+    assert result.per_split["b"]["mP@5"] == pytest.approx(2 / 3) and result.per_split["b"]["mP@1"] == 1.0
+
+
 def test_pca_whitening_decorrelates_and_floors_eigenvalues() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 3)) @ np.array([[3.0, 1.0, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 0.1]])
@@ -113,6 +126,23 @@ def test_rmac_regions_follow_tolias_grid() -> None:
     wide = rmac_regions(10, 20, levels=1)
     assert [r[2] for r in wide] == [10] * len(wide) and len(wide) == 3
     assert max(x + w for _, x, _, w in wide) == 20
+
+
+def test_rmac_regions_match_tolias_reference_boxes() -> None:
+    """Boxes worked out by hand from Tolias et al.'s R-MAC reference as VISSL transcribes it
+    (vissl/utils/instance_retrieval_utils/rmac.py ``get_rmac_region_coordinates``): on a 10×14 map the
+    40 %-overlap rule gives the long side one extra region per level (two level-1 squares 4 apart
+    overlap by 60 %, the closest of 2..7 steps to 40 %), so 2 + 6 + 12 = 20 regions."""
+    wide = rmac_regions(10, 14, levels=3)
+    level1 = [(0, 0, 10, 10), (0, 4, 10, 10)]
+    level2 = [(y, x, 6, 6) for y in (0, 4) for x in (0, 4, 8)]  # side ⌊20/3⌋, centres 4 apart
+    level3 = [(y, x, 5, 5) for y in (0, 2, 5) for x in (0, 3, 6, 9)]  # side 5, steps 2.5 and 3 floored
+    assert wide == level1 + level2 + level3
+    tall = rmac_regions(14, 10, levels=3)  # the same boxes with the axes swapped
+    assert sorted(tall) == sorted((x, y, h, w) for y, x, h, w in wide)
+    square = rmac_regions(7, 7, levels=3)  # l² squares of side 7, 4, 3
+    assert [r[2] for r in square] == [7] + [4] * 4 + [3] * 9
+    assert [r[:2] for r in square[5:]] == [(y, x) for y in (0, 2, 4) for x in (0, 2, 4)]
 
 
 def test_haversine_known_cities() -> None:

@@ -85,7 +85,8 @@ def evaluate_ranking(
 ) -> CopyDetectionResult:
     """Score a (queries, database) similarity matrix against boolean ground truth.
 
-    Per split: mAP over queries with at least one relevant item, mP@k (precision among the top k),
+    Per split: mAP over queries with at least one relevant item, mP@k as revisitop's ``compute_map``
+    defines it (precision among the top min(k, position of the last relevant item)),
     and µAP over that split's pooled predictions. Overall: the same over all queries. Queries with
     no relevant item only add false positives to µAP.
     """
@@ -102,8 +103,9 @@ def evaluate_ranking(
                 continue
             ranks = metrics.ranked_positive_positions(similarity[i], truth[i])
             aps.append(metrics.average_precision(ranks, n_pos))
-            for k in ks:
-                precisions[k].append(float((ranks < k).sum()) / k)
+            for k in ks:  # revisitop: precision at min(k, rank of the last positive)
+                kq = min(k, int(ranks.max()) + 1)
+                precisions[k].append(float((ranks < kq).sum()) / kq)
         n_pairs = int(truth[rows].sum())
         out = {"mAP": float(np.mean(aps)) if aps else 0.0, "queries": int(rows.sum())}
         out |= {f"mP@{k}": float(np.mean(v)) if v else 0.0 for k, v in precisions.items()}

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -131,23 +132,34 @@ def parse_pool(text: str) -> str:
     return text
 
 
-def rmac_regions(
-    height: int, width: int, levels: int = 3, overlap: float = 0.4
-) -> list[tuple[int, int, int, int]]:
-    """R-MAC regions (Tolias et al.) as (y0, x0, side, side): level l has square regions of side
-    ⌊2·min(H,W)/(l+1)⌋, spread uniformly with about `overlap` overlap along each dimension."""
+def rmac_regions(height: int, width: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """R-MAC regions as Tolias et al.'s reference (and VISSL's ``get_rmac_region_coordinates``) place
+    them, as (y0, x0, side, side). Level l has squares of side ⌊2·min(H,W)/(l+1)⌋; the long dimension
+    gets l + d regions, where d ∈ 1..6 is chosen so that neighbouring level-1 squares overlap by about
+    40 %; centres are spaced evenly and floored; boxes crossing the border are shifted back inside.
+    A 10×14 map gives 2 + 6 + 12 = 20 regions; a square map l² per level (1 + 4 + 9)."""
+    short, long_ = min(height, width), max(height, width)
+    overlap = [
+        abs((short * short - short * (long_ - short) / (n - 1)) / (short * short) - 0.4) for n in range(2, 8)
+    ]
+    extra = overlap.index(min(overlap)) + 1
+    extra_w, extra_h = (extra, 0) if height < width else (0, extra) if height > width else (0, 0)
 
-    def starts(extent: int, side: int) -> list[int]:
-        if extent <= side:
-            return [0]
-        steps = int(np.ceil((extent - side) / (side * (1 - overlap))))
-        return sorted({round(i * (extent - side) / steps) for i in range(steps + 1)})
+    def origins(extent: int, side: int, count: int) -> list[int]:
+        step = (extent - side) / (count - 1) if count > 1 else 0.0
+        half = math.floor(side / 2 - 1)
+        return [min(math.floor(half + step * i) - half, extent - side) for i in range(count)]
 
     regions = []
     for level in range(1, levels + 1):
-        side = (2 * min(height, width)) // (level + 1)
-        if side >= 1:
-            regions += [(y, x, side, side) for y in starts(height, side) for x in starts(width, side)]
+        side = math.floor(2 * short / (level + 1))
+        if side == 0:
+            continue
+        regions += [
+            (y, x, side, side)
+            for y in origins(height, side, level + extra_h)
+            for x in origins(width, side, level + extra_w)
+        ]
     return regions
 
 

@@ -164,7 +164,8 @@ def build_optimizer(
     settings: dict[str, Any] = {"lr": 0.3, "momentum": 0.9, "weight_decay": 1e-5, "larc": True,
                                 "larc_trust": 0.001, "larc_eps": 1e-8, "larc_clip": False}  # fmt: skip
     if optim_cfg is not None:
-        settings["lr"] = getattr(optim_cfg, "start_lr", settings["lr"])
+        start_lr = getattr(optim_cfg, "start_lr", None)
+        settings["lr"] = settings["lr"] if start_lr is None else start_lr
         settings.update({k: getattr(optim_cfg, k) for k in _OPTIM_KEYS[1:] if hasattr(optim_cfg, k)})
     unknown = sorted(set(overrides) - set(_OPTIM_KEYS))
     if unknown:
@@ -197,8 +198,11 @@ def scaled_lr(base_lr: float, global_batch: int, base_batch: int = 256) -> float
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Per-step LR: linear from ``start_lr`` to ``peak_lr`` over ``warmup_steps``, then cosine down to
-    ``peak_lr · final_ratio`` at ``total_steps`` (VISSL composite linear + cosine schedule)."""
+    """Per-step LR as VISSL's composite schedule (linear warmup, then cosine; ``interval_scaling:
+    [rescaled, fixed]``): the warmup is linear from ``start_lr`` to ``peak_lr`` over its own interval,
+    and the cosine from ``peak_lr`` to ``peak_lr · final_ratio`` is evaluated on whole-run progress
+    ``step / total_steps`` — so at the end of the warmup the LR steps down to the cosine's value there
+    (seer2021: 9.6 → 9.50), as VISSL's does. ``warmup_steps == 0`` is a plain cosine over the run."""
 
     peak_lr: float
     total_steps: int
@@ -219,17 +223,30 @@ class LRSchedule:
             )
 
     @classmethod
-    def from_config(cls, optim_cfg: Any, global_batch: int, total_steps: int) -> LRSchedule:
-        """From an ``OptimConfig``: peak = scaled_lr(base_lr, global_batch, base_batch); warmup =
-        warmup_iters, or round(warmup_fraction · total_steps) when warmup_iters is None."""
+    def from_config(
+        cls, optim_cfg: Any, global_batch: int, total_steps: int, batch_per_node: int | None = None
+    ) -> LRSchedule:
+        """From an ``OptimConfig`` as VISSL's ``infer_learning_rate`` resolves it: peak =
+        scaled_lr(base_lr, global_batch, base_batch); warmup = warmup_iters, or round(warmup_fraction ·
+        total_steps) when warmup_iters is None; start = ``start_lr`` when set, else VISSL's rule
+        ``resolve_linear_schedule``: base_lr · batch_per_node / base_batch (0.15 for 16 img/GPU × 8 GPUs),
+        and on one node (batch_per_node ≥ global batch) a warmup that would not rise is dropped.
+        ``batch_per_node`` defaults to the global batch (one node)."""
+        peak = scaled_lr(optim_cfg.base_lr, global_batch, optim_cfg.base_batch)
         warmup = optim_cfg.warmup_iters
         if warmup is None:
             warmup = round(optim_cfg.warmup_fraction * total_steps)
+        start = optim_cfg.start_lr
+        if start is None:
+            per_node = global_batch if batch_per_node is None else min(batch_per_node, global_batch)
+            start = scaled_lr(optim_cfg.base_lr, per_node, optim_cfg.base_batch)
+            if per_node >= global_batch and start >= peak:
+                warmup = 0
         return cls(
-            peak_lr=scaled_lr(optim_cfg.base_lr, global_batch, optim_cfg.base_batch),
+            peak_lr=peak,
             total_steps=total_steps,
             warmup_steps=int(warmup),
-            start_lr=optim_cfg.start_lr,
+            start_lr=start,
             final_ratio=optim_cfg.final_lr_ratio,
         )
 
@@ -238,9 +255,7 @@ class LRSchedule:
         if step < self.warmup_steps:
             return self.start_lr + (self.peak_lr - self.start_lr) * step / self.warmup_steps
         end = self.peak_lr * self.final_ratio
-        span = self.total_steps - self.warmup_steps
-        progress = (step - self.warmup_steps) / span if span else 1.0
-        return end + 0.5 * (self.peak_lr - end) * (1 + math.cos(math.pi * progress))
+        return end + 0.5 * (self.peak_lr - end) * (1 + math.cos(math.pi * step / self.total_steps))
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every parameter group's LR for `step` (call before ``optimizer.step()``); returns it."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -97,7 +98,8 @@ class SwAVStep:
         if cfg.swav.normalize_prototypes:  # unit rows from the start, as after every update
             normalize_prototypes_(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations)
+        per_node = cfg.train.batch_per_gpu * int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        self.schedule = LRSchedule.from_config(cfg.optim, self.global_batch, cfg.train.iterations, per_node)
         num_crops = sum(c.count for c in cfg.data.crops)
         self.loss_fn = SwAVLoss.from_config(cfg.swav, num_crops, self.model.head.embedding_dim).to(env.device)
         self.freezer = PrototypeFreezer(cfg.swav.freeze_prototypes_iters)

@@ -33,6 +33,7 @@ from seer.launch.pytorchjob import (
     restart_settings,
 )
 from seer.models.presets import get_preset
+from seer.ssl.optim import LRSchedule
 from seer.train.parallel import build_model, fsdp_units
 
 GIB = 1 << 30
@@ -126,6 +127,9 @@ class Plan:
     reserve_bytes: float
     global_batch: int
     lr: float
+    start_lr: float
+    warmup_iters: int
+    final_lr: float
     images: float
     iterations: int
     img_per_sec_per_gpu: float | None
@@ -280,7 +284,8 @@ def estimate(
     )
 
     global_batch = batch * world
-    lr = cfg.optim.base_lr * global_batch / cfg.optim.base_batch
+    iterations = math.ceil(images / global_batch)
+    schedule = LRSchedule.from_config(cfg.optim, global_batch, iterations, batch * gpus_per_node)
     source = "given"
     if img_per_sec_per_gpu is None:
         measured = measured_throughput(cfg.model.preset)
@@ -314,9 +319,12 @@ def estimate(
         head_loss_bytes=head_loss,
         reserve_bytes=RESERVE_GIB * GIB,
         global_batch=global_batch,
-        lr=lr,
+        lr=schedule.peak_lr,
+        start_lr=schedule.start_lr,
+        warmup_iters=schedule.warmup_steps,
+        final_lr=schedule.peak_lr * schedule.final_ratio,
         images=images,
-        iterations=math.ceil(images / global_batch),
+        iterations=iterations,
         img_per_sec_per_gpu=img_per_sec_per_gpu,
         throughput_source=source,
         notes=notes,
@@ -362,6 +370,8 @@ def format_plan(plan: Plan) -> str:
         "schedule",
         f"  global batch        {plan.global_batch:,}",
         f"  learning rate       {plan.lr:.4g} (base LR × global batch / base batch)",
+        f"  warmup              {plan.warmup_iters:,} iterations from {plan.start_lr:.4g} (VISSL: base LR × "
+        f"batch per node / base batch), then cosine on whole-run progress to {plan.final_lr:.4g}",
         f"  iterations          {plan.iterations:,} for {plan.images:,.0f} images",
     ]
     if plan.days is not None:
