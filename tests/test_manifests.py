@@ -13,7 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from seer.launch.pytorchjob import render_pytorchjob, spec_hash
+from seer.config import TrainConfig
+from seer.launch.pytorchjob import checkpoint_bytes, render_pytorchjob, restart_settings, spec_hash
 from seer.launch.trainjob import render_trainjob
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,3 +454,32 @@ def test_rbac_covers_exactly_what_the_launcher_calls_for_the_account_steps_run_a
         for v in rule["verbs"]
     }
     assert fake.verbs_used == granted
+
+
+def test_trainjob_runtime_restarts_like_the_pytorchjob_exit_code_policy() -> None:
+    """Trainer v2 has no ExitCode policy of its own: the `seer-torch` runtime expresses it with the
+    Kubernetes Job ``podFailurePolicy`` (action FailJob on exit codes, needs pod restartPolicy Never) and
+    the JobSet ``failurePolicy`` (``maxRestarts`` recreates every replicated job; a rule with
+    ``onJobFailureReasons: [PodFailurePolicy]`` fails the JobSet at once). The codes that fail at once are
+    the training operator's permanent ones (``IsRetryableExitCode``: >= 128 is retryable, so 1..127 are
+    not), the restart budget is ``train.max_faults`` and the grace period the rendered 62-node rg10b job's."""
+    (runtime,) = [
+        o
+        for o in kustomize("manifests/overlays/trainer-v2")
+        if o["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime")
+    ]
+    jobset = runtime["spec"]["template"]["spec"]
+    settings = restart_settings(62, TrainConfig().max_faults, checkpoint_bytes("rg10b"))
+    assert jobset["failurePolicy"]["maxRestarts"] == settings.max_restarts
+    assert {"action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]} in jobset["failurePolicy"][
+        "rules"
+    ]
+    (node,) = jobset["replicatedJobs"]
+    job = node["template"]["spec"]
+    (rule,) = job["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "In"
+    assert rule["onExitCodes"]["values"] == list(range(1, 128))
+    assert job["backoffLimit"] == 0 and job["template"]["spec"]["restartPolicy"] == "Never"
+    assert (
+        job["template"]["spec"]["terminationGracePeriodSeconds"] == settings.termination_grace_period_seconds
+    )
