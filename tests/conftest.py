@@ -15,6 +15,11 @@ Object storage (use these instead of starting your own S3 server):
           uri = storage.join(storage_root, "a/b.json")
           storage.write_json(uri, {"x": 1})
           assert storage.read_json(uri) == {"x": 1}
+
+Torch:
+
+- `one_torch_thread` (function): torch runs intra-op work on one thread for the test, then restores
+  the count; use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
 """
 
 from __future__ import annotations
@@ -123,3 +128,14 @@ def storage_root(request: pytest.FixtureRequest, tmp_path) -> str:
         return str(tmp_path / "root")
     bucket = request.getfixturevalue("s3_bucket")
     return f"s3://{bucket}/root"
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Intra-op threads spin against each other on this shared 2-core CI box: 50x slower steps."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

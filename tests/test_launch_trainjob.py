@@ -24,6 +24,7 @@ from seer.errors import ConfigError
 from seer.launch import TrainJobLauncher, job_name, render_job
 from seer.launch.kube import JobFailedError, JobHandle, LaunchError, PyTorchJobLauncher
 from tests.fake_kube import FakeKube, Pod, Step
+from tests.trainer_api import RUNTIME_PATCH_POD_FIELDS
 
 IMAGE = "registry.example.com/seer/trainer:0.1.0"
 
@@ -93,20 +94,7 @@ def test_62x8_trainjob_runs_the_same_command_and_pod_settings_as_the_pytorchjob(
     (patch,) = job["spec"]["runtimePatches"]
     (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = rjob["template"]["spec"]["template"]
-    allowed = {
-        "serviceAccountName",
-        "volumes",
-        "initContainers",
-        "containers",
-        "imagePullSecrets",
-        "securityContext",
-        "nodeSelector",
-        "affinity",
-        "tolerations",
-        "schedulingGates",
-        "terminationGracePeriodSeconds",
-    }
-    assert rjob["name"] == "node" and set(pod["spec"]) <= allowed
+    assert rjob["name"] == "node" and set(pod["spec"]) <= RUNTIME_PATCH_POD_FIELDS
     assert pod["spec"]["serviceAccountName"] == master["serviceAccountName"] == "seer-trainer"
     assert pod["spec"]["nodeSelector"] == {"gpu": "true"}
     assert pod["spec"]["containers"] == [

@@ -16,6 +16,7 @@ import yaml
 from seer.config import TrainConfig
 from seer.launch.pytorchjob import checkpoint_bytes, render_pytorchjob, restart_settings, spec_hash
 from seer.launch.trainjob import render_trainjob
+from tests.trainer_api import RUNTIME_PATCH_POD_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ["local", "prod-62x8", "kfp-standalone", "kubeflow-profile", "trainer-v2"]
@@ -149,19 +150,7 @@ def check_trainjob(job: dict[str, Any]) -> None:
         assert patch["manager"]
         for rjob in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
             pod = rjob["template"]["spec"]["template"]
-            assert set(pod["spec"]) <= {
-                "serviceAccountName",
-                "volumes",
-                "initContainers",
-                "containers",
-                "imagePullSecrets",
-                "securityContext",
-                "nodeSelector",
-                "affinity",
-                "tolerations",
-                "schedulingGates",
-                "terminationGracePeriodSeconds",
-            }
+            assert set(pod["spec"]) <= RUNTIME_PATCH_POD_FIELDS
             for c in pod["spec"].get("containers", []):
                 assert set(c) <= {"name", "env", "volumeMounts", "securityContext"}
             assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -295,35 +284,29 @@ def test_prod_overlay_is_the_62x8_gang_scheduled_gpu_job() -> None:
     assert limits["nvidia.com/gpu"] == 8 and limits["vpc.amazonaws.com/efa"] == 4
 
 
+# The prod-62x8 PyTorchJob and the trainer-v2 TrainJob samples render the same 62x8 rg10b run.
+PROD_RG10B: dict[str, Any] = dict(
+    name="seer-rg10b",
+    preset="rg10b",
+    output_uri="s3://seer/runs/rg10b",
+    data_uri="s3://seer/shards",
+    node_selector={"nvidia.com/gpu.present": "true"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    network="efa",
+    network_devices=4,
+)
+
+
 @pytest.mark.parametrize(
     ("path", "kwargs"),
     [
         (
             "manifests/overlays/prod-62x8/pytorchjob-rg10b.yaml",
-            dict(
-                name="seer-rg10b",
-                preset="rg10b",
-                output_uri="s3://seer/runs/rg10b",
-                data_uri="s3://seer/shards",
-                gang_scheduler="volcano",
-                node_selector={"nvidia.com/gpu.present": "true"},
-                tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                network="efa",
-                network_devices=4,
-            ),
+            dict(PROD_RG10B, gang_scheduler="volcano"),
         ),
         (
             "manifests/overlays/trainer-v2/trainjob-rg10b.yaml",
-            dict(
-                name="seer-rg10b",
-                preset="rg10b",
-                output_uri="s3://seer/runs/rg10b",
-                data_uri="s3://seer/shards",
-                node_selector={"nvidia.com/gpu.present": "true"},
-                tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                network="efa",
-                network_devices=4,
-            ),
+            PROD_RG10B,
         ),
         (
             "manifests/overlays/local/pytorchjob-rg-tiny.yaml",

@@ -20,13 +20,7 @@ from seer.ssl.optim import LARC, LRSchedule, build_optimizer, scaled_lr
 DIST = Path(__file__).parent / "dist"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Intra-op threads spin against each other on this shared 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def plain_larc(params: list[list[float]], grads_per_step: list[list[list[float]]], lr: float, momentum: float,

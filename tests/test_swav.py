@@ -26,13 +26,7 @@ from seer.ssl.swav import PrototypeFreezer, SwAVError, SwAVLoss, normalize_proto
 DIST = Path(__file__).parent / "dist"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Intra-op threads spin against each other on this shared 2-core CI box: 50x slower steps."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cosine_scores(b: int, k: int, seed: int = 0, dim: int = 256) -> torch.Tensor:

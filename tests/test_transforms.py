@@ -25,14 +25,7 @@ from seer.data.transforms import (
 )
 from seer.errors import ConfigError, SeerError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Intra-op threads spin against each other on this shared 2-core CI box: 50x slower steps."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def photo(height: int, width: int, seed: int = 0) -> torch.Tensor:
