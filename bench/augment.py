@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import platform
 import random
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from PIL import Image, ImageDraw, ImageFilter
-from torchvision import transforms as v1
+from _common import print_table, vissl_crop_chains, write_results
+from PIL import Image, ImageDraw
 
-from seer.data.transforms import CROP_PRESETS, IMAGENET_MEAN, IMAGENET_STD, CropSpec, MultiCropTransform
+from seer.data.transforms import CROP_PRESETS, CropSpec, MultiCropTransform
 
 RESULTS = Path(__file__).parent / "results" / "augment.json"
 
@@ -51,33 +50,11 @@ def make_jpegs(width: int, height: int, count: int, seed: int = 0) -> list[bytes
     return out
 
 
-class _PilBlur:
-    """VISSL's ImgPilGaussianBlur: p 0.5, PIL GaussianBlur radius ~ U(0.1, 2)."""
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        if random.random() < 0.5:
-            return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
-        return img
-
-
 class BaselineMultiCrop:
     """The VISSL-style reference: decode with PIL, then one v1 transform chain per crop."""
 
     def __init__(self, specs: tuple[CropSpec, ...]) -> None:
-        self.chains = []
-        for spec in specs:
-            chain = v1.Compose(
-                [
-                    v1.RandomResizedCrop(spec.size, scale=spec.scale),
-                    v1.RandomHorizontalFlip(),
-                    v1.RandomApply([v1.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-                    v1.RandomGrayscale(p=0.2),
-                    _PilBlur(),
-                    v1.ToTensor(),
-                    v1.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-                ]
-            )
-            self.chains += [chain] * spec.count
+        self.chains = vissl_crop_chains(specs)
 
     def __call__(self, data: bytes) -> list[torch.Tensor]:
         img = Image.open(io.BytesIO(data)).convert("RGB")
@@ -127,14 +104,10 @@ def main() -> None:
 
     header = f"{'preset':<10} {'source':>10} {'ours img/s':>11} {'PIL+v1 img/s':>13} {'ratio':>6}"
     print("multi-crop augmentation, one core, JPEG decode included")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['preset']:<10} {r['source']:>10} {r['ours_img_per_s']:>11.1f} "
-              f"{r['baseline_img_per_s']:>13.1f} {r['ratio']:>6.2f}")  # fmt: skip
+    print_table(header, (f"{r['preset']:<10} {r['source']:>10} {r['ours_img_per_s']:>11.1f} "
+                         f"{r['baseline_img_per_s']:>13.1f} {r['ratio']:>6.2f}" for r in rows))  # fmt: skip
     geo = float(np.exp(np.mean([np.log(r["ratio"]) for r in rows])))
     print(f"geometric-mean ratio ours/baseline: {geo:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": "augment",
         "unit": "images per CPU-second, one thread",
@@ -143,10 +116,7 @@ def main() -> None:
         "rows": rows,
         "geomean_ratio": round(geo, 3),
     }
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import subprocess
 import sys
@@ -29,46 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mib, print_table, reset_peak_rss, vissl_crop_chains, write_results
+
 RESULTS = Path(__file__).parent / "results" / "loader.json"
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def baseline_loader(root: str, preset: str, batch_size: int, workers: int):
     """ImageFolder + PIL + one torchvision v1 chain per crop (VISSL's ImgPilToMultiCrop recipe)."""
     import torch
-    from PIL import ImageFilter
     from torch.utils.data import DataLoader
     from torchvision import datasets
-    from torchvision import transforms as v1
 
-    from seer.data.transforms import CROP_PRESETS, IMAGENET_MEAN, IMAGENET_STD
+    from seer.data.transforms import CROP_PRESETS
 
-    class PilBlur:
-        def __call__(self, image):
-            if random.random() < 0.5:
-                return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
-            return image
-
-    chains = []
-    for spec in CROP_PRESETS[preset]:
-        chain = v1.Compose(
-            [
-                v1.RandomResizedCrop(spec.size, scale=spec.scale),
-                v1.RandomHorizontalFlip(),
-                v1.RandomApply([v1.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-                v1.RandomGrayscale(p=0.2),
-                PilBlur(),
-                v1.ToTensor(),
-                v1.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
-        chains += [chain] * spec.count
+    chains = vissl_crop_chains(CROP_PRESETS[preset])
 
     def multicrop(image):
         return [chain(image) for chain in chains]
@@ -96,7 +69,7 @@ def run_variant(args: argparse.Namespace) -> None:
         stream = ShardStream(args.input, MultiCropTransform(args.preset, seed=0), shuffle_buffer=64)
         loader = build_loader(stream, args.batch_size, num_workers=args.workers)
     next(iter(loader))  # warm-up: lazy imports, first allocations
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    reset_peak_rss()
     images, before, wall = 0, os.times(), time.perf_counter()
     while True:
         for crops in loader:
@@ -176,13 +149,10 @@ def main() -> None:
         f"multi-crop loading ({args.preset}), {args.images} JPEGs 400-1080 px, batch {args.batch_size}, "
         f"{args.workers} workers, 1 torch thread"
     )
-    print(header)
-    print("-" * len(header))
-    for name, r in zip(results, rows, strict=True):
-        print(f"{name:<28} {r['img_per_cpu_s']:>9.1f} {r['img_per_wall_s']:>10.1f} {r['ratio_per_core']:>6.2f} "
-              f"{r['peak_rss_mib']:>9.0f} {r['worker_peak_rss_mib']:>10.0f}")  # fmt: skip
+    print_table(header, (f"{name:<28} {r['img_per_cpu_s']:>9.1f} {r['img_per_wall_s']:>10.1f} {r['ratio_per_core']:>6.2f} "
+                         f"{r['peak_rss_mib']:>9.0f} {r['worker_peak_rss_mib']:>10.0f}"
+                         for name, r in zip(results, rows, strict=True)))  # fmt: skip
     print("ratio = images per CPU-second relative to ImageFolder + PIL + v1")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": "loader",
         "unit": "images per CPU-second (loader process + workers), 1 torch thread",
@@ -194,10 +164,7 @@ def main() -> None:
         "workers": args.workers,
         "rows": rows,
     }
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -23,21 +23,16 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from _common import peak_rss_mib, print_table, write_results
+
 RESULTS = Path(__file__).parent / "results" / "manifest_scale.json"
-
-
-def rss_peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def measure(manifest_uri: str) -> dict[str, float]:
     """One set-up in this process: a rank of 64 with batch 32, and its first worker's span."""
     from seer.data.stream import ShardStream, build_loader
 
-    before_rss = rss_peak_mib()
+    before_rss = peak_rss_mib()
     tracemalloc.start()
     wall, cpu = time.perf_counter(), time.process_time()
     stream = ShardStream(manifest_uri, None, rank=3, world_size=64)
@@ -47,7 +42,7 @@ def measure(manifest_uri: str) -> dict[str, float]:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return {"setup_wall_s": wall, "setup_cpu_s": cpu, "py_peak_mib": peak / (1 << 20),
-            "rss_growth_mib": rss_peak_mib() - before_rss}  # fmt: skip
+            "rss_growth_mib": peak_rss_mib() - before_rss}  # fmt: skip
 
 
 def write_inline_manifest(output: Path, shards: int, samples_per_shard: int, records: int) -> str:
@@ -107,24 +102,18 @@ def main() -> None:
     base = rows[0]
     header = (f"{'layout':<31} {'shards':>7} {'samples':>13} {'records':>9} {'manifest MiB':>12} "
               f"{'setup s':>8} {'CPU s':>6} {'py peak MiB':>11} {'RSS +MiB':>9} {'KiB/shard':>9}")  # fmt: skip
-    print("ShardStream set-up (one rank of 64, batch 32) vs manifest size; fresh process per row")
-    print(header)
-    print("-" * len(header))
     for r in rows:
         r["py_peak_kib_per_shard"] = round(r["py_peak_mib"] * 1024 / r["shards"], 2)
         r["py_peak_vs_inline"] = round(r["py_peak_mib"] / base["py_peak_mib"], 4)
-        print(f"{r['layout']:<31} {r['shards']:>7} {r['samples']:>13,} {r['records']:>9,} {r['manifest_mib']:>12.2f} "
-              f"{r['setup_wall_s']:>8.3f} {r['setup_cpu_s']:>6.3f} {r['py_peak_mib']:>11.2f} "
-              f"{r['rss_growth_mib']:>9.1f} {r['py_peak_kib_per_shard']:>9.2f}")  # fmt: skip
+    print("ShardStream set-up (one rank of 64, batch 32) vs manifest size; fresh process per row")
+    print_table(header, (f"{r['layout']:<31} {r['shards']:>7} {r['samples']:>13,} {r['records']:>9,} {r['manifest_mib']:>12.2f} "
+                         f"{r['setup_wall_s']:>8.3f} {r['setup_cpu_s']:>6.3f} {r['py_peak_mib']:>11.2f} "
+                         f"{r['rss_growth_mib']:>9.1f} {r['py_peak_kib_per_shard']:>9.2f}" for r in rows))  # fmt: skip
     same = rows[1]
     print(f"1M records: {same['py_peak_mib']:.2f} MiB with records in side files vs {base['py_peak_mib']:.1f} MiB "
           f"inline ({same['py_peak_vs_inline']:.4f}x)")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"bench": "manifest_scale", "machine": platform.processor() or platform.machine(), "rows": rows}
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -31,23 +31,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _common import peak_rss_mib, print_table, reset_peak_rss, write_results
 from PIL import Image
 
 from seer.data.shard import ShardSettings, shard
 
 RESULTS = Path(__file__).parent / "results" / "shard.json"
-
-
-def reset_peak_rss() -> None:
-    """Reset this process's VmHWM (Linux clear_refs 5) so the next reading covers one run only."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def naive(files: list[Path], out: Path, max_short_side: int | None) -> None:
@@ -188,11 +177,9 @@ def main() -> None:
         f"sharding {args.images} images per corpus (jpeg: {source_mib['jpeg']} MiB, "
         f"mixed jpg/png/webp/bmp: {source_mib['mixed']} MiB; 256-1024 px) to JPEG q90"
     )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['scenario']:<22} {r['pipeline']:<24} {r['img_per_cpu_s']:>9.1f} {r['img_per_wall_s']:>10.1f} "
-              f"{r['ratio_per_core']:>6.2f} {r['peak_rss_mib']:>9.0f} {r['worker_peak_rss_mib']:>10.0f}")  # fmt: skip
+    print_table(header, (f"{r['scenario']:<22} {r['pipeline']:<24} {r['img_per_cpu_s']:>9.1f} {r['img_per_wall_s']:>10.1f} "
+                         f"{r['ratio_per_core']:>6.2f} {r['peak_rss_mib']:>9.0f} {r['worker_peak_rss_mib']:>10.0f}"
+                         for r in rows))  # fmt: skip
     print("ratio = images per CPU-second (process + workers, imports excluded for the main process only)")
     print(
         "        relative to the naive baseline of the same scenario; peak = main process, worker = largest worker"
@@ -203,7 +190,6 @@ def main() -> None:
         print(
             f"{r['scenario']:<22} {r['processes']:>9} {r['efficiency_per_cpu_s']:>21.2f} {r['wall_speedup']:>14.2f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "bench": "shard",
         "unit": "images per CPU-second (process + workers)",
@@ -214,10 +200,7 @@ def main() -> None:
         "rows": rows,
         "scaling": scaling,
     }
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":
