@@ -20,45 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from seer.data.shard import ShardSettings, shard
-from seer.data.synthetic import generate_corpus
-from seer.metrics import read_jsonl
 from seer.train import checkpoint
+from tests.pretrain_runs import env, events, losses, make_shards, records, run, run_args
 
 pytestmark = pytest.mark.slow
 
 ITERATIONS = 12
-# Small, fast and still learning in 12 steps: 32/16 px crops, SEER-like LR (4.8 at batch 16).
-RUN_ARGS = [
-    "--config", "rg-tiny",
-    "--set", f"train.iterations={ITERATIONS}",
-    "--set", "train.checkpoint_every=3",
-    "--set", "train.keep_last=2",
-    "--set", "train.log_every=1",
-    "--set", "train.batch_per_gpu=8",
-    "--set", "data.num_workers=0",
-    "--set", "data.crops=[{size: 32, count: 2, scale: [0.3, 1.0]}, {size: 16, count: 2, scale: [0.1, 0.3]}]",
-    "--set", "optim.base_lr=4.8",
-    "--set", "optim.base_batch=16",
-    "--set", "optim.warmup_iters=3",
-    "--set", "swav.freeze_prototypes_iters=2",
-]  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    """This process's environment (S3 test settings included), one thread per rank."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+RUN_ARGS = run_args(ITERATIONS)
 
 
 def _torchrun(output: Path, data: Path, *extra: str) -> list[str]:
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     return [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "seer", "pretrain", *RUN_ARGS, *extra,
             "--data", str(data), "--output", str(output)]  # fmt: skip
-
-
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -77,39 +51,25 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _losses(output: Path) -> dict[int, float]:
-    """Per-iteration loss; a re-run iteration keeps its last value."""
-    return {
-        r["iteration"]: r["loss"] for r in read_jsonl(str(output / "train_log.jsonl")) if r["event"] == "step"
-    }
-
-
-def _events(output: Path, event: str) -> list[dict]:
-    return [r for r in read_jsonl(str(output / "train_log.jsonl")) if r["event"] == event]
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_corpus(root / "images", 64, seed=3, min_size=48, max_size=96)
-    shard([str(root / "images")], str(root / "shards"), ShardSettings(max_samples_per_shard=16), workers=1)
-    return root / "shards"
+    return make_shards(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted 2-rank run."""
     output = tmp_path_factory.mktemp("reference") / "out"
-    _run(_torchrun(output, shards))
+    run(_torchrun(output, shards))
     return output
 
 
 def test_two_rank_training_shards_the_model_and_lowers_the_loss(reference: Path) -> None:
-    losses = _losses(reference)
-    assert sorted(losses) == list(range(1, ITERATIONS + 1))
-    assert max(losses[i] for i in range(ITERATIONS - 2, ITERATIONS + 1)) < losses[1] - 0.2
+    loss = losses(reference)
+    assert sorted(loss) == list(range(1, ITERATIONS + 1))
+    assert max(loss[i] for i in range(ITERATIONS - 2, ITERATIONS + 1)) < loss[1] - 0.2
 
-    (start,) = _events(reference, "start")
+    (start,) = events(reference, "start")
     assert start["world_size"] == 2 and start["device"] == "cpu"
     shards = {s["rank"]: s for s in start["shards"]}
     total = shards[0]["global_params"]
@@ -135,7 +95,7 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(
     output = tmp_path / "out"
     cmd = _torchrun(output, shards)
     proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     first = output / "checkpoints" / "iter-00000003" / checkpoint.MARKER
     deadline = time.monotonic() + 300
@@ -147,10 +107,10 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(
     assert first.exists() and not (output / "summary.json").exists(), "the run must die mid-training"
     killed_at = checkpoint.latest_complete(str(output)).iteration
 
-    _run(cmd)
-    (resume,) = _events(output, "resume")
+    run(cmd)
+    (resume,) = events(output, "resume")
     assert resume["iteration"] == killed_at >= 3
-    expected, got = _losses(reference), _losses(output)
+    expected, got = losses(reference), losses(output)
     assert sorted(got) == list(range(1, ITERATIONS + 1))
     for i in range(killed_at + 1, ITERATIONS + 1):
         assert got[i] == pytest.approx(expected[i], abs=1e-5), f"iteration {i}"
@@ -166,11 +126,11 @@ def test_a_save_killed_midway_is_ignored_and_the_previous_checkpoint_used(
     data_file = next(torn.glob("*.distcp"))
     data_file.write_bytes(data_file.read_bytes()[:100])
     # The previous checkpoint's marker points at the ones that exist (the copy kept 9 and 12).
-    _run(_torchrun(output, shards))
-    resumes = _events(output, "resume")
+    run(_torchrun(output, shards))
+    resumes = events(output, "resume")
     assert resumes[-1]["iteration"] == 9
     assert checkpoint.latest_complete(str(output)).iteration == ITERATIONS
-    expected, got = _losses(reference), _losses(output)
+    expected, got = losses(reference), losses(output)
     for i in (10, 11, 12):
         assert got[i] == pytest.approx(expected[i], abs=1e-5)
 
@@ -181,10 +141,10 @@ def test_object_storage_output_checkpoints_resumes_and_summarises(shards: Path, 
     output = f"s3://{s3_bucket}/runs/tiny"
     cmd = [sys.executable, "-m", "seer", "pretrain", *RUN_ARGS, "--set", "train.checkpoint_every=2",
            "--data", str(shards), "--output", output]  # fmt: skip
-    _run([*cmd, "--set", "train.iterations=4"])
-    _run([*cmd, "--set", "train.iterations=6"])  # a longer run over the same output continues it
+    run([*cmd, "--set", "train.iterations=4"])
+    run([*cmd, "--set", "train.iterations=6"])  # a longer run over the same output continues it
     assert [(c.iteration, c.complete) for c in checkpoint.list_checkpoints(output)] == [(4, True), (6, True)]
-    log = read_jsonl(storage.join(output, "train_log.jsonl"))
+    log = records(output)
     assert [r["iteration"] for r in log if r["event"] == "resume"] == [4]
     assert [r["iteration"] for r in log if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
     summary = storage.read_json(storage.join(output, "summary.json"))
@@ -203,7 +163,7 @@ def test_metrics_endpoint_moves_during_a_run(shards: Path, tmp_path: Path) -> No
     cmd = [sys.executable, "-m", "seer", "pretrain", *RUN_ARGS, "--set", "train.iterations=200",
            "--set", f"train.metrics_port={port}", "--data", str(shards), "--output", str(tmp_path / "out")]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     scrapes: list[dict[str, float]] = []
     try:

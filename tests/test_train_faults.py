@@ -29,32 +29,13 @@ from pathlib import Path
 
 import pytest
 
-from seer import storage
-from seer.data.shard import ShardSettings, shard
-from seer.data.synthetic import generate_corpus
 from seer.metrics import read_jsonl
 from seer.train import checkpoint
 from seer.train.faults import RESUMABLE_EXIT_CODE, RETRYABLE_EXIT_CODES, FaultHistory, group_exit_code
+from tests.pretrain_runs import env, events, losses, make_shards, records, run, run_args
 
 ITERATIONS = 9
-RUN_ARGS = [
-    "--config", "rg-tiny",
-    "--set", f"train.iterations={ITERATIONS}",
-    "--set", "train.checkpoint_every=3",
-    "--set", "train.keep_last=2",
-    "--set", "train.log_every=1",
-    "--set", "train.batch_per_gpu=8",
-    "--set", "data.num_workers=0",
-    "--set", "data.crops=[{size: 32, count: 2, scale: [0.3, 1.0]}, {size: 16, count: 2, scale: [0.1, 0.3]}]",
-    "--set", "optim.base_lr=4.8",
-    "--set", "optim.base_batch=16",
-    "--set", "optim.warmup_iters=3",
-    "--set", "swav.freeze_prototypes_iters=2",
-]  # fmt: skip
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+RUN_ARGS = run_args(ITERATIONS)
 
 
 def _launch(output: str, data: Path, max_restarts: int = 0, *extra: str) -> list[str]:
@@ -64,26 +45,8 @@ def _launch(output: str, data: Path, max_restarts: int = 0, *extra: str) -> list
             *RUN_ARGS, *extra, "--data", str(data), "--output", output]  # fmt: skip
 
 
-def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def _records(output: str) -> list[dict]:
-    return read_jsonl(storage.join(output, "train_log.jsonl"))
-
-
-def _events(output: str, event: str) -> list[dict]:
-    return [r for r in _records(output) if r["event"] == event]
-
-
-def _losses(output: str) -> dict[int, float]:
-    return {r["iteration"]: r["loss"] for r in _events(output, "step")}
-
-
 def _assert_losses_match(output: str, reference: str) -> None:
-    expected, got = _losses(reference), _losses(output)
+    expected, got = losses(reference), losses(output)
     assert sorted(got) == list(range(1, ITERATIONS + 1))
     for i in got:
         assert got[i] == pytest.approx(expected[i], abs=1e-5), f"iteration {i}"
@@ -128,17 +91,14 @@ def _steps_logged(output: Path) -> int:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate_corpus(root / "images", 64, seed=3, min_size=48, max_size=96)
-    shard([str(root / "images")], str(root / "shards"), ShardSettings(max_samples_per_shard=16), workers=1)
-    return root / "shards"
+    return make_shards(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
 def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An uninterrupted 2-rank run."""
     output = str(tmp_path_factory.mktemp("reference") / "out")
-    _run(_launch(output, shards))
+    run(_launch(output, shards))
     return output
 
 
@@ -173,7 +133,7 @@ def test_sigterm_to_one_rank_saves_that_iteration_and_exits_resumable(
 ) -> None:
     output = tmp_path / "out"
     cmd = _launch(str(output), shards)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _steps_logged(output) >= 4, proc, "iteration 4")
         os.kill(_worker_pid(proc.pid, 1), signal.SIGTERM)  # rank 1 only; rank 0 learns it by the collective
@@ -181,14 +141,14 @@ def test_sigterm_to_one_rank_saves_that_iteration_and_exits_resumable(
     finally:
         proc.kill()
     assert proc.returncode == RESUMABLE_EXIT_CODE, stderr[-3000:]
-    (stop,) = _events(str(output), "preempted")
+    (stop,) = events(str(output), "preempted")
     at = stop["iteration"]
     assert 4 <= at < ITERATIONS and stop["checkpoint"] == checkpoint.checkpoint_uri(str(output), at)
     assert checkpoint.latest_complete(str(output)).iteration == at  # saved at the iteration it stopped
     assert _steps_logged(output) == at  # nothing trained after the agreed stop
 
-    _run(cmd)
-    (resume,) = _events(str(output), "resume")
+    run(cmd)
+    (resume,) = events(str(output), "resume")
     assert resume["iteration"] == at  # no step repeated
     _assert_losses_match(str(output), reference)
 
@@ -200,7 +160,7 @@ def test_sigterm_to_the_agent_is_forwarded_and_the_pod_exits_resumable(shards: P
     output = tmp_path / "out"
     cmd = _launch(str(output), shards)
     cmd.insert(cmd.index("--max-restarts"), "--shutdown-timeout=60")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _steps_logged(output) >= 4, proc, "iteration 4")
         proc.send_signal(signal.SIGTERM)
@@ -208,7 +168,7 @@ def test_sigterm_to_the_agent_is_forwarded_and_the_pod_exits_resumable(shards: P
     finally:
         proc.kill()
     assert proc.returncode == RESUMABLE_EXIT_CODE, stderr[-3000:]
-    (stop,) = _events(str(output), "preempted")
+    (stop,) = events(str(output), "preempted")
     assert stop["checkpoint"] == checkpoint.checkpoint_uri(str(output), stop["iteration"])
     assert checkpoint.latest_complete(str(output)).iteration == stop["iteration"] == _steps_logged(output)
 
@@ -234,7 +194,7 @@ def test_sigkill_of_one_worker_restarts_the_group_which_resumes(
     output = tmp_path / "out"
     proc = subprocess.Popen(
         _launch(str(output), shards, 1),
-        env=_env(),
+        env=env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -246,9 +206,9 @@ def test_sigkill_of_one_worker_restarts_the_group_which_resumes(
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]  # torchrun restarted the group once and it finished
-    starts, (resume,) = _events(str(output), "start"), _events(str(output), "resume")
+    starts, (resume,) = events(str(output), "start"), events(str(output), "resume")
     assert len(starts) == 2 and resume["iteration"] in (3, 6) and resume["time_lost_seconds"] > 0
-    history = FaultHistory.from_records(_records(str(output)))
+    history = FaultHistory.from_records(records(str(output)))
     assert (history.restarts, history.faults) == (1, 1)
     _assert_losses_match(str(output), reference)
 
@@ -261,7 +221,7 @@ def test_object_store_outage_during_a_save_is_survived(
     output = f"s3://{s3_bucket}/runs/outage"
     cmd = _launch(output, shards, 0, "--set", "train.save_retry_seconds=2")
     proc = subprocess.Popen(
-        cmd, env=_env(SEER_S3_RETRY_SECONDS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, env=env(SEER_S3_RETRY_SECONDS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
@@ -288,7 +248,7 @@ def test_object_store_outage_during_a_save_is_survived(
     finally:
         proc.kill()
     assert proc.returncode == 0, "".join(lines)[-3000:]
-    failed = _events(output, "checkpoint_failed")
+    failed = events(output, "checkpoint_failed")
     assert len(failed) >= 1 and "was not saved" in failed[0]["error"]
     refs = checkpoint.list_checkpoints(output)
     assert refs and all(ref.complete for ref in refs)  # the failed save was never marked, and is gone
@@ -307,7 +267,7 @@ def test_a_corrupted_newest_checkpoint_is_skipped_on_resume(
     blob = bytearray(data.read_bytes())
     blob[len(blob) // 2] ^= 0x01  # one flipped byte
     data.write_bytes(bytes(blob))
-    done = _run(_launch(str(output), shards))
+    done = run(_launch(str(output), shards))
     assert f"checkpoint {newest} is corrupt (1 file(s) fail their checksum: {data.name})" in done.stderr
-    assert _events(str(output), "resume")[-1]["iteration"] == ITERATIONS - 3
+    assert events(str(output), "resume")[-1]["iteration"] == ITERATIONS - 3
     _assert_losses_match(str(output), reference)
