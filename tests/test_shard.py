@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from seer.cli import main
 from seer.data.shard import ShardSettings, iter_records, shard
 from seer.data.synthetic import generate_corpus, generate_nasty_corpus
 from seer.errors import ConfigError, NotFoundError
+from tests.kill import sigkill_once_exists
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,15 +185,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_shard_set(tmp_path: Path) ->
     )  # fmt: skip
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "seer", "shard", *args, "--output", str(out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out / "_parts" / "shard-000000.json").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no shard committed within 120 s"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    sigkill_once_exists(cmd, out / "_parts" / "shard-000000.json", cwd=REPO)  # one shard committed
 
     assert not (out / "manifest.json").exists()
     parts = sorted((out / "_parts").glob("*.json"))

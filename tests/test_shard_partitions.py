@@ -12,11 +12,8 @@ import hashlib
 import io
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from seer.data.stream import ShardStream, build_loader
 from seer.data.synthetic import generate_corpus, generate_nasty_corpus
 from seer.errors import ConfigError
 from seer.eval.datasets import load_dataset
+from tests.kill import sigkill_once_exists
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ShardSettings(max_samples_per_shard=3)
@@ -195,16 +193,8 @@ def test_sigkill_of_a_partition_then_rerun_loses_and_doubles_nothing(tmp_path: P
     list_inputs(inputs, str(out), 2)
     cmd = [sys.executable, "-m", "seer", "shard", "--partition", "1/2", "--output", str(out),
            "--max-samples-per-shard", "3", "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE)
     part_dir = out / "p00001-of-00002"
-    deadline = time.monotonic() + 120
-    while not (part_dir / "_parts" / "shard-000001.json").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no shard committed within 120 s"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    sigkill_once_exists(cmd, part_dir / "_parts" / "shard-000001.json", cwd=REPO)  # two shards committed
     assert not (part_dir / "part.json").exists()
     with pytest.raises(ConfigError, match="partition 0/2 is not finished"):
         merge_partitions(str(out), 2, **QUIET)
