@@ -20,6 +20,8 @@ Torch:
 
 - `one_torch_thread` (function): torch runs intra-op work on one thread for the test, then restores
   the count; use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+- `single_process_group` (function): a 1-process gloo group for FSDP/DCP in this process (reuses
+  one that already exists; destroys only the one it created).
 """
 
 from __future__ import annotations
@@ -139,3 +141,17 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_process_group() -> Iterator[None]:
+    """A 1-process gloo group for FSDP/DCP in this process (reuses one that already exists)."""
+    import torch.distributed as dist
+
+    from seer.train.parallel import init_distributed
+
+    own = not dist.is_initialized()
+    init_distributed()
+    yield
+    if own:
+        dist.destroy_process_group()

@@ -95,11 +95,17 @@ def load_consolidated(model: torch.nn.Module, uri: str) -> None:
 def test_import_vissl_consolidated(tmp_path, parts, wrappers):
     model = randomized_model()
     torch.save(vissl_checkpoint(model, parts, wrappers), tmp_path / "model_iteration124500_conso.torch")
-    side = import_vissl(str(tmp_path / "model_iteration124500_conso.torch"), str(tmp_path / "m.pt"), PRESET)
+    side = assert_imports_as(model, tmp_path / "model_iteration124500_conso.torch", tmp_path / "m.pt", seed=7)
     assert side["iteration"] == 124500 and side["preset"] == PRESET
-    fresh = build_swav_model(PRESET, "cpu", seed=7)
-    load_consolidated(fresh, str(tmp_path / "m.pt"))
+
+
+def assert_imports_as(model: torch.nn.Module, source: str | Path, target: Path, seed: int) -> dict:
+    """`source` (VISSL) imported to `target` loads into a fresh model (built with `seed`) as `model`."""
+    side = import_vissl(str(source), str(target), PRESET)
+    fresh = build_swav_model(PRESET, "cpu", seed=seed)
+    load_consolidated(fresh, str(target))
     assert same_state(fresh, model)
+    return side
 
 
 def test_export_vissl_with_10b_parts_reimports_and_uses_vissl_names(tmp_path):
@@ -117,10 +123,7 @@ def test_export_vissl_with_10b_parts_reimports_and_uses_vissl_names(tmp_path):
     assert {"0.prototypes0.weight", "0.projection_head.1.running_mean", "0.projection_head.3.bias"} <= set(
         heads
     )
-    import_vissl(str(tmp_path / "out.torch"), str(tmp_path / "again.pt"), PRESET)
-    fresh = build_swav_model(PRESET, "cpu", seed=2)
-    load_consolidated(fresh, str(tmp_path / "again.pt"))
-    assert same_state(fresh, model)
+    assert_imports_as(model, tmp_path / "out.torch", tmp_path / "again.pt", seed=2)
 
 
 def test_vissl_slice_list_written_by_us_reads_back_into_model_and_import(tmp_path):
@@ -137,10 +140,7 @@ def test_vissl_slice_list_written_by_us_reads_back_into_model_and_import(tmp_pat
     fresh = build_swav_model(PRESET, "cpu", seed=3)
     load_sliced_into_(fresh, index)
     assert same_state(fresh, model)
-    import_vissl(index, str(tmp_path / "from_slices.pt"), PRESET)
-    fresh = build_swav_model(PRESET, "cpu", seed=4)
-    load_consolidated(fresh, str(tmp_path / "from_slices.pt"))
-    assert same_state(fresh, model)
+    assert_imports_as(model, index, tmp_path / "from_slices.pt", seed=4)
 
 
 def _fairscale_shards(named: dict[str, torch.Tensor], buffers: set[str], units: list[str], world: int):
@@ -215,10 +215,7 @@ def test_import_fairscale_sharded_vissl_checkpoint(tmp_path):
         torch.save(shard, tmp_path / name)
         names.append(name)
     torch.save({"type": "shard_list", "shards": names}, tmp_path / "model_iteration100.torch")
-    import_vissl(str(tmp_path / "model_iteration100.torch"), str(tmp_path / "m.pt"), PRESET)
-    fresh = build_swav_model(PRESET, "cpu", seed=8)
-    load_consolidated(fresh, str(tmp_path / "m.pt"))
-    assert same_state(fresh, model)
+    assert_imports_as(model, tmp_path / "model_iteration100.torch", tmp_path / "m.pt", seed=8)
     (tmp_path / names[1]).unlink()
     with pytest.raises(
         CheckpointError, match=r"shard model_iteration100_shard1\.torch listed in .* is missing"
@@ -265,10 +262,7 @@ def test_import_shards_written_by_real_fairscale_fsdp(tmp_path):
     shard0 = torch.load(tmp_path / "model_iteration5_shard0.torch", weights_only=True)
     meta = shard0["classy_state_dict"]["base_model"]["meta"]["trunk"]
     assert any(m["params"].get("flat_param_0") for m in meta["param_metadata"])  # really flattened + sharded
-    import_vissl(str(tmp_path / "model_iteration5.torch"), str(tmp_path / "m.pt"), PRESET)
-    fresh = build_swav_model(PRESET, "cpu", seed=8)
-    load_consolidated(fresh, str(tmp_path / "m.pt"))
-    assert same_state(fresh, model)
+    assert_imports_as(model, tmp_path / "model_iteration5.torch", tmp_path / "m.pt", seed=8)
 
 
 def test_fine_tuned_classifier_head_is_kept_and_trunk_loads_alone(tmp_path):

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from seer import storage
@@ -17,16 +15,6 @@ from seer.config import load_config
 from seer.errors import StorageError
 from seer.train import checkpoint
 from seer.train.parallel import build_model, init_distributed, parallelize
-
-
-@pytest.fixture
-def single_process_group() -> Iterator[None]:
-    """A 1-process gloo group for FSDP/DCP in this process (reuses one that already exists)."""
-    own = not dist.is_initialized()
-    init_distributed()
-    yield
-    if own:
-        dist.destroy_process_group()
 
 
 def _tiny_training_state() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -7,12 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from seer.config import load_config
 from seer.errors import ConfigError
@@ -80,15 +78,6 @@ def test_sync_bn_groups() -> None:
     assert sync_bn_groups(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     with pytest.raises(ConfigError, match="does not divide the world size 8"):
         sync_bn_groups(8, 3)
-
-
-@pytest.fixture
-def single_process_group() -> Iterator[None]:
-    own = not dist.is_initialized()
-    init_distributed()
-    yield
-    if own:
-        dist.destroy_process_group()
 
 
 def test_bf16_policy_computes_in_bf16_but_keeps_prototypes_bn_and_master_weights_fp32(
