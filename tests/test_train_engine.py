@@ -80,7 +80,7 @@ def test_two_rank_training_shards_the_model_and_lowers_the_loss(reference: Path)
     assert (
         summary["iterations"] == ITERATIONS and summary["world_size"] == 2 and summary["global_batch"] == 16
     )
-    assert summary["final_loss"] == pytest.approx(losses[ITERATIONS])
+    assert summary["final_loss"] == pytest.approx(loss[ITERATIONS])
     assert summary["images_per_second"] > 0 and summary["wall_time_seconds"] > 0
     kept = [str(reference / "checkpoints" / f"iter-{i:08d}") for i in (9, 12)]  # keep_last=2
     assert summary["checkpoints"] == kept
