@@ -1,5 +1,6 @@
 """What the multi-process `seer pretrain` tests share (test_train_engine, test_train_faults): the
-small run's flags, its environment, a run that must succeed, its log, and a small sharded corpus."""
+small run's flags, its environment, a run that must succeed, its log, a small sharded corpus, and the
+processes a launcher started."""
 
 from __future__ import annotations
 
@@ -61,3 +62,19 @@ def make_shards(root: Path) -> Path:
     generate_corpus(root / "images", 64, seed=3, min_size=48, max_size=96)
     shard([str(root / "images")], str(root / "shards"), ShardSettings(max_samples_per_shard=16), workers=1)
     return root / "shards"
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc; torchrun starts workers in new sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree

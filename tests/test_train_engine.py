@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from seer.train import checkpoint
-from tests.pretrain_runs import env, events, losses, make_shards, records, run, run_args
+from tests.pretrain_runs import env, events, losses, make_shards, process_tree, records, run, run_args
 
 pytestmark = pytest.mark.slow
 
@@ -33,22 +33,6 @@ def _torchrun(output: Path, data: Path, *extra: str) -> list[str]:
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     return [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "seer", "pretrain", *RUN_ARGS, *extra,
             "--data", str(data), "--output", str(output)]  # fmt: skip
-
-
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (from /proc; torchrun starts workers in new sessions)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +85,7 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(
     deadline = time.monotonic() + 300
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    for pid in _process_tree(proc.pid):  # torchrun and its workers (own sessions), as when a pod dies
+    for pid in process_tree(proc.pid):  # torchrun and its workers (own sessions), as when a pod dies
         os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert first.exists() and not (output / "summary.json").exists(), "the run must die mid-training"

@@ -32,7 +32,7 @@ import pytest
 from seer.metrics import read_jsonl
 from seer.train import checkpoint
 from seer.train.faults import RESUMABLE_EXIT_CODE, RETRYABLE_EXIT_CODES, FaultHistory, group_exit_code
-from tests.pretrain_runs import env, events, losses, make_shards, records, run, run_args
+from tests.pretrain_runs import env, events, losses, make_shards, process_tree, records, run, run_args
 
 ITERATIONS = 9
 RUN_ARGS = run_args(ITERATIONS)
@@ -54,23 +54,13 @@ def _assert_losses_match(output: str, reference: str) -> None:
 
 def _worker_pid(root: int, rank: int) -> int | None:
     """The pid of the worker with RANK=`rank` under process `root` (torchrun starts workers as children)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    todo = list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
+    for pid in process_tree(root)[1:]:
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         if f"RANK={rank}".encode() in environ:
             return pid
-        todo += children.get(pid, [])
     return None
 
 
