@@ -3,6 +3,7 @@ printed table and the results file (written under a temporary name, then renamed
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Iterable
@@ -21,6 +22,15 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def add_run_flags(parser: argparse.ArgumentParser, results: Path, *internal: str) -> None:
+    """--out (the results file) and the hidden flags of one measurement in a fresh process:
+    --variant plus `internal` (e.g. "--input"), which the script passes to itself."""
+    parser.add_argument("--out", type=Path, default=results, help="where to write the JSON results")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    for flag in internal:
+        parser.add_argument(flag, help=argparse.SUPPRESS)
 
 
 class PilBlur:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import peak_rss_mib, print_table, reset_peak_rss, vissl_crop_chains, write_results
+from _common import add_run_flags, peak_rss_mib, print_table, reset_peak_rss, vissl_crop_chains, write_results
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 
@@ -103,9 +103,7 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="DataLoader workers in every row (0: in-process)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
-    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one measurement
-    parser.add_argument("--input", help=argparse.SUPPRESS)
+    add_run_flags(parser, RESULTS, "--input")
     args = parser.parse_args()
     if args.variant:
         run_variant(args)

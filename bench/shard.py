@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import peak_rss_mib, print_table, reset_peak_rss, write_results
+from _common import add_run_flags, peak_rss_mib, print_table, reset_peak_rss, write_results
 from PIL import Image
 
 from seer.data.shard import ShardSettings, shard
@@ -122,10 +122,7 @@ def main() -> None:
     parser.add_argument(
         "--scaling-images", type=int, default=600, help="JPEG corpus size of the 1-vs-N-process scaling row"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
-    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one measurement
-    parser.add_argument("--input", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
+    add_run_flags(parser, RESULTS, "--input", "--output")
     args = parser.parse_args()
     if args.variant:
         run_variant(args)
