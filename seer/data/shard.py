@@ -427,16 +427,29 @@ def shard(
     if existing is not None:
         return existing
     manifest = _shard_refs(refs, output, settings, fingerprint, workers, log)
-    manifest.update(_provenance(inputs, command))
-    manifest["totals"]["ignored"] = sum(ignored.values())
-    manifest["ignored_by_reason"] = dict(sorted(ignored.items()))
-    storage.write_json(manifest_uri, {"format": FORMAT, **manifest})
+    _write_manifest(manifest_uri, FORMAT, manifest, inputs, command, ignored)
     totals = manifest["totals"]
     log(
         f"wrote {totals['shards']} shards with {totals['samples']} samples to {output} "
         f"({totals['rejected']} rejected, {totals['duplicates']} duplicates)"
     )
     return storage.read_json(manifest_uri)
+
+
+def _write_manifest(
+    uri: str,
+    fmt: str,
+    manifest: dict,
+    inputs: Sequence[str],
+    command: Sequence[str] | None,
+    ignored: dict[str, int],
+    **extra: object,
+) -> None:
+    """Write `manifest` (with provenance, `extra` and the ignored-file counts) last, as `fmt`, at `uri`."""
+    manifest.update(_provenance(inputs, command), **extra)
+    manifest["totals"]["ignored"] = sum(ignored.values())
+    manifest["ignored_by_reason"] = dict(sorted(ignored.items()))
+    storage.write_json(uri, {"format": fmt, **manifest})
 
 
 def partition_dir(partition: int, partitions: int) -> str:
@@ -485,11 +498,7 @@ def shard_partition(
     if existing is not None:
         return existing
     part = _shard_refs(refs, part_out, settings, fingerprint, workers, log, samples_index=True)
-    part.update(_provenance(inputs, command))
-    part["partition"] = [index, count]
-    part["totals"]["ignored"] = sum(ignored.values())
-    part["ignored_by_reason"] = dict(sorted(ignored.items()))
-    storage.write_json(manifest_uri, {"format": PART_FORMAT, **part})
+    _write_manifest(manifest_uri, PART_FORMAT, part, inputs, command, ignored, partition=[index, count])
     totals = part["totals"]
     log(
         f"partition {index}/{count}: {totals['shards']} shards, {totals['samples']} samples "
