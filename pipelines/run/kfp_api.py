@@ -9,7 +9,9 @@ DAG and keep their compiled caching. `set_caching` rewrites every DAG of the com
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,28 @@ from seer.errors import SeerError
 
 class SubmitError(SeerError):
     """A missing or wrong setting, or an unreachable KFP endpoint; the message says what to do."""
+
+
+def add_kfp_flags(p: argparse.ArgumentParser) -> None:
+    """Where and as whom a run is started: --kfp-host, --kfp-namespace, --experiment, --service-account
+    (defaults from KFP_HOST, KFP_NAMESPACE, KFP_EXPERIMENT, KFP_SERVICE_ACCOUNT)."""
+    env = os.environ.get
+    p.add_argument(
+        "--kfp-host",
+        default=env("KFP_HOST", ""),
+        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (KFP_HOST)",
+    )
+    p.add_argument(
+        "--kfp-namespace", default=env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
+    )
+    p.add_argument(
+        "--experiment", default=env("KFP_EXPERIMENT", "seer"), help="KFP experiment (KFP_EXPERIMENT)"
+    )
+    p.add_argument(
+        "--service-account",
+        default=env("KFP_SERVICE_ACCOUNT", ""),
+        help="the run's service account (KFP_SERVICE_ACCOUNT)",
+    )
 
 
 def dag_tasks(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

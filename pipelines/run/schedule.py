@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.run.kfp_api import SubmitError, reaching_kfp, set_caching
+from pipelines.run.kfp_api import SubmitError, add_kfp_flags, reaching_kfp, set_caching
 from pipelines.storage_defaults import DEFAULT_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,14 +53,7 @@ def recurring_run_request(a: argparse.Namespace, package: Path) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m pipelines.run.schedule", description=__doc__.splitlines()[0])
-    p.add_argument("--kfp-host", default=env("KFP_HOST", ""), help="KFP API endpoint (KFP_HOST)")
-    p.add_argument(
-        "--kfp-namespace", default=env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
-    )
-    p.add_argument(
-        "--experiment", default=env("KFP_EXPERIMENT", "seer"), help="KFP experiment (KFP_EXPERIMENT)"
-    )
-    p.add_argument("--service-account", default=env("KFP_SERVICE_ACCOUNT", ""), help="runs' service account")
+    add_kfp_flags(p)
     p.add_argument("--cron", default=env("CRON", "0 0 3 * * *"), help="6-field cron, seconds first (CRON)")
     p.add_argument(
         "--name", default=env("SCHEDULE_NAME", "seer-reeval"), help="recurring run name (SCHEDULE_NAME)"

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.run.kfp_api import SubmitError, reaching_kfp, set_caching
+from pipelines.run.kfp_api import SubmitError, add_kfp_flags, reaching_kfp, set_caching
 from pipelines.storage_defaults import DEFAULT_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,22 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_env("DRY_RUN", "0") not in ("", "0", "false"),
         help="print the plan and rendered objects only (DRY_RUN=1)",
     )
-    p.add_argument(
-        "--kfp-host",
-        default=_env("KFP_HOST"),
-        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (KFP_HOST)",
-    )
-    p.add_argument(
-        "--kfp-namespace", default=_env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
-    )
-    p.add_argument(
-        "--experiment", default=_env("KFP_EXPERIMENT", "seer"), help="KFP experiment (KFP_EXPERIMENT)"
-    )
-    p.add_argument(
-        "--service-account",
-        default=_env("KFP_SERVICE_ACCOUNT"),
-        help="run's service account (KFP_SERVICE_ACCOUNT)",
-    )
+    add_kfp_flags(p)
     p.add_argument("--preset", default=_env("PRESET", "rg10b"), help="pretraining preset (PRESET)")
     p.add_argument("--nodes", type=int, default=int(_env("NODES", "62")), help="nodes (NODES)")
     p.add_argument(
