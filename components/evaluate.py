@@ -153,22 +153,27 @@ def copy_detection_eval(
 @_eval_step
 def geolocalization_eval(
     model: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics], report: Output[HTML],
-    results: Output[Artifact], enabled: bool = False, method: str = "nn", transform: str = "shorter:256:224",
-    batch_size: int = 64, workers: int = 4, device: str = "auto", baselines: list = [],  # noqa: B006
+    results: Output[Artifact], enabled: bool = False, method: str = "nn", cell_deg: float = 1.0,
+    chunk_size: int = 2048, transform: str = "shorter:224:224", batch_size: int = 64, workers: int = 4,
+    device: str = "auto", baselines: list = [],  # noqa: B006
 ):
-    """Geolocalization: predict geo_val locations from geo_train → accuracy at 1/25/200/750/2500 km.
+    """Geolocalization on frozen features: predict geo_val locations from geo_train → accuracy at
+    1/25/200/750/2500 km (SEER fine-tunes the trunk instead; the report records `frozen-features`).
 
     Args:
         metrics: Accuracy per distance threshold (and baselines').
-        method: nn (nearest training image) or cells (cell classifier over geo_cells).
+        method: nn (nearest training image) or cells (cell classifier; prediction = top cell's mean coordinates).
+        cell_deg: Grid cell size in degrees when geo_cells is not given.
+        chunk_size: Training images per block when assigning them to the nearest cell centre.
     """
     from seer.eval.steps import run_step
 
     if not enabled:
         _skip("geolocalization", results.path, report)
         return
-    doc = run_step("geolocalization", model.uri, datasets.uri, results.path, method=method, transform=transform,
-                   batch_size=batch_size, workers=workers, device=device, baselines=baselines)
+    doc = run_step("geolocalization", model.uri, datasets.uri, results.path, method=method, cell_deg=cell_deg,
+                   chunk_size=chunk_size, transform=transform, batch_size=batch_size, workers=workers,
+                   device=device, baselines=baselines)
     _publish(doc, results.path, metrics, report)
 
 

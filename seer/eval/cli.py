@@ -184,13 +184,24 @@ PROTOCOLS = {
         "geolocalization",
         "predict image locations → accuracy at 1/25/200/750/2500 km",
         "Predict each validation image's location from the training images (nearest neighbour, or a cell "
-        "classifier) and score the great-circle (haversine, R = 6371 km) error.",
+        "classifier whose prediction is the top cell's mean coordinates) and score the great-circle (haversine, "
+        "R = 6371 km) error. Frozen-features protocol: SEER fine-tunes the whole trunk on YFCC cells instead "
+        "(seer_spec §5.4); reports record which ran.",
         {
-            "train_uri": ("--train", "training set manifest: path,lat,lon", True),
-            "val_uri": ("--val", "validation set manifest: path,lat,lon", True),
+            "train_uri": (
+                "--train",
+                "training set manifest: path,lat,lon[,cell] (cell: per-image S2 label)",
+                True,
+            ),
+            "val_uri": (
+                "--val",
+                "validation set manifest: path,lat,lon (e.g. `seer eval import-im2gps` output)",
+                True,
+            ),
             "cells_uri": (
                 "--cells",
-                "partition CSV cell,lat,lon (cells method; default: a lat/lon grid)",
+                "partition CSV: a GeoEstimation cells_50_*.csv as released, or cell,lat,lon (cells method; "
+                "default: a lat/lon grid)",
                 False,
             ),
         },
@@ -300,9 +311,9 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protoco
     else:
         p.add_argument("--checkpoint", required=True, help="classifier checkpoint (see the description)")
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
-    add_fields(
-        p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **protocol.features
-    )
+    own = module.default_options() if hasattr(module, "default_options") else FeatureOptions()
+    defaults = {"transform": own.transform, "tap": own.tap, "pool": own.pool, **protocol.features}
+    add_fields(p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **defaults)
     if protocol.probe or protocol.config == "LinearConfig":
         add_fields(p.add_argument_group(probe_group), LinearConfig)
     _add_data(p, protocol.formats)
