@@ -180,15 +180,21 @@ def geolocalization_eval(
 @_eval_step
 def fairness_eval(
     model: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics], report: Output[HTML],
-    results: Output[Artifact], enabled: bool = False, harmful_labels: list = [], classifier: str = "linear",  # noqa: B006
+    results: Output[Artifact], enabled: bool = False, indicator: str = "accuracy", topk: int = 5,
+    label_map: str = "", associations: str = "", harmful_labels: list = [], classifier: str = "linear",  # noqa: B006
     transform: str = "shorter:256:224", batch_size: int = 64, workers: int = 4, device: str = "auto",
     baselines: list = [],  # noqa: B006
 ):
-    """Fairness: classifier on fairness_train, per-group accuracy and disparity on fairness_test.
+    """Fairness: classifier on fairness_train (frozen features), the chosen indicator on fairness_test.
 
     Args:
-        metrics: Per-group accuracy, disparity, harmful-label rates (and baselines').
-        harmful_labels: Class names counted as harmful predictions.
+        metrics: Per-group accuracy / hit rates / label-association shares (and baselines').
+        indicator: accuracy (per-group accuracy), geographic (Dollar Street top-k hit rate by income, region,
+            country) or label-association (Casual Conversations label categories by gender, age, skin tone).
+        topk: Predictions per image the SEER indicators look at.
+        label_map: URI of the JSON class → labels map ("" = a class is its own label).
+        associations: URI of the JSON category → labels map ("" = VISSL's IN22k-subset map).
+        harmful_labels: Class names counted as harmful predictions (accuracy indicator).
         classifier: linear or knn.
     """
     from seer.eval.steps import run_step
@@ -196,7 +202,8 @@ def fairness_eval(
     if not enabled:
         _skip("fairness", results.path, report)
         return
-    doc = run_step("fairness", model.uri, datasets.uri, results.path, harmful_labels=harmful_labels,
+    doc = run_step("fairness", model.uri, datasets.uri, results.path, indicator=indicator, topk=topk,
+                   label_map=label_map or None, associations=associations or None, harmful_labels=harmful_labels,
                    classifier=classifier, transform=transform, batch_size=batch_size, workers=workers,
                    device=device, baselines=baselines)
     _publish(doc, results.path, metrics, report)
