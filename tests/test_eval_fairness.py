@@ -150,3 +150,50 @@ def test_bucket_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="--skin-lighter-max"):
         FairnessConfig(skin_lighter_max=6).validate()
     assert FairnessConfig().income_edges == (math.exp(4.5), math.exp(7.5))
+
+
+@pytest.mark.slow
+def test_label_association_runs_on_an_unlabelled_imported_test_set(tmp_path) -> None:
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from seer.data.synthetic_benchmarks import make_fairness_set
+    from seer.eval.fairness import run
+    from seer.eval.importers import import_casual_conversations
+    from seer.eval.linear import LinearConfig
+    from seer.eval.setup import FeatureOptions
+
+    sets = make_fairness_set(str(tmp_path / "fair"), n_train=12, n_test=4, size=32)
+    entries = []
+    for i, (gender, age, skin) in enumerate(
+        [("Female", "20", "5"), ("Male", "71", "2"), ("Female", "", "n/a")]
+    ):
+        (tmp_path / "cc" / str(i)).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (40 * i, 90, 160)).save(tmp_path / "cc" / str(i) / "f.jpg")
+        entries.append(
+            {"age": age, "gender": gender, "img_path": f"/x/{i}/f.jpg", "skin-type": skin, "subject_id": i}
+        )
+    (tmp_path / "cc.json").write_text(json.dumps(entries))
+    import_casual_conversations(str(tmp_path / "cc.json"), str(tmp_path / "cc"), str(tmp_path / "cc.csv"))
+    doc = run(
+        sets["train"],
+        str(tmp_path / "cc.csv"),
+        "random",
+        preset="rg-tiny",
+        device="cpu",
+        indicator="label-association",
+        associations=None,
+        options=replace(FeatureOptions(), num_workers=0, batch_size=4, transform=FeatureOptions().transform),
+        probe=LinearConfig(epochs=1, milestones=(), batch_size=4),
+    )
+    assert (
+        doc["config"]["protocol"] == "frozen-features" and doc["config"]["indicator"] == "label-association"
+    )
+    assert {
+        "non-human",
+        "gender.female.human",
+        "age.unknown.crime",
+        "gender_skintone.male_lighter.crime",
+    } <= set(doc["metrics"])
+    assert "gender.female.non-human" in doc["lower_is_better"] and "human" not in doc["lower_is_better"]
