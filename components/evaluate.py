@@ -153,37 +153,48 @@ def copy_detection_eval(
 @_eval_step
 def geolocalization_eval(
     model: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics], report: Output[HTML],
-    results: Output[Artifact], enabled: bool = False, method: str = "nn", transform: str = "shorter:256:224",
-    batch_size: int = 64, workers: int = 4, device: str = "auto", baselines: list = [],  # noqa: B006
+    results: Output[Artifact], enabled: bool = False, method: str = "nn", cell_deg: float = 1.0,
+    chunk_size: int = 2048, transform: str = "shorter:224:224", batch_size: int = 64, workers: int = 4,
+    device: str = "auto", baselines: list = [],  # noqa: B006
 ):
-    """Geolocalization: predict geo_val locations from geo_train → accuracy at 1/25/200/750/2500 km.
+    """Geolocalization on frozen features: predict geo_val locations from geo_train → accuracy at
+    1/25/200/750/2500 km (SEER fine-tunes the trunk instead; the report records `frozen-features`).
 
     Args:
         metrics: Accuracy per distance threshold (and baselines').
-        method: nn (nearest training image) or cells (cell classifier over geo_cells).
+        method: nn (nearest training image) or cells (cell classifier; prediction = top cell's mean coordinates).
+        cell_deg: Grid cell size in degrees when geo_cells is not given.
+        chunk_size: Training images per block when assigning them to the nearest cell centre.
     """
     from seer.eval.steps import run_step
 
     if not enabled:
         _skip("geolocalization", results.path, report)
         return
-    doc = run_step("geolocalization", model.uri, datasets.uri, results.path, method=method, transform=transform,
-                   batch_size=batch_size, workers=workers, device=device, baselines=baselines)
+    doc = run_step("geolocalization", model.uri, datasets.uri, results.path, method=method, cell_deg=cell_deg,
+                   chunk_size=chunk_size, transform=transform, batch_size=batch_size, workers=workers,
+                   device=device, baselines=baselines)
     _publish(doc, results.path, metrics, report)
 
 
 @_eval_step
 def fairness_eval(
     model: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics], report: Output[HTML],
-    results: Output[Artifact], enabled: bool = False, harmful_labels: list = [], classifier: str = "linear",  # noqa: B006
+    results: Output[Artifact], enabled: bool = False, indicator: str = "accuracy", topk: int = 5,
+    label_map: str = "", associations: str = "", harmful_labels: list = [], classifier: str = "linear",  # noqa: B006
     transform: str = "shorter:256:224", batch_size: int = 64, workers: int = 4, device: str = "auto",
     baselines: list = [],  # noqa: B006
 ):
-    """Fairness: classifier on fairness_train, per-group accuracy and disparity on fairness_test.
+    """Fairness: classifier on fairness_train (frozen features), the chosen indicator on fairness_test.
 
     Args:
-        metrics: Per-group accuracy, disparity, harmful-label rates (and baselines').
-        harmful_labels: Class names counted as harmful predictions.
+        metrics: Per-group accuracy / hit rates / label-association shares (and baselines').
+        indicator: accuracy (per-group accuracy), geographic (Dollar Street top-k hit rate by income, region,
+            country) or label-association (Casual Conversations label categories by gender, age, skin tone).
+        topk: Predictions per image the SEER indicators look at.
+        label_map: URI of the JSON class → labels map ("" = a class is its own label).
+        associations: URI of the JSON category → labels map ("" = VISSL's IN22k-subset map).
+        harmful_labels: Class names counted as harmful predictions (accuracy indicator).
         classifier: linear or knn.
     """
     from seer.eval.steps import run_step
@@ -191,7 +202,8 @@ def fairness_eval(
     if not enabled:
         _skip("fairness", results.path, report)
         return
-    doc = run_step("fairness", model.uri, datasets.uri, results.path, harmful_labels=harmful_labels,
+    doc = run_step("fairness", model.uri, datasets.uri, results.path, indicator=indicator, topk=topk,
+                   label_map=label_map or None, associations=associations or None, harmful_labels=harmful_labels,
                    classifier=classifier, transform=transform, batch_size=batch_size, workers=workers,
                    device=device, baselines=baselines)
     _publish(doc, results.path, metrics, report)

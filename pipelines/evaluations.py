@@ -10,6 +10,12 @@ from typing import Any
 from components import evaluate as steps
 from components.placement import StepSettings, apply
 
+
+def _step_default(step: Any, name: str) -> Any:
+    """A step parameter's default (the step's defaults are checked against the library dataclasses)."""
+    return inspect.signature(step.python_func).parameters[name].default
+
+
 # name → (type, default, UI description); KFP parameter defaults must be literals
 EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "eval_sources": (dict, {}, "Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, "
@@ -26,6 +32,14 @@ EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "eval_transform": (str, "shorter:256:224", "Test transform of the classification evaluations, e.g. "
                        "shorter:256:224."),
     "copy_transform": (str, "longer:224", "Test transform of copy detection, e.g. longer:224."),
+    "geo_transform": (str, _step_default(steps.geolocalization_eval, "transform"), "Test transform of "
+                      "geolocalization (VISSL im2gps: Resize 224 + CenterCrop 224)."),
+    "geo_method": (str, _step_default(steps.geolocalization_eval, "method"), "Geolocalization predictor: nn or "
+                   "cells (cell classifier over geo_cells; frozen features, SEER fine-tunes)."),
+    "fairness_indicator": (str, _step_default(steps.fairness_eval, "indicator"), "Fairness indicator: accuracy, "
+                           "geographic (Dollar Street) or label-association (Casual Conversations)."),
+    "fairness_label_map": (str, _step_default(steps.fairness_eval, "label_map"), "URI of the JSON map from the "
+                           "fairness_train classes to Dollar Street labels / label names (empty: none)."),
     "eval_baselines": (list, [], "Also evaluate baselines: random-init and/or random-features."),
     "eval_workers": (int, 4, "Image-decoding processes per evaluation step."),
     "eval_device": (str, "auto", "Device of the evaluation steps: auto, cpu or cuda."),
@@ -36,8 +50,16 @@ _STEPS = {
     "linear": (steps.linear_eval, "run_linear", "eval_transform"),
     "knn": (steps.knn_eval, "run_knn", "eval_transform"),
     "copy-detection": (steps.copy_detection_eval, "run_copy_detection", "copy_transform"),
-    "geolocalization": (steps.geolocalization_eval, "run_geolocalization", "eval_transform"),
+    "geolocalization": (steps.geolocalization_eval, "run_geolocalization", "geo_transform"),
     "fairness": (steps.fairness_eval, "run_fairness", "eval_transform"),
+}
+
+
+# evaluation → {step parameter: pipeline parameter} beyond the shared ones
+_STEP_PARAMETERS = {
+    "linear": {"epochs": "linear_epochs"},
+    "geolocalization": {"method": "geo_method"},
+    "fairness": {"indicator": "fairness_indicator", "label_map": "fairness_label_map"},
 }
 
 
@@ -80,7 +102,7 @@ def evaluation_steps(
     common = {"device": evaluation["eval_device"], "workers": evaluation["eval_workers"]}
     tasks = {}
     for name, (step, switch, transform) in _STEPS.items():
-        extra = {"epochs": evaluation["linear_epochs"]} if name == "linear" else {}
+        extra = {param: evaluation[source] for param, source in _STEP_PARAMETERS.get(name, {}).items()}
         tasks[name] = step(
             model=model,
             datasets=datasets,

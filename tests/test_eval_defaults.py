@@ -23,8 +23,18 @@ STEPS = {
     steps.linear_eval: {"epochs": (LinearConfig, "epochs"), "seed": (LinearConfig, "seed"), **_SHARED},
     steps.knn_eval: {"k": (KnnConfig, "k"), "temperature": (KnnConfig, "temperature"), **_SHARED},
     steps.copy_detection_eval: {"pca_dims": (CopyDetectionConfig, "pca_dims"), **_SHARED},
-    steps.geolocalization_eval: {"method": (GeoConfig, "method"), **_SHARED},
-    steps.fairness_eval: {"classifier": (FairnessConfig, "classifier"), **_SHARED},
+    steps.geolocalization_eval: {
+        "method": (GeoConfig, "method"),
+        "cell_deg": (GeoConfig, "cell_deg"),
+        "chunk_size": (GeoConfig, "chunk_size"),
+        **_SHARED,
+    },
+    steps.fairness_eval: {
+        "classifier": (FairnessConfig, "classifier"),
+        "indicator": (FairnessConfig, "indicator"),
+        "topk": (FairnessConfig, "topk"),
+        **_SHARED,
+    },
     steps.test384_eval: {
         "resolution": (test384.Test384Config, "resolution"),
         "workers": (FeatureOptions, "num_workers"),

@@ -11,7 +11,7 @@ from seer.eval import metrics
 from seer.eval.copy_detection import PCAWhitening, evaluate_ranking, global_descriptors
 from seer.eval.fairness import fairness_report
 from seer.eval.features import rmac_regions
-from seer.eval.geolocalization import assign_cells
+from seer.eval.geolocalization import Partition, assign_cells
 from seer.eval.knn import knn_scores
 from seer.eval.linear import LinearConfig, ProbeHead, linear_probe
 from seer.eval.report import CompareError, compare, metrics_document
@@ -168,9 +168,10 @@ def test_geo_accuracy_thresholds() -> None:
 
 def test_assign_cells_nearest_centre_and_grid() -> None:
     coords = np.array([[48.9, 2.3], [51.5, -0.1], [48.8, 2.4]])
-    cells, locations = assign_cells(coords, np.array([[48.8566, 2.3522], [51.5074, -0.1278]]))
+    centres = np.array([[48.8566, 2.3522], [51.5074, -0.1278]])
+    cells, locations = assign_cells(coords, Partition(["paris", "london"], centres))
     assert cells.tolist() == [0, 1, 0]
-    np.testing.assert_allclose(locations[0], [48.85, 2.35])
+    np.testing.assert_array_equal(locations, centres)  # a partition's cells sit at its own coordinates
     grid_cells, grid_locations = assign_cells(coords, None, cell_deg=1.0)
     assert len(grid_locations) == 2 and grid_cells[0] == grid_cells[2] != grid_cells[1]
 

@@ -184,13 +184,24 @@ PROTOCOLS = {
         "geolocalization",
         "predict image locations → accuracy at 1/25/200/750/2500 km",
         "Predict each validation image's location from the training images (nearest neighbour, or a cell "
-        "classifier) and score the great-circle (haversine, R = 6371 km) error.",
+        "classifier whose prediction is the top cell's mean coordinates) and score the great-circle (haversine, "
+        "R = 6371 km) error. Frozen-features protocol: SEER fine-tunes the whole trunk on YFCC cells instead "
+        "(seer_spec §5.4); reports record which ran.",
         {
-            "train_uri": ("--train", "training set manifest: path,lat,lon", True),
-            "val_uri": ("--val", "validation set manifest: path,lat,lon", True),
+            "train_uri": (
+                "--train",
+                "training set manifest: path,lat,lon[,cell] (cell: per-image S2 label)",
+                True,
+            ),
+            "val_uri": (
+                "--val",
+                "validation set manifest: path,lat,lon (e.g. `seer eval import-im2gps` output)",
+                True,
+            ),
             "cells_uri": (
                 "--cells",
-                "partition CSV cell,lat,lon (cells method; default: a lat/lon grid)",
+                "partition CSV: a GeoEstimation cells_50_*.csv as released, or cell,lat,lon (cells method; "
+                "default: a lat/lon grid)",
                 False,
             ),
         },
@@ -283,6 +294,90 @@ def _make_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from seer.eval import importers
+
+    func = getattr(importers, args.importer)
+    params = {k: getattr(args, k) for k in args.import_params}
+    print(func(**params).summary())
+    return 0
+
+
+# subcommand → (importer function, help, description, [(flag, dest, help, required, type)])
+_IMPORTERS = {
+    "import-imagenet-val": (
+        "import_imagenet_val",
+        "ILSVRC2012 val + LOC_val_solution.csv → ImageFolder by wnid",
+        "Copy the flat ILSVRC2012 validation images into OUTPUT/<wnid>/<image> using Kaggle's "
+        "LOC_val_solution.csv (ImageId,PredictionString; the wnid is PredictionString's first token); "
+        "OUTPUT/import.json is written last.",
+        [
+            ("--images", "images", "folder holding ILSVRC2012_val_*.JPEG", True, str),
+            ("--solution", "solution", "LOC_val_solution.csv", True, str),
+            ("--output", "output", "folder to write OUTPUT/<wnid>/<image> into", True, str),
+        ],
+    ),
+    "import-im2gps": (
+        "import_im2gps",
+        "Im2GPS / Im2GPS3k / MP-16 meta CSV → path,lat,lon[,cell] manifest",
+        "Join GeoEstimation's meta CSV (IMG_ID,...,LAT,LON, e.g. im2gps_places365.csv, im2gps3k_places365.csv, "
+        "mp16_places365.csv) with the image folder; with --cell-labels (assign_classes.py JSON) add each image's "
+        "cell class for `seer eval geolocalization --method cells`.",
+        [
+            ("--meta", "meta", "GeoEstimation meta CSV with IMG_ID, LAT, LON columns", True, str),
+            ("--images", "images", "folder the images were extracted into", True, str),
+            ("--output", "output", "manifest CSV to write", True, str),
+            (
+                "--cell-labels",
+                "cell_labels",
+                "assign_classes.py output {img_path: [class per partitioning]}",
+                False,
+                str,
+            ),
+            (
+                "--partitioning",
+                "partitioning",
+                "which entry of --cell-labels to use (0 = first partitioning)",
+                False,
+                int,
+            ),
+        ],
+    ),
+    "import-dollar-street": (
+        "import_dollar_street",
+        "Dollar Street metadata → path,label,income,region,country manifest",
+        "Join VISSL's metadata_full_dollar_street.json (_id, label, country, region, income) with images stored "
+        "as IMAGES/<label>/<_id>.<ext>, for `seer eval fairness --indicator geographic`.",
+        [
+            ("--metadata", "metadata", "metadata_full_dollar_street.json", True, str),
+            ("--images", "images", "folder with <label>/<_id>.<ext> images", True, str),
+            ("--output", "output", "manifest CSV to write", True, str),
+        ],
+    ),
+    "import-casual-conversations": (
+        "import_casual_conversations",
+        "Casual Conversations metadata → path,gender,age,skin_type manifest",
+        "Join the parsed Casual Conversations JSON of VISSL's fairness indicators (a list of {age, gender, "
+        "img_path, skin-type, subject_id}) with the extracted frames, for `seer eval fairness --indicator "
+        "label-association` (the test set has no class label).",
+        [
+            ("--metadata", "metadata", "parsed Casual Conversations JSON list", True, str),
+            ("--images", "images", "folder the frames (face crops) were extracted into", True, str),
+            ("--output", "output", "manifest CSV to write", True, str),
+        ],
+    ),
+}
+
+
+def _add_importers(sub: argparse._SubParsersAction) -> None:
+    for name, (func, help_text, description, flags) in _IMPORTERS.items():
+        p = sub.add_parser(name, formatter_class=_Formatter, help=help_text, description=description)
+        for flag, dest, flag_help, required, kind in flags:
+            default = None if required or kind is str else 0
+            p.add_argument(flag, dest=dest, required=required, type=kind, default=default, help=flag_help)
+        p.set_defaults(func=_import, importer=func, import_params=[dest for _, dest, *_ in flags])
+
+
 def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protocol) -> None:
     from seer.eval.linear import LinearConfig
 
@@ -300,9 +395,9 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protoco
     else:
         p.add_argument("--checkpoint", required=True, help="classifier checkpoint (see the description)")
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
-    add_fields(
-        p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **protocol.features
-    )
+    own = module.default_options() if hasattr(module, "default_options") else FeatureOptions()
+    defaults = {"transform": own.transform, "tap": own.tap, "pool": own.pool, **protocol.features}
+    add_fields(p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **defaults)
     if protocol.probe or protocol.config == "LinearConfig":
         add_fields(p.add_argument_group(probe_group), LinearConfig)
     _add_data(p, protocol.formats)
@@ -357,3 +452,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: the benchmark's own)")
     p.set_defaults(func=_make_benchmark)
+    _add_importers(sub)

@@ -2,14 +2,24 @@
 
 Two predictors on frozen features:
 - `nn`: the location of the most similar training image (cosine);
-- `cells`: a linear probe over cells (training images assigned to the nearest cell centre, or to
-  a lat/lon grid cell of `cell_deg` degrees when no partition is given); the prediction is the
-  mean location of the training images of the top-1 cell (the partition's centre when empty).
+- `cells`: a linear probe over the cells of a partition; the prediction is the top-1 cell's mean
+  coordinates (VISSL tools/geolocalization_test.py). The partition is a GeoEstimation cell CSV
+  (`class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean`, after two preamble lines,
+  read as it is) or a `cell,lat,lon` CSV; without one, a lat/lon grid of `cell_deg` degrees whose
+  cells sit at the mean of their training images. Training images take their cell from the
+  manifest's `cell` column (a class_label or hex_id: the per-image S2 labels of GeoEstimation's
+  `assign_classes.py`) when present, else the nearest cell centre by great-circle distance,
+  computed in chunks of `chunk_size` images (never one images × cells matrix).
 Accuracy at 1 / 25 / 200 / 750 / 2500 km by haversine distance (R = 6371 km).
+
+SEER fine-tunes the whole trunk as a cell classifier (15 epochs, seer_spec §5.4); this module
+keeps the trunk frozen, and its reports say so (`protocol` in the metrics document).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,12 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seer import storage
 from seer.errors import ConfigError
 from seer.eval import metrics, report
-from seer.eval.datasets import DatasetError, read_manifest_rows
-from seer.eval.features import FeatureSet
+from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
+from seer.eval.features import FeatureSet, TransformSpec
 from seer.eval.linear import LinearConfig, predict, train_probe
-from seer.eval.setup import Scored, arg, evaluate, prepare
+from seer.eval.setup import FeatureOptions, Scored, arg, evaluate, prepare
+
+PROTOCOL = "frozen-features"
+SEER_PROTOCOL = (
+    "SEER fine-tunes the whole trunk on YFCC cells (seer_spec §5.4); these numbers use a frozen trunk"
+)
 
 
 @dataclass
@@ -34,10 +50,22 @@ class GeoConfig:
         metadata=arg("nn: nearest training image; cells: cell classifier", choices=("nn", "cells")),
     )
     cell_deg: float = field(default=1.0, metadata=arg("grid cell size in degrees when --cells is not given"))
+    chunk_size: int = field(
+        default=2048,
+        metadata=arg("training images per block when assigning images to the nearest cell centre"),
+    )
 
     def validate(self) -> None:
         if self.method not in ("nn", "cells"):
             raise ConfigError(f"unknown geolocalization method {self.method!r}; choose nn or cells")
+        if self.chunk_size < 1:
+            raise ConfigError("--chunk-size must be >= 1")
+
+
+def default_options() -> FeatureOptions:
+    """Resize 224 + centre crop 224: the test transform of VISSL's im2gps_yfcc fine-tuning configs
+    (configs/config/benchmark/fulltune/im2gps_yfcc/eval_resnet_8gpu_transfer_im2gps_fulltune.yaml)."""
+    return FeatureOptions(transform=TransformSpec("shorter", 224, 224))
 
 
 @dataclass
@@ -47,46 +75,128 @@ class GeoResult:
     predicted: np.ndarray  # (N, 2) lat, lon
 
 
-def load_cells(uri: str) -> np.ndarray:
-    """(cells, 2) lat/lon centres from a `cell,lat,lon` CSV."""
-    centres = []
-    for line, row in read_manifest_rows(uri, "csv", ("cell", "lat", "lon")):
+@dataclass
+class Partition:
+    """Cells in class-index order: their names (hex_id or cell) and mean coordinates."""
+
+    names: list[str]
+    centres: np.ndarray  # (cells, 2) latitude, longitude
+    _lookup: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = {name: i for i, name in enumerate(self.names)}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, label: str) -> int | None:
+        """Class index of a per-image cell label: a class_label number or a cell name (hex_id)."""
+        if label in self._lookup:
+            return self._lookup[label]
+        return int(label) if label.isdigit() and int(label) < len(self.names) else None
+
+
+def _coordinate(value: str, low: float, high: float) -> float:
+    number = float(value)
+    if not low <= number <= high:
+        raise ValueError
+    return number
+
+
+def load_cells(uri: str) -> Partition:
+    """A partition from a GeoEstimation cell CSV (as released: preamble lines, then
+    `class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean`) or a `cell,lat,lon` CSV."""
+    lines = storage.read_bytes(uri).decode("utf-8-sig").splitlines()
+    start = next(
+        (i for i, line in enumerate(lines) if "latitude_mean" in line or line.startswith("cell,")), None
+    )
+    if start is None:
+        raise DatasetError(
+            f"{uri}: no header with latitude_mean/longitude_mean (GeoEstimation) or cell,lat,lon; give a cell CSV"
+        )
+    reader = csv.DictReader(io.StringIO("\n".join(lines[start:])))
+    geo_estimation = "latitude_mean" in (reader.fieldnames or [])
+    name_col, lat_col, lon_col = (
+        ("hex_id", "latitude_mean", "longitude_mean") if geo_estimation else ("cell", "lat", "lon")
+    )
+    rows = []
+    for line, row in enumerate(reader, start=start + 2):
         try:
-            lat, lon = float(row["lat"]), float(row["lon"])
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                raise ValueError
+            lat, lon = _coordinate(row[lat_col], -90, 90), _coordinate(row[lon_col], -180, 180)
+            order = int(row["class_label"]) if geo_estimation else len(rows)
         except (KeyError, TypeError, ValueError):
             raise DatasetError(
-                f"{uri}:{line}: cell row needs numeric lat in [-90, 90] and lon in [-180, 180]"
+                f"{uri}:{line}: cell row needs numeric {lat_col} in [-90, 90] and {lon_col} in [-180, 180]"
+                + (" and an integer class_label" if geo_estimation else "")
             ) from None
-        centres.append((lat, lon))
-    if not centres:
-        raise DatasetError(f"{uri}: no cells; give a CSV with columns cell,lat,lon")
-    return np.array(centres)
+        rows.append((order, str(row[name_col]).strip(), lat, lon))
+    if not rows:
+        raise DatasetError(f"{uri}: no cells; the CSV has a header but no rows")
+    rows.sort()
+    if geo_estimation and [r[0] for r in rows] != list(range(len(rows))):
+        raise DatasetError(f"{uri}: class_label must number the cells 0..{len(rows) - 1} without gaps")
+    return Partition([r[1] for r in rows], np.array([(r[2], r[3]) for r in rows], dtype=np.float64))
+
+
+def _unit_vectors(coords: np.ndarray) -> np.ndarray:
+    lat, lon = np.radians(coords[:, 0]), np.radians(coords[:, 1])
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+
+
+def nearest_cells(coords: np.ndarray, centres: np.ndarray, chunk_size: int = 2048) -> np.ndarray:
+    """Index of the nearest centre (great-circle) for each point, `chunk_size` points at a time.
+
+    The nearest centre by haversine distance is the one with the largest dot product of unit
+    vectors (distance = R·arccos(dot) falls as the dot rises), so each block is one matmul of
+    chunk_size × cells, never the whole images × cells matrix."""
+    points, targets = _unit_vectors(np.asarray(coords, dtype=np.float64)), _unit_vectors(centres)
+    out = np.empty(len(points), dtype=np.int64)
+    for start in range(0, len(points), chunk_size):
+        out[start : start + chunk_size] = (points[start : start + chunk_size] @ targets.T).argmax(axis=1)
+    return out
+
+
+def cell_labels(dataset: EvalDataset, partition: Partition) -> np.ndarray | None:
+    """Per-image class indices from the manifest's `cell` column, or None when it has none."""
+    if dataset.fmt not in ("csv", "jsonl"):
+        return None
+    rows = read_manifest_rows(dataset.uri, dataset.fmt, ("path", "lat", "lon"))
+    given = {str(r.get("path", "")).strip(): (line, str(r.get("cell") or "").strip()) for line, r in rows}
+    if not any(cell for _, cell in given.values()):
+        return None
+    out = np.empty(len(dataset), dtype=np.int64)
+    for i, sample in enumerate(dataset.samples):
+        line, cell = given[sample.key]
+        index = partition.index(cell)
+        if index is None:
+            raise DatasetError(
+                f"{dataset.uri}:{line}: cell {cell!r} is not a class_label or hex_id of the partition; "
+                "use the cell CSV the labels were made with"
+            )
+        out[i] = index
+    return out
 
 
 def assign_cells(
-    coords: np.ndarray, centres: np.ndarray | None, cell_deg: float = 1.0
+    coords: np.ndarray,
+    partition: Partition | None,
+    cell_deg: float = 1.0,
+    chunk_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(cell index per training image, (cells, 2) predicted location per cell).
 
-    With `centres`, each image goes to the nearest centre (haversine). Without, to its
-    `cell_deg`×`cell_deg` grid cell. A cell's location is the mean of its images' coordinates.
-    """
-    if centres is not None:
-        dist = metrics.haversine_km(
-            coords[:, None, 0], coords[:, None, 1], centres[None, :, 0], centres[None, :, 1]
-        )
-        cell = dist.argmin(axis=1)
-        locations = centres.astype(np.float64).copy()
-    else:
-        if cell_deg <= 0:
-            raise ConfigError("--cell-deg must be positive")
-        grid = np.floor(coords / cell_deg).astype(np.int64)
-        keys, cell = np.unique(grid, axis=0, return_inverse=True)
-        cell = cell.ravel()
-        locations = np.zeros((len(keys), 2))
-    for c in np.unique(cell):
+    With a partition: the nearest centre, and each cell's location is the partition's own
+    (GeoEstimation's `latitude_mean`/`longitude_mean`). Without: the `cell_deg`×`cell_deg` grid
+    cell, located at the mean of its images' coordinates."""
+    if partition is not None:
+        return nearest_cells(coords, partition.centres, chunk_size), partition.centres
+    if cell_deg <= 0:
+        raise ConfigError("--cell-deg must be positive")
+    grid = np.floor(coords / cell_deg).astype(np.int64)
+    keys, cell = np.unique(grid, axis=0, return_inverse=True)
+    cell = cell.ravel()
+    locations = np.zeros((len(keys), 2))
+    for c in range(len(keys)):
         locations[c] = coords[cell == c].mean(axis=0)
     return cell, locations
 
@@ -101,19 +211,17 @@ def predict_nn(train_x: np.ndarray, train_coords: np.ndarray, test_x: np.ndarray
 
 def predict_cells(
     train_x: np.ndarray,
-    train_coords: np.ndarray,
+    cells: np.ndarray,
+    locations: np.ndarray,
     test_x: np.ndarray,
-    centres: np.ndarray | None = None,
-    cell_deg: float = 1.0,
     config: LinearConfig | None = None,
 ) -> np.ndarray:
-    """Cell classifier (the linear probe head) → the top-1 cell's location."""
-    cell, locations = assign_cells(train_coords, centres, cell_deg)
-    if len(np.unique(cell)) < 2:
+    """Cell classifier (the linear probe head) over `len(locations)` cells → the top-1 cell's location."""
+    if len(np.unique(cells)) < 2:
         raise ConfigError(
             "all training images fall in one cell; give more cells (--cells or a smaller --cell-deg)"
         )
-    head, _ = train_probe(train_x, cell, len(locations), config)
+    head, _ = train_probe(train_x, cells, len(locations), config)
     return locations[predict(head, test_x).argmax(axis=1)]
 
 
@@ -129,34 +237,49 @@ def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     """`seer eval geolocalization`: predict each validation image's location; accuracy by distance."""
     cells_uri = kwargs.pop("cells_uri", None)
     probe = kwargs.pop("probe", None)
-    run_settings, options, config = prepare(checkpoint, GeoConfig, kwargs)
+    run_settings, options, config = prepare(checkpoint, GeoConfig, kwargs, default_options)
     probe = probe or LinearConfig()
     probe.validate()  # before loading data or extracting features, as `seer eval linear` does
     train = run_settings.load(train_uri, "geo")
     val = run_settings.load(val_uri, "geo")
-    centres = load_cells(cells_uri) if cells_uri else None
+    partition = load_cells(cells_uri) if cells_uri else None
+    cells, locations, given = None, None, False
+    if config.method == "cells":
+        labels = cell_labels(train, partition) if partition is not None else None
+        given = labels is not None
+        if given:
+            cells, locations = labels, partition.centres
+        else:
+            cells, locations = assign_cells(train.coordinates, partition, config.cell_deg, config.chunk_size)
 
     def score(f: dict[str, FeatureSet]) -> Scored:
         train_x, val_x = f["train"].stacked(), f["val"].stacked()
         if config.method == "nn":
             predicted = predict_nn(train_x, train.coordinates, val_x)
         else:
-            predicted = predict_cells(train_x, train.coordinates, val_x, centres, config.cell_deg, probe)
+            predicted = predict_cells(train_x, cells, locations, val_x, probe)
         r = score_locations(predicted, val.coordinates)
         accuracy = {k: v for k, v in r.metrics.items() if k.startswith("acc@")}
         return Scored(
             r.metrics,
-            {"distances_km": r.distances_km},
+            {"distances_km": r.distances_km, "protocol": PROTOCOL, "seer_protocol": SEER_PROTOCOL},
             lambda: {
                 "accuracy at distance": report.plot_bars(accuracy, "share within distance"),
                 "distance CDF": report.plot_distance_cdf(r.distances_km, metrics.GEO_THRESHOLDS_KM),
             },
         )
 
-    cells = (
-        {"cells": cells_uri, "cell_deg": config.cell_deg, **asdict(probe)} if config.method == "cells" else {}
-    )
-    record = {"method": config.method, **cells, "baselines": list(run_settings.baselines)}
+    if config.method == "cells":
+        assignment = "per-image cell labels" if given else ("nearest centre" if partition else "grid")
+        extra = {"cells": cells_uri, "cell_deg": config.cell_deg, "assignment": assignment, **asdict(probe)}
+    else:
+        extra = {}
+    record = {
+        "protocol": PROTOCOL,
+        "method": config.method,
+        **extra,
+        "baselines": list(run_settings.baselines),
+    }
     sets = {"train": train, "val": val}
     lower = ["median_km"]
     return evaluate(
