@@ -58,6 +58,14 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the probe, of random baselines and of `random` trunks"
     )
+    g.add_argument(
+        "--shard",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="under torchrun, shard the trunk over the ranks with FSDP2, loaded from a sliced checkpoint with "
+        "each rank reading only its rows (SEER's 10B protocol); auto: when the fp32 trunk would take more than "
+        "half of one rank's memory",
+    )
 
 
 def _add_data(p: argparse.ArgumentParser, formats: bool = True) -> None:
@@ -233,6 +241,8 @@ def _run(protocol: _Protocol, args: argparse.Namespace) -> int:
         settings["fmt"] = args.fmt
     if "preset" in args:
         settings["preset"] = args.preset
+    if "shard" in args:
+        settings["shard"] = args.shard
     doc = module.run(
         checkpoint=args.checkpoint,
         options=from_args(FeatureOptions, args),
