@@ -45,7 +45,13 @@ def sliced_rg_small(tmp_path_factory: pytest.TempPathFactory) -> str:
                 buf.uniform_(0.5, 1.5)
     consolidated = str(root / "conso.pt")
     torch.save(
-        {"format": "seer-consolidated-v1", "preset": "rg-small", "iteration": 1, "trunk": trunk.state_dict(), "heads": {}},
+        {
+            "format": "seer-consolidated-v1",
+            "preset": "rg-small",
+            "iteration": 1,
+            "trunk": trunk.state_dict(),
+            "heads": {},
+        },
         consolidated,
     )
     slice_checkpoint(consolidated, str(root / "sliced"))

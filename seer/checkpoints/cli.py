@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import seer.storage as storage
-
 
 def _consolidate(args: argparse.Namespace) -> int:
     from seer.checkpoints.consolidate import consolidate

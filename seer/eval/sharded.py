@@ -105,10 +105,14 @@ def load_sharded_trunk(checkpoint: str, preset: str | None, device: torch.device
 
     uri = sliced_index_uri(checkpoint)
     if uri is None:
-        raise ConfigError(f"sharded evaluation reads a sliced checkpoint, {checkpoint} is not one; run `seer ckpt slice`")
+        raise ConfigError(
+            f"sharded evaluation reads a sliced checkpoint, {checkpoint} is not one; run `seer ckpt slice`"
+        )
     named = open_sliced(uri).preset
     if preset and named and preset != named:
-        raise CheckpointLoadError(f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it")
+        raise CheckpointLoadError(
+            f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it"
+        )
     name = preset or named
     if name is None:
         raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
