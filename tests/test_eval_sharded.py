@@ -136,3 +136,31 @@ def test_shard_on_needs_a_sliced_checkpoint(tmp_path: Path) -> None:
     torch.save(build_trunk("rg-tiny").state_dict(), plain)
     with pytest.raises(ConfigError, match="seer ckpt slice"):
         sharded.should_shard("on", str(plain), "rg-tiny", torch.device("cpu"), 2)
+
+
+def test_eval_plan_says_rg10b_fits_8x40gb_sharded_and_not_one_40gb_gpu(capsys: pytest.CaptureFixture) -> None:
+    """seer_spec §7: SEER evaluates rg10b sharded on 8 GPUs. Sharded, a rank keeps P*4/8 bytes of fp32
+    shards; whole on one GPU the fp32 trunk plus autocast's bf16 copies (P*6) exceed 40 GB."""
+    from seer.cli import main
+    from seer.eval.plan import eval_memory
+
+    params = sum(p.numel() for p in build_trunk("rg10b", device="meta").parameters())
+    for px in (224, 384):
+        eight = eval_memory("rg10b", 8, 40, px, 32)
+        assert eight.params == -(-params * 4 // 8) and eight.fits
+        assert eight.total < 40 * 2**30
+        one = eval_memory("rg10b", 1, 40, px, 32)
+        assert one.params == params * 6 and not one.fits
+    assert eval_memory("rg10b", 8, 40, 384, 32).activations > eval_memory("rg10b", 8, 40, 224, 32).activations
+    assert main(["eval", "plan", "--preset", "rg10b", "--gpus", "8x40", "1x40", "--resolution", "224"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:4] == ["rg10b", "8", "40", "224"] and out[1].endswith("yes")
+    assert out[2].endswith("NO")
+
+
+def test_largest_activation_is_the_stem_output_for_rg_tiny() -> None:
+    """A 32x32 image through rg-tiny's stride-2 stem: stem_width x 16 x 16 is the largest layer output."""
+    from seer.eval.plan import largest_activation
+    from seer.models import get_preset
+
+    assert largest_activation("rg-tiny", 32) == get_preset("rg-tiny").stem_width * 16 * 16
