@@ -15,7 +15,7 @@ Per GPU, for a trunk of P parameters evaluated on W GPUs at batch B and resoluti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -48,7 +48,7 @@ class EvalMemory:
         return self.total <= self.gpu_bytes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trunk_sizes(preset: str) -> tuple[int, int]:
     """(trunk parameters, largest FSDP unit's parameters) of `preset`, from a meta-device trunk."""
     from seer.train.parallel.fsdp import trunk_units
@@ -64,7 +64,7 @@ def _trunk_sizes(preset: str) -> tuple[int, int]:
     return total, max(owned)
 
 
-@lru_cache(maxsize=None)
+@cache
 def largest_activation(preset: str, resolution: int) -> int:
     """Elements of the largest single layer output for one image at `resolution` (meta forward)."""
     trunk = build_trunk(get_preset(preset).name, device="meta").eval()
