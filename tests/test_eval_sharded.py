@@ -164,3 +164,27 @@ def test_largest_activation_is_the_stem_output_for_rg_tiny() -> None:
     from seer.models import get_preset
 
     assert largest_activation("rg-tiny", 32) == get_preset("rg-tiny").stem_width * 16 * 16
+
+
+@pytest.mark.slow
+def test_a_step_with_two_ranks_runs_as_torchrun_and_reports_once(
+    sliced_rg_small: str, tmp_path: Path
+) -> None:
+    """A pipeline evaluation step on a pod with N GPUs runs as a torchrun of N ranks (here forced to 2 on
+    CPU) with the trunk sharded; rank 0 alone writes the report, whose metrics equal a 1-process step's."""
+    from seer import storage
+    from seer.eval.steps import run_step
+
+    sets = make_counting_set(str(tmp_path / "set"), n_train=9, n_val=5, max_count=2, size=32, seed=0)
+    storage.write_json(
+        str(tmp_path / "datasets.json"), {"linear_train": sets["train"], "linear_val": sets["val"]}
+    )
+    common = {"batch_size": 4, "workers": 0, "transform": "square:32", "device": "cpu", "k": 3}
+    two = run_step(
+        "knn", sliced_rg_small, str(tmp_path), str(tmp_path / "two"), ranks=2, shard="on", **common
+    )
+    one = run_step(
+        "knn", sliced_rg_small, str(tmp_path), str(tmp_path / "one"), ranks=1, shard="off", **common
+    )
+    assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["metrics.json", "report.html"]

@@ -204,6 +204,11 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
+def is_main_rank() -> bool:
+    """True in a single process and on rank 0 of a torchrun: the one that writes reports and files."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
 def load_model(settings: RunSettings, seed: int = 0) -> LoadedTrunk:
     """The trunk to evaluate: FSDP2-sharded over the torchrun ranks when `settings.shard` says so
     (`seer.eval.sharded`), else whole on this rank's device."""
@@ -290,7 +295,7 @@ def evaluate(
         baselines={variant: r.metrics for variant, r in results.items()},
         details=main.details,
     )
-    if settings.output:
+    if settings.output and is_main_rank():
         report.write_report(settings.output, doc, main.plots())
     return doc, main, loaded
 
