@@ -148,12 +148,13 @@ def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_settings() -> dict[str, Any]:
-    """Evaluations of a 10B trunk run on one GPU each (the defaults are CPU-only); the pretrain step only
-    submits and polls the cluster job, so its pod is small."""
+    """Evaluations of a 10B trunk run sharded over the 8 GPUs of one pod, as SEER evaluates it (the
+    defaults are CPU-only; `seer.eval.steps` starts one rank per GPU); the pretrain step only submits
+    and polls the cluster job, so its pod is small."""
     from components.placement import StepSettings, load_step_settings
     from pipelines.pretrain import DEFAULT_STEP_SETTINGS
 
-    gpu = {"gpus": 1, "node_selector": GPU_SELECTOR, "tolerations": [GPU_TOLERATION]}
+    gpu = {"gpus": 8, "node_selector": GPU_SELECTOR, "tolerations": [GPU_TOLERATION]}
     settings = dict(DEFAULT_STEP_SETTINGS)
     settings["pretrain"] = StepSettings(cpu="500m", memory="1Gi", retries=settings["pretrain"].retries)
     settings["evaluation"] = settings["evaluation"].merged({**gpu, "memory": "160Gi", "shm": "32Gi"})

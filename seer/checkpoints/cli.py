@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import seer.storage as storage
-
 
 def _consolidate(args: argparse.Namespace) -> int:
     from seer.checkpoints.consolidate import consolidate
@@ -52,12 +50,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _is_sliced(uri: str) -> bool:
     """True for a sliced checkpoint (seer folder / index.json, VISSL slice_list), False for a consolidated file."""
-    from seer.checkpoints.io import open_archive
+    from seer.checkpoints.load import sliced_index_uri
 
-    if uri.endswith(".json") or storage.exists(storage.join(uri, "index.json")):
-        return True
-    with open_archive(uri) as reader:
-        return isinstance(reader.obj, dict) and reader.obj.get("type") == "slice_list"
+    return sliced_index_uri(uri) is not None
 
 
 def _verify(args: argparse.Namespace) -> int:

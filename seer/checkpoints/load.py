@@ -42,6 +42,7 @@ class LoadedTrunk:
     preset: str
     sha256: str
     uri: str
+    shard_sizes: dict[str, int] | None = None  # parameters on this rank / in the trunk, when FSDP-sharded
 
     def describe(self) -> dict[str, str]:
         return {"uri": self.uri, "sha256": self.sha256, "preset": self.preset}
@@ -51,6 +52,17 @@ def _is_sliced(uri: str) -> bool:
     if uri.endswith(".json"):
         return True
     return not storage.exists(uri) and storage.exists(storage.join(uri, INDEX_NAME))
+
+
+def sliced_index_uri(uri: str) -> str | None:
+    """The index of the sliced checkpoint at `uri` (an index `.json`, a folder holding one, a VISSL
+    `slice_list` file), or None for any other checkpoint."""
+    if uri.endswith(".json"):
+        return uri
+    if not storage.exists(uri):
+        return storage.join(uri, INDEX_NAME) if storage.exists(storage.join(uri, INDEX_NAME)) else None
+    with open_archive(uri) as reader:
+        return uri if isinstance(reader.obj, dict) and reader.obj.get("type") == "slice_list" else None
 
 
 def _trunk_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,12 +63,15 @@ def _shard_rows(tensor: torch.Tensor) -> tuple[int, int] | None:
 
 
 @torch.no_grad()
-def load_sliced_into_(model: nn.Module, index_uri: str, strict: bool = True) -> nn.Module:
+def load_sliced_into_(
+    model: nn.Module, index_uri: str, strict: bool = True, optional: Callable[[str], bool] | None = None
+) -> nn.Module:
     """Copy the tensors of a sliced checkpoint (seer index or VISSL slice_list) into `model` in place.
 
     `model` is a SwAVModel (names `trunk.…`/`head.…`) or a bare trunk, sharded with `fully_shard` or
     not, with materialised (non-meta) tensors. `strict`: every model parameter/buffer must have a
-    slice and (for the loaded part) every slice a tensor. Slices are checked (shape, dtype, sha256).
+    slice and (for the loaded part) every slice a tensor; `optional(name)` exempts model tensors
+    that may lack a slice (they keep their values). Slices are checked (shape, dtype, sha256).
     """
     index = open_sliced(index_uri)
     wanted = _names_in_index(model, index)
@@ -81,7 +85,7 @@ def load_sliced_into_(model: nn.Module, index_uri: str, strict: bool = True) -> 
             fqn = _clean(f"{mod_name}.{local}" if mod_name else local)
             by_unit[owner[mod_name]].append((fqn, tensor))
     model_names = {fqn for items in by_unit.values() for fqn, _ in items}
-    missing = sorted(model_names - set(wanted))
+    missing = sorted(n for n in model_names - set(wanted) if not (optional and optional(n)))
     unexpected = sorted(set(wanted) - model_names)
     if strict and (missing or unexpected):
         raise ArchitectureMismatchError(

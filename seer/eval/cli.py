@@ -58,6 +58,14 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the probe, of random baselines and of `random` trunks"
     )
+    g.add_argument(
+        "--shard",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="under torchrun, shard the trunk over the ranks with FSDP2, loaded from a sliced checkpoint with "
+        "each rank reading only its rows (SEER's 10B protocol); auto: when the fp32 trunk would take more than "
+        "half of one rank's memory",
+    )
 
 
 def _add_data(p: argparse.ArgumentParser, formats: bool = True) -> None:
@@ -244,6 +252,8 @@ def _run(protocol: _Protocol, args: argparse.Namespace) -> int:
         settings["fmt"] = args.fmt
     if "preset" in args:
         settings["preset"] = args.preset
+    if "shard" in args:
+        settings["shard"] = args.shard
     doc = module.run(
         checkpoint=args.checkpoint,
         options=from_args(FeatureOptions, args),
@@ -378,6 +388,27 @@ def _add_importers(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_import, importer=func, import_params=[dest for _, dest, *_ in flags])
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from seer.eval.plan import eval_memory, format_eval_plan
+
+    rows = [
+        eval_memory(args.preset, gpus, gib, px, args.batch)
+        for gpus, gib in (_gpu_setup(text) for text in args.gpus)
+        for px in args.resolution
+    ]
+    print(format_eval_plan(rows))
+    return 0
+
+
+def _gpu_setup(text: str) -> tuple[int, float]:
+    """`8x40` → (8 GPUs, 40 GiB each)."""
+    try:
+        count, gib = text.lower().split("x")
+        return int(count), float(gib)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPUSxGIB (e.g. 8x40), got {text!r}") from None
+
+
 def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protocol) -> None:
     from seer.eval.linear import LinearConfig
 
@@ -440,6 +471,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", default=None, help="write the comparison as JSON to this URI")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "plan",
+        formatter_class=_Formatter,
+        help="per-GPU memory of evaluating a model, sharded over N GPUs or whole on one",
+        description="Print the per-GPU memory (parameter shards, gathered FSDP units, activations) of frozen-trunk "
+        "evaluation at each resolution, and whether it fits: e.g. rg10b on 8 x 40 GB sharded (`--shard on` "
+        "under torchrun) or whole on one 80/141 GB GPU.",
+    )
+    p.add_argument("--preset", default="rg10b", help="model preset (architecture)")
+    p.add_argument(
+        "--gpus",
+        nargs="+",
+        default=["8x40", "1x80", "1x141"],
+        help="GPU set-ups as GPUSxGIB; more than one GPU means sharded",
+    )
+    p.add_argument("--resolution", type=int, nargs="+", default=[224, 384], help="image side(s) in px")
+    p.add_argument("--batch", type=int, default=32, help="images per forward per GPU")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser(
         "make-benchmark",

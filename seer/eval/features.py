@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -270,7 +271,7 @@ def _load_cache(uri: str) -> FeatureSet:
     return FeatureSet(arrays, meta, from_cache=True)
 
 
-def _distributed() -> tuple[int, int]:
+def join_process_group() -> tuple[int, int]:
     """(rank, world size); joins the torchrun process group when launched with WORLD_SIZE > 1."""
     if not dist.is_available():
         return 0, 1
@@ -302,18 +303,45 @@ def _run_trunk(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+    batches = (group for groups in loader for group in groups)
+    sharded = loaded.shard_sizes is not None
+    if sharded:
+        batches = _in_lockstep(batches, device)
     out: dict[int, np.ndarray] = {}
+    # FSDP2 all-gathers into tensors it reuses, which inference mode forbids: no_grad when sharded.
     with (
-        torch.inference_mode(),
+        torch.no_grad() if sharded else torch.inference_mode(),
         tqdm(total=len(indices), desc="features", unit="img", disable=None if show else True) as bar,
     ):
-        for groups in loader:
-            for batch_indices, images in groups:
-                with _autocast(device, options.precision):
-                    fmap = loaded.trunk(normalize(images, device), taps=[options.tap])[options.tap]
+        for batch in batches:
+            batch_indices, images = batch or ([], _idle_batch(options.transform))
+            with _autocast(device, options.precision):
+                fmap = loaded.trunk(normalize(images, device), taps=[options.tap])[options.tap]
+            if batch_indices:
                 out.update(zip(batch_indices, _pool_batch(fmap, options.pool), strict=True))
                 bar.update(len(batch_indices))
     return out
+
+
+def _in_lockstep(
+    batches: Iterator[tuple[list[int], torch.Tensor]], device: torch.device
+) -> Iterator[tuple[list[int], torch.Tensor] | None]:
+    """Yield this rank's batches until every rank has run out, then None (an idle forward) while others
+    still have some: with a sharded trunk each forward all-gathers every unit's weights, so all ranks
+    must run the same number of forwards (their shares differ by up to one image and group)."""
+    flag_device = device if device.type == "cuda" else torch.device("cpu")
+    while True:
+        batch = next(batches, None)
+        more = torch.tensor([batch is not None], dtype=torch.int32, device=flag_device)
+        dist.all_reduce(more, op=dist.ReduceOp.MAX)
+        if not more.item():
+            return
+        yield batch
+
+
+def _idle_batch(transform: TransformSpec) -> torch.Tensor:
+    """One black image for an idle forward (its output is discarded)."""
+    return torch.zeros((1, 3, transform.crop, transform.crop), dtype=torch.uint8)
 
 
 def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) -> FeatureSet:
@@ -334,7 +362,7 @@ def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) 
     cache_uri = storage.join(options.cache, f"{key}.npz") if options.cache else None
     if cache_uri and storage.exists(cache_uri):
         return _load_cache(cache_uri)
-    rank, world = _distributed()
+    rank, world = join_process_group()
     mine = _run_trunk(loaded, dataset, list(range(rank, len(dataset), world)), options, show=rank == 0)
     if world > 1:
         parts: list[dict[int, np.ndarray]] = [{} for _ in range(world)]

@@ -20,7 +20,7 @@ from seer.checkpoints.classifier import save_classifier
 from seer.errors import ConfigError
 from seer.eval import metrics
 from seer.eval.features import FeatureSet
-from seer.eval.setup import Scored, arg, classification_scored, evaluate, ints, prepare
+from seer.eval.setup import Scored, arg, classification_scored, evaluate, ints, is_main_rank, prepare
 
 
 @dataclass
@@ -202,7 +202,7 @@ def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     doc, main, loaded = evaluate(
         "linear", run_settings, options, {"train": train, "val": val}, score, record, seed=config.seed
     )
-    if save_classifier_uri:
+    if save_classifier_uri and is_main_rank():
         weight, bias = main.result.head.folded()
         save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
     return doc

@@ -21,9 +21,17 @@ import torch
 
 from seer.checkpoints.load import LoadedTrunk, load_trunk
 from seer.errors import ConfigError
-from seer.eval import report
+from seer.eval import report, sharded
 from seer.eval.datasets import EvalDataset, load_dataset
-from seer.eval.features import TAPS, FeatureSet, TransformSpec, extract, parse_pool, parse_transform
+from seer.eval.features import (
+    TAPS,
+    FeatureSet,
+    TransformSpec,
+    extract,
+    join_process_group,
+    parse_pool,
+    parse_transform,
+)
 
 BASELINES = ("random-init", "random-features")
 
@@ -57,6 +65,7 @@ class RunSettings:
     fmt: str = "auto"
     max_bad_rows: str | int = 0
     output: str | None = None
+    shard: str = "auto"  # FSDP2-sharded trunk under torchrun: auto | on | off (seer.eval.sharded)
 
     def load(self, uri: str, kind: str, classes: Sequence[str] | None = None) -> EvalDataset:
         """A dataset of `kind` with this run's format and bad-row policy."""
@@ -195,6 +204,23 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(f"invalid device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
+def is_main_rank() -> bool:
+    """True in a single process and on rank 0 of a torchrun: the one that writes reports and files."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def load_model(settings: RunSettings, seed: int = 0) -> LoadedTrunk:
+    """The trunk to evaluate: FSDP2-sharded over the torchrun ranks when `settings.shard` says so
+    (`seer.eval.sharded`), else whole on this rank's device."""
+    device = resolve_device(settings.device)
+    _, world = join_process_group()
+    if sharded.should_shard(settings.shard, settings.checkpoint, settings.preset, device, world):
+        if settings.checkpoint == "random":
+            return sharded.random_sharded_trunk(settings.preset, device, seed)
+        return sharded.load_sharded_trunk(settings.checkpoint, settings.preset, device)
+    return load_trunk(settings.checkpoint, settings.preset, device, seed)
+
+
 def random_features(like: FeatureSet, seed: int = 0) -> FeatureSet:
     """The chance baseline: i.i.d. Gaussian features with the same shapes as `like`."""
     rng = np.random.default_rng(seed)
@@ -217,7 +243,10 @@ def extract_variants(
     out = {"model": {role: extract(loaded, ds, options) for role, ds in datasets.items()}}
     if "random-init" in baselines:
         device = next(loaded.trunk.parameters()).device
-        fresh = load_trunk("random", loaded.preset, device=device, seed=seed)
+        if loaded.shard_sizes is not None:
+            fresh = sharded.random_sharded_trunk(loaded.preset, device, seed)
+        else:
+            fresh = load_trunk("random", loaded.preset, device=device, seed=seed)
         out["random-init"] = {role: extract(fresh, ds, options) for role, ds in datasets.items()}
     if "random-features" in baselines:
         out["random-features"] = {
@@ -252,7 +281,7 @@ def evaluate(
 
     `config` is what the document records besides the feature options. Returns the document, the
     checkpoint's `Scored` and the loaded trunk."""
-    loaded = loaded or load_trunk(settings.checkpoint, settings.preset, resolve_device(settings.device), seed)
+    loaded = loaded or load_model(settings, seed)
     variants = extract_variants(loaded, dict(datasets), options, settings.baselines, seed)
     results = {variant: score(features) for variant, features in variants.items()}
     main = results.pop("model")
@@ -266,7 +295,7 @@ def evaluate(
         baselines={variant: r.metrics for variant, r in results.items()},
         details=main.details,
     )
-    if settings.output:
+    if settings.output and is_main_rank():
         report.write_report(settings.output, doc, main.plots())
     return doc, main, loaded
 

@@ -1,11 +1,22 @@
 """One evaluation as a pipeline step runs it: the sets come from the `datasets.json` of the
-eval_datasets step, the step parameters map onto the protocol's config and `FeatureOptions`."""
+eval_datasets step, the step parameters map onto the protocol's config and `FeatureOptions`.
+
+A step pod with several GPUs runs the evaluation as a torchrun with one rank per GPU (the trunk is
+sharded over them when it needs to be, `seer.eval.sharded`); rank 0 writes the report.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import replace
 from typing import Any
+
+import torch
 
 from seer import storage
 from seer.errors import ConfigError
@@ -38,12 +49,19 @@ def run_step(
     batch_size: int,
     workers: int,
     transform: str | None = None,
+    ranks: int | None = None,
     **params: Any,
 ) -> dict:
     """Run evaluation `name` of `checkpoint` on the step's datasets, report into `output`.
 
     `params` are run settings (device, baselines) and config fields of the protocol; the linear
-    probe's `epochs` stretches the default milestones (`LinearConfig.for_epochs`)."""
+    probe's `epochs` stretches the default milestones (`LinearConfig.for_epochs`). `ranks`: processes
+    to run it with (None: one per visible GPU); more than one starts a torchrun of this step."""
+    ranks = torch.cuda.device_count() if ranks is None else ranks
+    if ranks > 1 and "WORLD_SIZE" not in os.environ:
+        call = {"name": name, "checkpoint": checkpoint, "datasets_uri": datasets_uri, "output": output}
+        call.update(batch_size=batch_size, workers=workers, transform=transform, **params)
+        return _torchrun(ranks, call)
     module_name, inputs = STEP_INPUTS[name]
     module = importlib.import_module(f"seer.eval.{module_name}")
     if name == "test384" and storage.exists(storage.join(checkpoint, "skipped.json")):
@@ -59,3 +77,31 @@ def run_step(
         params["config"] = module.LinearConfig.for_epochs(params.pop("epochs"), seed=params.pop("seed"))
     uris = {param: sets.get(key) for param, key in inputs.items()}
     return module.run(checkpoint=checkpoint, options=options, output=output, **uris, **params)
+
+
+def _torchrun(ranks: int, call: dict[str, Any]) -> dict:
+    """Run `run_step(**call)` as `torchrun --nproc-per-node ranks`; the metrics document rank 0 wrote."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(call, f)
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(ranks),
+        ]
+        done = subprocess.run([*command, "-m", "seer.eval.steps", f.name], check=False)
+    finally:
+        os.unlink(f.name)
+    if done.returncode != 0:
+        raise ConfigError(
+            f"evaluation {call['name']} failed on {ranks} ranks (exit {done.returncode}); see the log above"
+        )
+    return storage.read_json(storage.join(call["output"], "metrics.json"))
+
+
+if __name__ == "__main__":  # one rank of `_torchrun`
+    with open(sys.argv[1]) as f:
+        run_step(ranks=1, **json.load(f))

@@ -29,23 +29,29 @@ class Unit:
     kind: str
 
 
+def _large_convs(prefix: str, module: nn.Module) -> list[Unit]:
+    return [
+        Unit(name, sub, "conv")
+        for name, sub in module.named_modules(prefix=prefix)
+        if isinstance(sub, nn.Conv2d) and sum(p.numel() for p in sub.parameters()) >= LARGE_CONV_PARAMS
+    ]
+
+
+def trunk_units(trunk: nn.Module, prefix: str = "trunk") -> list[Unit]:
+    """A RegNet trunk's units, innermost first: large convs, the stem, every block."""
+    head = f"{prefix}." if prefix else ""
+    units = [*_large_convs(f"{head}stem", trunk.stem), Unit(f"{head}stem", trunk.stem, "stem")]
+    for sname, stage in trunk.trunk_output.named_children():
+        for bname, block in stage.named_children():
+            name = f"{head}trunk_output.{sname}.{bname}"
+            units += [*_large_convs(name, block), Unit(name, block, "block")]
+    return units
+
+
 def fsdp_units(model: SwAVModel) -> list[Unit]:
     """The modules `parallelize` shards, innermost first (the root is sharded last, not listed)."""
-    units: list[Unit] = []
-
-    def large_convs(prefix: str, module: nn.Module) -> None:
-        for name, sub in module.named_modules(prefix=prefix):
-            if isinstance(sub, nn.Conv2d) and sum(p.numel() for p in sub.parameters()) >= LARGE_CONV_PARAMS:
-                units.append(Unit(name, sub, "conv"))
-
-    large_convs("trunk.stem", model.trunk.stem)
-    units.append(Unit("trunk.stem", model.trunk.stem, "stem"))
-    for sname, stage in model.trunk.trunk_output.named_children():
-        for bname, block in stage.named_children():
-            name = f"trunk.trunk_output.{sname}.{bname}"
-            large_convs(name, block)
-            units.append(Unit(name, block, "block"))
-    large_convs("head.projection_head", model.head.projection_head)
+    units = trunk_units(model.trunk)
+    units += _large_convs("head.projection_head", model.head.projection_head)
     units.append(Unit("head.projection_head", model.head.projection_head, "mlp"))
     for i, proto in enumerate(model.head.prototypes):
         units.append(Unit(f"head.prototypes.{i}", proto, "prototypes"))
@@ -68,6 +74,21 @@ def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
         fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
     register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
+    return units
+
+
+def shard_trunk(trunk: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> list[Unit]:
+    """`fully_shard` a bare trunk for inference (evaluation): the training units, then the trunk as root.
+
+    Parameters are gathered per unit for its forward and freed after it (`reshard_after_forward`),
+    so a rank holds its shards plus one gathered unit at a time."""
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    if param_dtype != torch.float32:
+        apply_fp32_norms(trunk)
+    units = trunk_units(trunk, prefix="")
+    for unit in units:
+        fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
+    fully_shard(trunk, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
     return units
 
 
