@@ -118,6 +118,18 @@ def _read_sliced_trunk(uri: str) -> tuple[dict[str, torch.Tensor], str | None]:
     return state, index.preset
 
 
+def checked_preset(checkpoint: str, asked: str | None, named: str | None) -> str:
+    """The model preset to build for `checkpoint`: `asked` (--preset), which must match the one the
+    checkpoint names (`named`) when both are given."""
+    if asked and named and asked != named:
+        raise CheckpointLoadError(
+            f"{checkpoint} holds preset {named!r}, not {asked!r}; drop --preset or fix it"
+        )
+    if not (asked or named):
+        raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
+    return asked or named
+
+
 def load_trunk(
     checkpoint: str, preset: str | None = None, device: str | torch.device = "cpu", seed: int = 0
 ) -> LoadedTrunk:
@@ -141,13 +153,7 @@ def load_trunk(
     else:
         index_uri = checkpoint
         state, named = _read_archive_trunk(checkpoint, preset)
-    if preset and named and preset != named:
-        raise CheckpointLoadError(
-            f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it"
-        )
-    name = preset or named
-    if name is None:
-        raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
+    name = checked_preset(checkpoint, preset, named)
     trunk = build_trunk(get_preset(name).name, device=device, seed=None)
     expected = trunk.state_dict()
     # BatchNorm's step counter is bookkeeping, not a weight: released checkpoints often lack it.

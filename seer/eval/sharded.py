@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from seer.checkpoints.io import sha256_uri
-from seer.checkpoints.load import CheckpointLoadError, LoadedTrunk, sliced_index_uri
+from seer.checkpoints.load import CheckpointLoadError, LoadedTrunk, checked_preset, sliced_index_uri
 from seer.checkpoints.load_sliced import load_sliced_into_
 from seer.checkpoints.mapping import ArchitectureMismatchError
 from seer.checkpoints.slice import open_sliced
@@ -108,14 +108,7 @@ def load_sharded_trunk(checkpoint: str, preset: str | None, device: torch.device
         raise ConfigError(
             f"sharded evaluation reads a sliced checkpoint, {checkpoint} is not one; run `seer ckpt slice`"
         )
-    named = open_sliced(uri).preset
-    if preset and named and preset != named:
-        raise CheckpointLoadError(
-            f"{checkpoint} holds preset {named!r}, not {preset!r}; drop --preset or fix it"
-        )
-    name = preset or named
-    if name is None:
-        raise CheckpointLoadError(f"{checkpoint} does not name its model; pass --preset NAME (e.g. rg-tiny)")
+    name = checked_preset(checkpoint, preset, open_sliced(uri).preset)
     trunk = _sharded_meta_trunk(name, device)
     trunk.to_empty(device=device)
     # BatchNorm's step counter is bookkeeping, not a weight: released checkpoints often lack it.
