@@ -22,7 +22,8 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 @dataclass(frozen=True)
 class Unit:
-    """One FSDP unit: qualified name, module, kind (`conv`, `block`, `stem`, `mlp`, `prototypes`)."""
+    """One FSDP unit: qualified name, module, kind (`conv`, `block`, `stem`, `mlp`, `prototypes`,
+    `classifier`)."""
 
     name: str
     module: nn.Module
@@ -45,6 +46,9 @@ def fsdp_units(model: SwAVModel) -> list[Unit]:
             name = f"trunk.trunk_output.{sname}.{bname}"
             large_convs(name, block)
             units.append(Unit(name, block, "block"))
+    if not hasattr(model.head, "prototypes"):  # a classifier head (fine-tuning): one fp32 unit
+        large_convs("head", model.head)
+        return [*units, Unit("head", model.head, "classifier")]
     large_convs("head.projection_head", model.head.projection_head)
     units.append(Unit("head.projection_head", model.head.projection_head, "mlp"))
     for i, proto in enumerate(model.head.prototypes):
@@ -64,10 +68,11 @@ def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
     reshard = mesh.size() > 1
     units = fsdp_units(model)
     for unit in units:
-        policy = fp32 if unit.kind == "prototypes" else main
+        policy = fp32 if unit.kind in ("prototypes", "classifier") else main
         fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
-    register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
+    if hasattr(model, "padded_forward"):
+        register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
     return units
 
 
