@@ -137,7 +137,6 @@ def validate(cfg: FinetuneConfig, world_size: int | None = None) -> None:
     for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
         value = getattr(d, name)
         _require(0 <= value <= 1, f"data.{name}: must be a probability in [0, 1], got {value}")
-    _require(d.task != "geo" or bool(d.cells), "data.cells: a geo fine-tune needs the cell,lat,lon CSV")
     _require(o.base_lr > 0, f"optim.base_lr: must be > 0 (VISSL fulltune: 0.1 per 256), got {o.base_lr}")
     _require(o.base_batch > 0, f"optim.base_batch: must be > 0, got {o.base_batch}")
     _require(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")

@@ -42,6 +42,8 @@ def load_labelled(cfg: FinetuneConfig, data_uri: str) -> LabelledSet:
     if cfg.data.task == "classification":
         ds = load_dataset(data_uri, "classification", max_bad_rows=policy)
         return LabelledSet(ds.samples, ds.classes, [])
+    if not cfg.data.cells:
+        raise ConfigError("data.cells: a geo fine-tune needs the cell,lat,lon CSV of its cell centres")
     ds = load_dataset(data_uri, "geo", max_bad_rows=policy)
     cell, locations = assign_cells(ds.coordinates, load_cells(cfg.data.cells))
     samples = [Sample(**{**s.__dict__, "label": int(c)}) for s, c in zip(ds.samples, cell, strict=True)]
