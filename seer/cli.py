@@ -18,13 +18,24 @@ def build_parser() -> argparse.ArgumentParser:
     from seer.checkpoints import cli as checkpoints_cli
     from seer.data import cli as data_cli
     from seer.eval import cli as eval_cli
+    from seer.finetune import cli as finetune_cli
     from seer.launch import cli as launch_cli
     from seer.models import cli as models_cli
     from seer.train import cli as train_cli
 
     parser.add_argument("--version", action="version", version=f"seer {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = (config_cli, models_cli, data_cli, launch_cli, registry, checkpoints_cli, train_cli, eval_cli)
+    commands = (
+        config_cli,
+        models_cli,
+        data_cli,
+        launch_cli,
+        registry,
+        checkpoints_cli,
+        train_cli,
+        finetune_cli,
+        eval_cli,
+    )
     for module in commands:
         module.register(subparsers)
     return parser

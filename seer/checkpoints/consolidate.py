@@ -36,7 +36,7 @@ from seer.checkpoints.io import (
     open_archive,
     tensor_bytes,
 )
-from seer.checkpoints.mapping import check_names_and_shapes, expected_shapes
+from seer.checkpoints.mapping import CLASSIFIER, check_names_and_shapes, expected_shapes
 
 CONSOLIDATED_FORMAT = "seer-consolidated-v1"
 DCP_FORMAT = "seer-dcp-v1"
@@ -299,7 +299,14 @@ def consolidate(
             entries.append((group, short, fqn, tmd))
         if ckpt_preset:
             protos = ((manifest.get("config") or {}).get("model") or {}).get("num_prototypes")
-            for group in GROUPS:
+            # A fine-tuned model's head is a classifier (`clf.0.*`, as VISSL's `mlp` head): its input
+            # width must be the trunk's; SwAV heads are checked against the preset.
+            is_classifier = set(found["heads"]) == set(CLASSIFIER)
+            if is_classifier:
+                classes = found["heads"][CLASSIFIER[0]][0]
+                expected = {CLASSIFIER[0]: (classes, _trunk_width(ckpt_preset)), CLASSIFIER[1]: (classes,)}
+                check_names_and_shapes(expected, found["heads"], f"{ckpt_uri} (classifier)")
+            for group in ("trunk",) if is_classifier else GROUPS:
                 check_names_and_shapes(
                     expected_shapes(ckpt_preset, group, protos), found[group], f"{ckpt_uri} ({group})"
                 )
@@ -326,6 +333,11 @@ def consolidate(
                 sources(),
                 source=ckpt_uri,
             )
+
+
+def _trunk_width(preset: str) -> int:
+    """Features the preset's trunk gives a classifier (the SwAV head's input width)."""
+    return expected_shapes(preset, "heads")["projection_head.0.weight"][1]
 
 
 def describe(uri: str) -> dict[str, Any]:

@@ -9,6 +9,9 @@ complete checkpoint under `output_uri` (`seer.train.checkpoint`), then trains:
     prototypes frozen for the first `swav.freeze_prototypes_iters`; LARC + SGD step
     prototypes L2-normalised; metrics / log / checkpoint
 
+The loop is task-agnostic: a `Task` builds the step (model, optimizer, schedule, loss and one
+optimizer step) and the loader; `SWAV` is pretraining, `seer.finetune` supplies fine-tuning.
+
 Outputs under `output_uri`: `checkpoints/iter-<N>/` (see `seer.train.checkpoint`),
 `train_log.jsonl` (`seer.train.monitor`; rank 0: `start`, `resume`, `step`, `checkpoint`, `end` events) and
 `summary.json` (written at the end). Rank 0 of each node serves Prometheus `/metrics`.
@@ -22,7 +25,7 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -134,13 +137,47 @@ class SwAVStep:
         return loss.detach(), lr
 
 
-class Trainer:
-    """State of one pretraining run on this rank; `run()` trains to `cfg.train.iterations`."""
+class Task(Protocol):
+    """What a training run is about; the loop, sharding, checkpoints, faults and metrics are shared.
 
-    def __init__(self, cfg: SeerConfig, output_uri: str, data_uri: str, env: DistEnv) -> None:
+    `cfg` has at least `model.preset` and `train` (a `TrainConfig`). The step has `model`, `optimizer`,
+    `info`, `global_batch`, `schedule` (a dataclass), `loss_fn` (a module with `stats`, a dict of
+    per-step tensors, and a state dict saved per rank) and `__call__(batch, iteration) -> (loss, lr)`.
+    The loader yields `(batch, keys)` and has `state_dict()` / `load_state_dict()`.
+    """
+
+    def validate(self, cfg: Any, world_size: int) -> None: ...
+
+    def build_step(self, cfg: Any, env: DistEnv) -> Any: ...
+
+    def build_loader(self, cfg: Any, data_uri: str, env: DistEnv) -> Any: ...
+
+
+class SwAVTask:
+    """SwAV pretraining on tar shards."""
+
+    def validate(self, cfg: SeerConfig, world_size: int) -> None:
+        validate(cfg, world_size=world_size)
+
+    def build_step(self, cfg: SeerConfig, env: DistEnv) -> SwAVStep:
+        return SwAVStep(cfg, env)
+
+    def build_loader(self, cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
+        return build_data(cfg, data_uri, env)
+
+
+SWAV = SwAVTask()
+
+
+class Trainer:
+    """State of one training run on this rank; `run()` trains to `cfg.train.iterations`."""
+
+    def __init__(
+        self, cfg: SeerConfig, output_uri: str, data_uri: str, env: DistEnv, task: Task = SWAV
+    ) -> None:
         self.cfg, self.output, self.env = cfg, output_uri.rstrip("/"), env
         torch.manual_seed(cfg.train.seed + env.rank)
-        self.step = SwAVStep(cfg, env)
+        self.step = task.build_step(cfg, env)
         self.global_batch = self.step.global_batch
         self.model, self.optimizer, self.loss_fn, self.info = (
             self.step.model,
@@ -148,7 +185,7 @@ class Trainer:
             self.step.loss_fn,
             self.step.info,
         )
-        self.loader = build_data(cfg, data_uri, env)
+        self.loader = task.build_loader(cfg, data_uri, env)
         self.iteration = 0
         self.resumed_from: str | None = None
         self.checkpoints: list[str] = []
@@ -328,15 +365,21 @@ def run_pretraining(cfg: SeerConfig, output_uri: str, data_uri: str | None = Non
     data_uri = data_uri or cfg.data.shards
     if not data_uri:
         raise ConfigError("no training data: pass --data URI (a `seer shard` output) or set data.shards")
+    return run_training(cfg, output_uri, data_uri, SWAV)
+
+
+def run_training(cfg: Any, output_uri: str, data_uri: str, task: Task) -> dict[str, Any]:
+    """Join (or start) the process group, then train `task` to `cfg.train.iterations`, resuming from
+    `output_uri`'s newest complete checkpoint; returns the run summary."""
     own_group = not dist.is_initialized()
     env = init_distributed()
     try:
-        validate(cfg, world_size=env.world_size)
+        task.validate(cfg, env.world_size)
         if env.is_main:
             logging.basicConfig(
                 level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
             )
-        trainer = Trainer(cfg, output_uri, data_uri, env)
+        trainer = Trainer(cfg, output_uri, data_uri, env, task)
         trainer.resume()
         return trainer.run()
     finally:

@@ -22,7 +22,8 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 @dataclass(frozen=True)
 class Unit:
-    """One FSDP unit: qualified name, module, kind (`conv`, `block`, `stem`, `mlp`, `prototypes`)."""
+    """One FSDP unit: qualified name, module, kind (`conv`, `block`, `stem`, `mlp`, `prototypes`,
+    `classifier`)."""
 
     name: str
     module: nn.Module
@@ -51,6 +52,8 @@ def trunk_units(trunk: nn.Module, prefix: str = "trunk") -> list[Unit]:
 def fsdp_units(model: SwAVModel) -> list[Unit]:
     """The modules `parallelize` shards, innermost first (the root is sharded last, not listed)."""
     units = trunk_units(model.trunk)
+    if not hasattr(model.head, "prototypes"):  # a classifier head (fine-tuning): one fp32 unit
+        return [*units, *_large_convs("head", model.head), Unit("head", model.head, "classifier")]
     units += _large_convs("head.projection_head", model.head.projection_head)
     units.append(Unit("head.projection_head", model.head.projection_head, "mlp"))
     for i, proto in enumerate(model.head.prototypes):
@@ -70,10 +73,11 @@ def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
     reshard = mesh.size() > 1
     units = fsdp_units(model)
     for unit in units:
-        policy = fp32 if unit.kind == "prototypes" else main
+        policy = fp32 if unit.kind in ("prototypes", "classifier") else main
         fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
-    register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
+    if hasattr(model, "padded_forward"):
+        register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
     return units
 
 

@@ -108,6 +108,6 @@ def apply_local_precision(model: SwAVModel, param_dtype: torch.dtype) -> None:
         _AUTOCAST[cls] = type(f"Autocast{cls.__name__}", (_AutocastForward, cls), {})
     model.__class__ = _AUTOCAST[cls]
     model.compute_dtype = param_dtype
-    for proto in model.head.prototypes:
+    for proto in getattr(model.head, "prototypes", model.head.modules()):  # or a classifier's Linear
         if type(proto) is nn.Linear:
             proto.__class__ = _Fp32Prototypes
