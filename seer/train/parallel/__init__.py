@@ -18,13 +18,14 @@ and materialised on `env.device`, so no rank ever holds the whole model (rg10b: 
    is drawn from its name-derived generator and this rank keeps its dim-0 chunk, so the weights do
    not depend on the number of ranks.
 
-One process on a GPU has nothing to shard, and FSDP2's per-unit hooks (casts, copies, gradient
-"reduction") only cost time there, so step 3 is replaced by local mixed precision: fp32 parameters,
+One process has nothing to shard, and FSDP2's per-unit hooks (casts, copies, gradient "reduction") and
+DTensor dispatch in every optimizer op only cost time there (CPU rg-tiny: ~20% of the step, bench/train_step.py),
+so step 3 is replaced by local mixed precision: fp32 parameters,
 the forward under bf16 autocast (BatchNorm keeps fp32 affine parameters and statistics), prototypes
 scored in fp32 (embeddings cast up, as FSDP2's fp32 prototype unit does), and channels-last conv
 weights when the run uses channels-last.
 Parameter names, initial values and the checkpoint format are the same as with FSDP2 (DCP loads either
-into the other); CPU runs keep FSDP2 on every world size.
+into the other).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class ParallelInfo:
     param_dtype: str
     sync_bn: str
     checkpoint_groups: int
-    fsdp_units: int  # 0: not sharded (one process on a GPU; local mixed precision)
+    fsdp_units: int  # 0: not sharded (one process; local mixed precision)
     channels_last: bool
     local_params: int
     global_params: int
@@ -86,11 +87,11 @@ def parallelize(
     """Shard a meta-device `SwAVModel` over all ranks (see the module docstring); in place.
 
     `materialize=False` leaves the shards on the meta device (memory planning, tests). `shard`: FSDP2
-    or local mixed precision; None (default) shards unless this is one process on a GPU.
+    or local mixed precision; None (default) shards when there is more than one process.
     """
     param_dtype = resolve_precision(cfg, env.device)
     if shard is None:
-        shard = env.world_size > 1 or env.device.type != "cuda"
+        shard = env.world_size > 1
     channels_last = use_channels_last(cfg, env.device)
     sync_bn = apply_sync_bn(model, cfg.train.sync_bn_group, env)
     groups = 0
