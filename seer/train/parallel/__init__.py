@@ -72,13 +72,16 @@ __all__ = [
 
 
 def compile_blocks_(model: SwAVModel) -> int:
-    """torch.compile every RegNet block's forward in place (hooks around it stay eager); returns how many."""
-    count = 0
-    for stage in model.trunk.trunk_output.children():
-        for block in stage.children():
-            block.forward = torch.compile(block.forward, dynamic=False)
-            count += 1
-    return count
+    """torch.compile every RegNet block's forward in place (hooks around it stay eager); returns how many.
+
+    All blocks share one code object (torchvision's block `forward`), so dynamo counts every distinct
+    (width, stride, crop size) as a recompile of it: the limit is raised to cover them (default 8 would
+    leave later blocks eager)."""
+    blocks = [block for stage in model.trunk.trunk_output.children() for block in stage.children()]
+    for block in blocks:
+        block.forward = torch.compile(block.forward, dynamic=False)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(blocks))
+    return len(blocks)
 
 
 def build_model(cfg: SeerConfig) -> SwAVModel:
