@@ -61,7 +61,7 @@ def test_larc_equals_plain_reference_over_several_steps() -> None:
         torch.testing.assert_close(
             p.detach().flatten(), torch.tensor(e, dtype=torch.float64), rtol=1e-12, atol=1e-12
         )
-    assert opt.param_groups[0]["weight_decay"] == 0.1  # restored after the inner SGD step
+    assert opt.param_groups[0]["weight_decay"] == 0.1  # the group keeps its setting
 
 
 def test_larc_skips_parameters_without_gradient_and_supports_clip_mode() -> None:

@@ -20,7 +20,7 @@ from seer.train.parallel import build_model, init_distributed, parallelize
 def _tiny_training_state() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     cfg = load_config("rg-tiny")
     env = init_distributed()
-    model, _ = parallelize(build_model(cfg), cfg, env)
+    model, _ = parallelize(build_model(cfg), cfg, env, shard=True)  # DTensors, as on every multi-rank run
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     crops = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]
     _, scores = model(crops)
@@ -136,7 +136,7 @@ def test_one_gpu_unsharded_checkpoint_loads_into_the_sharded_model(
     optimizer.step()
     uri = checkpoint.save(str(tmp_path / "run"), 3, local, optimizer, scheduler={}, rank_state={},
                           marker={"preset": "rg-tiny"}, keep_last=1)  # fmt: skip
-    sharded, _ = parallelize(build_model(cfg), cfg, env)
+    sharded, _ = parallelize(build_model(cfg), cfg, env, shard=True)
     sharded_opt = torch.optim.SGD(sharded.parameters(), lr=0.1, momentum=0.9)
     assert checkpoint.load(uri, sharded, sharded_opt).iteration == 3
     for name, value in sharded.state_dict().items():

@@ -93,7 +93,7 @@ def test_bf16_policy_computes_in_bf16_but_keeps_prototypes_bn_and_master_weights
         cfg = load_config(
             "rg-tiny", ["train.precision=bf16", f"train.activation_checkpointing={checkpointing}"]
         )
-        model, info = parallelize(build_model(cfg), cfg, env)
+        model, info = parallelize(build_model(cfg), cfg, env, shard=True)
         assert info.param_dtype == "bfloat16" and info.checkpoint_groups == (3 if checkpointing else 0)
         assert all(p.dtype == torch.float32 for p in model.parameters())  # sharded master copies
         embedding, scores = model(x)
@@ -113,7 +113,7 @@ def test_one_gpu_path_keeps_names_init_and_bf16_numerics_of_the_fsdp_policy(
     that matches the FSDP2 bf16 policy, fp32 prototype scores and fp32 gradients."""
     env = init_distributed()
     cfg = load_config("rg-tiny", ["train.precision=bf16", "train.channels_last='on'"])
-    sharded, _ = parallelize(build_model(cfg), cfg, env)
+    sharded, _ = parallelize(build_model(cfg), cfg, env, shard=True)
     local, info = parallelize(build_model(cfg), cfg, env, shard=False)
     assert info.fsdp_units == 0 and info.param_dtype == "bfloat16" and info.channels_last
     assert list(local.state_dict()) == list(sharded.state_dict())

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.sgd import sgd as sgd_update
 
 from seer.errors import ConfigError
 
@@ -47,7 +48,7 @@ def global_sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.zeros(0)
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     local = [_local(t).detach() for t in tensors]
-    sq = torch.stack(_foreach_sq_norms([t if t.dtype == dtype else t.to(dtype) for t in local]))
+    sq = _foreach_sq_norms([t if t.dtype == dtype else t.to(dtype) for t in local])
     by_groups: dict[tuple[dist.ProcessGroup, ...], list[int]] = {}
     for i, t in enumerate(tensors):
         by_groups.setdefault(_reduce_groups(t), []).append(i)
@@ -62,14 +63,16 @@ def global_sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return sq
 
 
-def _foreach_sq_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Squared L2 norms (0-dim, in each tensor's dtype), batched per (device, dtype)."""
-    out: list[torch.Tensor | None] = [None] * len(tensors)
-    for idx in _by_device_dtype(tensors).values():
-        norms = torch._foreach_norm([tensors[i] for i in idx])
-        for i, sq in zip(idx, torch._foreach_mul(norms, norms), strict=True):
-            out[i] = sq
-    return out  # type: ignore[return-value]
+def _foreach_sq_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Squared L2 norms as one 1-d tensor, from one multi-tensor norm per (device, dtype) group."""
+    groups = _by_device_dtype(tensors)
+    if len(groups) == 1:
+        return torch.stack(torch._foreach_norm(tensors)).square()
+    out = torch.empty(len(tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+    for idx in groups.values():
+        norms = torch.stack(torch._foreach_norm([tensors[i] for i in idx])).to(out.device)
+        out[torch.tensor(idx, device=out.device)] = norms.square()
+    return out
 
 
 def _by_device_dtype(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
@@ -81,7 +84,13 @@ def _by_device_dtype(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, to
 
 class LARC(torch.optim.SGD):
     """SGD with LARC trust-ratio scaling (scale mode unless ``clip``), weight decay folded into the
-    gradient before scaling, and norms taken over whole (sharded) parameters."""
+    gradient before scaling, and norms taken over whole (sharded) parameters.
+
+    One step is: one multi-tensor norm pass over parameters and gradients together (one all-reduce for
+    sharded ones), the scaling as two multi-tensor ops, then torch's functional SGD on the local shards
+    (no DTensor dispatch), fused on CUDA unless ``fused=False``. Momentum buffers keep the parameters'
+    type (DTensor under FSDP2), so optimizer checkpoints are unchanged.
+    """
 
     def __init__(
         self,
@@ -92,6 +101,7 @@ class LARC(torch.optim.SGD):
         trust_coefficient: float = 0.001,
         eps: float = 1e-8,
         clip: bool = False,
+        fused: bool | None = None,
     ) -> None:
         if trust_coefficient <= 0 or eps < 0:
             raise ConfigError(
@@ -101,6 +111,7 @@ class LARC(torch.optim.SGD):
         self.trust_coefficient = trust_coefficient
         self.eps = eps
         self.clip = clip
+        self.fused = fused
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -108,28 +119,59 @@ class LARC(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        saved_wd = []
         for group in self.param_groups:
-            wd, lr = group["weight_decay"], group["lr"]
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                p_norm = global_sq_norms(params).sqrt()
-                g_norm = global_sq_norms([p.grad for p in params]).sqrt()
-                ok = (p_norm > 0) & (g_norm > 0)
-                adaptive = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
-                if self.clip:
-                    adaptive = (adaptive / lr).clamp(max=1.0)
-                adaptive = torch.where(ok, adaptive, torch.ones_like(adaptive))
-                decay = ok.to(p_norm.dtype) * wd
-                _scale_grads_(params, decay, adaptive)
-            saved_wd.append(wd)
-            group["weight_decay"] = 0.0
-        try:
-            super().step()
-        finally:
-            for group, wd in zip(self.param_groups, saved_wd, strict=True):
-                group["weight_decay"] = wd
+                self._scale(params, group["weight_decay"], group["lr"])
+                self._sgd(params, group)
         return loss
+
+    def _scale(self, params: list[torch.Tensor], wd: float, lr: float) -> None:
+        """``g ← (g + wd·p)·η‖p‖ / (‖g‖ + wd‖p‖ + eps)`` where ‖p‖, ‖g‖ > 0; else g is left as is."""
+        n = len(params)
+        norms = global_sq_norms([*params, *(p.grad for p in params)]).sqrt()
+        p_norm, g_norm = norms[:n], norms[n:]
+        ok = (p_norm > 0) & (g_norm > 0)
+        adaptive = self.trust_coefficient * p_norm / (g_norm + wd * p_norm + self.eps)
+        if self.clip:
+            adaptive = (adaptive / lr).clamp(max=1.0)
+        adaptive = torch.where(ok, adaptive, torch.ones_like(adaptive))
+        _scale_grads_(params, ok.to(p_norm.dtype) * wd, adaptive)
+
+    def _sgd(self, params: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """torch's SGD update without weight decay (LARC folded it in), on the local shards."""
+        local = [_local(p) for p in params]
+        grads = [_local(p.grad) for p in params]
+        momentum = group["momentum"]
+        old = [self.state[p].get("momentum_buffer") for p in params] if momentum else []
+        bufs = [None if b is None else _local(b) for b in old]
+        fused = self.fused
+        if fused is None:
+            fused = all(t.is_cuda for t in local) and len(_by_device_dtype(local)) == 1
+        sgd_update(
+            local, grads, bufs, weight_decay=0.0, momentum=momentum, lr=group["lr"],
+            dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+            foreach=None if fused else group["foreach"], fused=fused,
+        )  # fmt: skip
+        for p, was, buf in zip(params, old, bufs, strict=False):
+            if was is None:  # created by this step from the local gradient: give it the parameter's type
+                self.state[p]["momentum_buffer"] = _like(p, buf)
+
+
+def _like(param: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """`local` as a tensor of `param`'s kind: a DTensor with its mesh and placements, or `local` itself."""
+    if hasattr(param, "placements") and hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(
+            local,
+            param.device_mesh,
+            param.placements,
+            run_check=False,
+            shape=param.shape,
+            stride=param.stride(),
+        )
+    return local
 
 
 def _scale_grads_(params: list[torch.Tensor], decay: torch.Tensor, adaptive: torch.Tensor) -> None:

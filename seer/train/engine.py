@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
+from torch.profiler import record_function
 
 from seer import storage
 from seer.config import SeerConfig, config_to_dict, validate
@@ -45,6 +46,7 @@ from seer.train import checkpoint, faults
 from seer.train.monitor import LOG_NAME, StepReporter
 from seer.train.parallel import (
     DistEnv,
+    LossScaler,
     ParallelInfo,
     build_model,
     init_distributed,
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 
 
 SUMMARY_NAME = "summary.json"
+# Profiler labels of a step's phases (bench/train_step.py --profile attributes time to them).
+PHASES = ("step.forward", "step.loss", "step.backward", "step.optimizer", "step.prototypes")
 
 
 def manifest_uri(data_uri: str) -> str:
@@ -106,6 +110,8 @@ class SwAVStep:
         num_crops = sum(c.count for c in cfg.data.crops)
         self.loss_fn = SwAVLoss.from_config(cfg.swav, num_crops, self.model.head.embedding_dim).to(env.device)
         self.freezer = PrototypeFreezer(cfg.swav.freeze_prototypes_iters)
+        # fp16 (SEER's precision) needs a loss scale; bf16 and fp32 do not
+        self.scaler = LossScaler(env.device) if self.info.param_dtype == "float16" else None
 
     def to_device(self, crops: list[Tensor] | PaddedCrops) -> list[Tensor] | PaddedCrops:
         """Crops on this rank's device, channels-last when the run uses it."""
@@ -120,20 +126,26 @@ class SwAVStep:
         """Train on one batch as iteration `iteration` (0-based); returns (local loss, learning rate)."""
         lr = self.schedule.apply(self.optimizer, iteration)
         crops = self.to_device(crops)
-        if isinstance(crops, PaddedCrops):
-            embedding, scores = self.model.padded_forward(crops)
-        else:
-            embedding, scores = self.model(crops)
-        prototypes = None
-        if self.loss_fn.queue_length > 0:  # queued embeddings are scored with the current prototypes
-            prototypes = [_full(p.weight) for p in self.model.head.prototypes]
-        loss = self.loss_fn(embedding, scores, iteration, prototypes)
-        loss.backward()
-        self.freezer(self.model, iteration)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.swav.normalize_prototypes:
-            normalize_prototypes_(self.model)
+        with record_function(PHASES[0]):
+            if isinstance(crops, PaddedCrops):
+                embedding, scores = self.model.padded_forward(crops)
+            else:
+                embedding, scores = self.model(crops)
+        with record_function(PHASES[1]):
+            prototypes = None
+            if self.loss_fn.queue_length > 0:  # queued embeddings are scored with the current prototypes
+                prototypes = [_full(p.weight) for p in self.model.head.prototypes]
+            loss = self.loss_fn(embedding, scores, iteration, prototypes)
+        with record_function(PHASES[2]):
+            (loss if self.scaler is None else self.scaler.scaled(loss)).backward()
+        with record_function(PHASES[3]):
+            self.freezer(self.model, iteration)
+            if self.scaler is None or self.scaler.unscale_(self.model.parameters()):
+                self.optimizer.step()  # skipped when fp16 gradients overflowed (the scale was halved)
+            self.optimizer.zero_grad(set_to_none=True)
+        with record_function(PHASES[4]):
+            if self.cfg.swav.normalize_prototypes:
+                normalize_prototypes_(self.model)
         return loss.detach(), lr
 
 
@@ -214,6 +226,8 @@ class Trainer:
             self.loader.load_state_dict(restored.rank_state["loader"])
             self.loss_fn.load_state_dict(restored.rank_state["swav_queue"])
             checkpoint.set_rng_state(restored.rank_state["rng"])
+            if self.step.scaler is not None and "loss_scale" in restored.rank_state:
+                self.step.scaler.load_state_dict(restored.rank_state["loss_scale"])
         else:
             log.warning(
                 "%s was saved by %s ranks, not %s: the data order restarts at this epoch's beginning",
@@ -250,6 +264,7 @@ class Trainer:
                 "loader": self.loader.state_dict(),
                 "swav_queue": self.loss_fn.state_dict(),
                 "rng": checkpoint.rng_state(),
+                **({} if self.step.scaler is None else {"loss_scale": self.step.scaler.state_dict()}),
             },
             marker={"preset": self.cfg.model.preset, "config": config_to_dict(self.cfg)},
             keep_last=self.cfg.train.keep_last,

@@ -13,18 +13,24 @@ and materialised on `env.device`, so no rank ever holds the whole model (rg10b: 
    parameters; every RegNet block; the stem; the projection MLP; each prototype matrix in fp32 (its
    scores feed Sinkhorn); finally the root. A stage holds no parameters of its own beyond its
    blocks, so its blocks are its units. bf16 policy: parameters bf16, gradient reduction fp32;
-   BatchNorm computes with fp32 affine parameters and fp32 running statistics on bf16 activations.
+   fp16 policy (SEER's): parameters fp16, gradient reduction fp16, with `LossScaler` in the step.
+   BatchNorm computes with fp32 affine parameters and fp32 running statistics on low-precision
+   activations.
 4. `to_empty` on `env.device`, then SEER init (`seer.models.init`) tensor by tensor: each full tensor
    is drawn from its name-derived generator and this rank keeps its dim-0 chunk, so the weights do
    not depend on the number of ranks.
 
-One process on a GPU has nothing to shard, and FSDP2's per-unit hooks (casts, copies, gradient
-"reduction") only cost time there, so step 3 is replaced by local mixed precision: fp32 parameters,
-the forward under bf16 autocast (BatchNorm keeps fp32 affine parameters and statistics), prototypes
+One process has nothing to shard, and FSDP2's per-unit hooks (casts, copies, gradient "reduction") and
+DTensor dispatch in every optimizer op only cost time there (CPU rg-tiny: ~20% of the step, bench/train_step.py),
+so step 3 is replaced by local mixed precision: fp32 parameters,
+the forward under bf16 (or fp16) autocast (BatchNorm keeps fp32 affine parameters and statistics), prototypes
 scored in fp32 (embeddings cast up, as FSDP2's fp32 prototype unit does), and channels-last conv
 weights when the run uses channels-last.
 Parameter names, initial values and the checkpoint format are the same as with FSDP2 (DCP loads either
-into the other); CPU runs keep FSDP2 on every world size.
+into the other).
+
+`train.compile` compiles each RegNet block's `forward` with torch.compile (regional compilation: one
+graph per block and crop size; FSDP2 and checkpointing hooks stay eager; names unchanged).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from seer.train.parallel.checkpointing import CheckpointedStage, apply_activatio
 from seer.train.parallel.env import DistEnv, init_distributed
 from seer.train.parallel.fsdp import Unit, apply_fsdp, fsdp_units, materialize_sharded_, shard_sizes
 from seer.train.parallel.precision import (
+    LossScaler,
     apply_local_precision,
     autocast_context,
     resolve_precision,
@@ -51,15 +58,30 @@ from seer.train.parallel.sync_bn import apply_sync_bn, sync_bn_groups
 __all__ = [
     "CheckpointedStage",
     "DistEnv",
+    "LossScaler",
     "ParallelInfo",
     "apply_activation_checkpointing",
     "autocast_context",
     "build_model",
+    "compile_blocks_",
     "fsdp_units",
     "init_distributed",
     "parallelize",
     "sync_bn_groups",
 ]
+
+
+def compile_blocks_(model: SwAVModel) -> int:
+    """torch.compile every RegNet block's forward in place (hooks around it stay eager); returns how many.
+
+    All blocks share one code object (torchvision's block `forward`), so dynamo counts every distinct
+    (width, stride, crop size) as a recompile of it: the limit is raised to cover them (default 8 would
+    leave later blocks eager)."""
+    blocks = [block for stage in model.trunk.trunk_output.children() for block in stage.children()]
+    for block in blocks:
+        block.forward = torch.compile(block.forward, dynamic=False)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(blocks))
+    return len(blocks)
 
 
 def build_model(cfg: SeerConfig) -> SwAVModel:
@@ -74,7 +96,7 @@ class ParallelInfo:
     param_dtype: str
     sync_bn: str
     checkpoint_groups: int
-    fsdp_units: int  # 0: not sharded (one process on a GPU; local mixed precision)
+    fsdp_units: int  # 0: not sharded (one process; local mixed precision)
     channels_last: bool
     local_params: int
     global_params: int
@@ -86,11 +108,11 @@ def parallelize(
     """Shard a meta-device `SwAVModel` over all ranks (see the module docstring); in place.
 
     `materialize=False` leaves the shards on the meta device (memory planning, tests). `shard`: FSDP2
-    or local mixed precision; None (default) shards unless this is one process on a GPU.
+    or local mixed precision; None (default) shards when there is more than one process.
     """
     param_dtype = resolve_precision(cfg, env.device)
     if shard is None:
-        shard = env.world_size > 1 or env.device.type != "cuda"
+        shard = env.world_size > 1
     channels_last = use_channels_last(cfg, env.device)
     sync_bn = apply_sync_bn(model, cfg.train.sync_bn_group, env)
     groups = 0
@@ -106,6 +128,8 @@ def parallelize(
         materialize_sharded_(model, env.device, cfg.train.seed)
         if not shard and channels_last:
             model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        compile_blocks_(model)
     sizes = shard_sizes(model)
     info = ParallelInfo(
         param_dtype=str(param_dtype).removeprefix("torch."),

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
 from seer.models.init import init_weights_
 from seer.models.swav_model import SwAVModel
-from seer.train.parallel.precision import apply_fp32_norms
+from seer.train.parallel.precision import apply_fp32_norms, fsdp_policies
 
 # VISSL `AUTO_WRAP_THRESHOLD`: a conv this large gets its own FSDP unit (rg10b stages 3-4).
 LARGE_CONV_PARAMS = 100_000_000
@@ -66,8 +66,7 @@ def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
 
     On one rank nothing is sharded, so parameters stay gathered between forward and backward.
     """
-    fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    main = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    main, fp32 = fsdp_policies(param_dtype)
     if param_dtype != torch.float32:
         apply_fp32_norms(model)
     reshard = mesh.size() > 1
