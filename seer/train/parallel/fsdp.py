@@ -85,7 +85,7 @@ def shard_trunk(trunk: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) ->
 
     Parameters are gathered per unit for its forward and freed after it (`reshard_after_forward`),
     so a rank holds its shards plus one gathered unit at a time."""
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    policy, _ = fsdp_policies(param_dtype)  # inference: nothing is reduced
     if param_dtype != torch.float32:
         apply_fp32_norms(trunk)
     units = trunk_units(trunk, prefix="")
