@@ -123,7 +123,11 @@ PROTOCOLS = {
         "linear",
         "linear probe (BN + Linear on frozen features) → top-1/top-5",
         "VISSL linear evaluation: BatchNorm + Linear trained on frozen trunk features with SGD Nesterov "
-        "(momentum 0.9, weight decay 5e-4 except BN, LR 0.01 per 256, ×0.1 at the milestones).",
+        "(momentum 0.9, weight decay 5e-4 except BN, LR 0.01 per 256, ×0.1 at the milestones). "
+        "--protocol vissl (default) trains on fresh RandomResizedCrop + flip crops every epoch through the "
+        "frozen trunk, as VISSL; --protocol fast reuses one test-transform pass (no augmentation). Features: "
+        "the model's published tap (--tap published --pool published: 32Gf res5 pooled 3x1, 64-256Gf avgpool, "
+        "10B res4 pooled 2x1; avgpool for other presets). The report records the protocol and tap that ran.",
         {
             **_TRAIN_VAL,
             "save_classifier_uri": (
@@ -134,6 +138,7 @@ PROTOCOLS = {
             ),
         },
         config="LinearConfig",
+        features={"tap": "published", "pool": "published"},
     ),
     "knn": _Protocol(
         "knn",
@@ -228,6 +233,8 @@ def _run(protocol: _Protocol, args: argparse.Namespace) -> int:
         )
     if protocol.probe:
         kwargs["probe"] = _with_seed(from_args(LinearConfig, args), args.seed)
+    if protocol.config == "LinearConfig":
+        kwargs["protocol"] = from_args(module.LinearProtocol, args)
     settings = {"baselines": tuple(args.baselines)} if protocol.baselines else {}
     if protocol.formats:
         settings["fmt"] = args.fmt
@@ -305,6 +312,8 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protoco
     )
     if protocol.probe or protocol.config == "LinearConfig":
         add_fields(p.add_argument_group(probe_group), LinearConfig)
+    if protocol.config == "LinearConfig":
+        add_fields(p.add_argument_group("protocol"), module.LinearProtocol)
     _add_data(p, protocol.formats)
     _add_output(p, protocol.baselines)
     p.set_defaults(func=functools.partial(_run, protocol))
