@@ -165,24 +165,31 @@ PROTOCOLS = {
     ),
     "copy-detection": _Protocol(
         "copy_detection",
-        "R-MAC copy detection (CopyDays protocol) → mAP per split, µAP",
-        "R-MAC (3 levels) over res4, PCA-whitening learnt on --whitening, cosine ranking of the database "
-        "(seer_spec §5.3). AP is the trapezoidal (revisitop) rule; µAP pools every query's predictions.",
+        "R-MAC copy detection (CopyDays protocol) → strong.mAP, mAP per split, µAP",
+        "R-MAC (3 levels) over res4 in fp32, PCA-whitening learnt on --whitening (required, separate from the "
+        "database), cosine ranking of the database plus up to --max-distractors distractors (seer_spec §5.3). "
+        "AP is the trapezoidal (revisitop) rule; µAP pools every query's predictions; the headline is "
+        "strong.mAP. `seer eval import-copydays` writes the manifests from the Copydays folders.",
         {
             "queries_uri": ("--queries", "pairs manifest: query,reference[,split] (CSV or JSONL)", True),
             "database_uri": (
                 "--database",
-                "database images incl. distractors (manifest or folder; default: the references)",
+                "database images (manifest or folder; default: the references)",
+                False,
+            ),
+            "distractors_uri": (
+                "--distractors",
+                "distractor images added to the database, never relevant (manifest or folder)",
                 False,
             ),
             "whitening_uri": (
                 "--whitening",
-                "separate image set to learn PCA-whitening on (default: no whitening)",
+                "required: separate image set to learn the PCA-whitening on (manifest or folder)",
                 False,
             ),
         },
         config="CopyDetectionConfig",
-        features={"tap": "res4", "pool": "rmac:3", "transform": "longer:224"},
+        features={"tap": "res4", "pool": "rmac:3", "transform": "longer:224", "precision": "fp32"},
         formats=False,
     ),
     "geolocalization": _Protocol(
