@@ -153,11 +153,18 @@ PROTOCOLS = {
     "test384": _Protocol(
         "test384",
         "fine-tuned classifier (trunk + linear) at 384 px → top-1/top-5",
-        "Test-only pass of a classifier checkpoint (consolidated file with a clf.0 head): resize shorter side "
-        "to --resolution (bicubic), centre crop, ImageNet normalisation (seer_spec §5.2). The checkpoint is "
-        "`seer eval linear --save-classifier` output or `seer ckpt convert --to seer` of a fine-tuned timm / "
-        "torchvision model.",
-        {"val_uri": ("--val", "labelled evaluation set; labels must be the classifier's class names", True)},
+        "Test-only pass of a classifier checkpoint: resize shorter side to --resolution (bicubic), centre crop, "
+        "ImageNet normalisation (seer_spec §5.2). The checkpoint is a VISSL finetuned_in1k file (with --preset), "
+        "a timm regnety_* or torchvision regnet_y_* classifier, or `seer eval linear --save-classifier` output. "
+        "A 1000-way head without class names is ImageNet-1k: its classes are the wnids (n01440764, ...), so "
+        "--val can be the standard ImageNet val folder (val/<wnid>/<image>).",
+        {
+            "val_uri": (
+                "--val",
+                "labelled evaluation set; labels must be the classifier's class names (ImageNet: wnids)",
+                True,
+            )
+        },
         config="Test384Config",
         features={"batch_size": 32},
         skip_features=("tap", "pool", "transform"),
@@ -297,6 +304,45 @@ def _make_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_copydays(args: argparse.Namespace) -> int:
+    from seer.eval.copydays import import_copydays
+
+    print(
+        json.dumps(
+            import_copydays(args.root, args.output, args.distractors, args.whitening, args.max_distractors),
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _add_import_copydays(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-copydays",
+        formatter_class=_Formatter,
+        help="Copydays folders (+ distractor and whitening lists) → copy-detection manifests",
+        description="Read INRIA Copydays as distributed (ROOT/original, strong, jpegqual/Q, crops/P) and write "
+        "queries.csv (query,reference,split; splits original, strong, jpegqual_Q, crops_P), database.csv, "
+        "distractors.csv and whitening.csv for `seer eval copy-detection` (seer_spec §5.3).",
+    )
+    p.add_argument("root", help="the Copydays folder holding original/, strong/, jpegqual/, crops/")
+    p.add_argument("--output", required=True, help="folder URI for the manifests")
+    p.add_argument(
+        "--distractors",
+        default=None,
+        help="folder or list file of distractor images (SEER: 10k YFCC100M images)",
+    )
+    p.add_argument(
+        "--whitening",
+        default=None,
+        help="folder or list file of the separate whitening images (DINO: 20k YFCC100M images)",
+    )
+    p.add_argument(
+        "--max-distractors", type=int, default=10000, help="distractors kept (the first N of the list)"
+    )
+    p.set_defaults(func=_import_copydays)
+
+
 def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protocol) -> None:
     from seer.eval.linear import LinearConfig
 
@@ -313,6 +359,11 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protoco
         _add_model(p)
     else:
         p.add_argument("--checkpoint", required=True, help="classifier checkpoint (see the description)")
+        p.add_argument(
+            "--preset",
+            default=None,
+            help="model preset of the classifier's trunk (needed for VISSL files; timm / torchvision: inferred)",
+        )
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
     add_fields(
         p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **protocol.features
@@ -339,6 +390,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
     for name, protocol in PROTOCOLS.items():
         _add_protocol(sub, name, protocol)
+    _add_import_copydays(sub)
 
     p = sub.add_parser(
         "compare",
