@@ -126,10 +126,17 @@ def _state_dict(obj: object) -> dict | None:
     return None
 
 
+def _weights(preset: str) -> dict[str, tuple[int, ...]]:
+    """Trunk tensor shapes of `preset` without BatchNorm's step counters (released files often lack them)."""
+    return {
+        k: v for k, v in expected_shapes(preset, "trunk").items() if not k.endswith("num_batches_tracked")
+    }
+
+
 def _infer_preset(trunk_shapes: dict[str, tuple[int, ...]], uri: str) -> str:
     """The SEER preset whose trunk has exactly these tensor shapes (timm / torchvision names)."""
     for preset in dict.fromkeys([*TIMM_MODELS, *TORCHVISION_MODELS]):
-        expected = expected_shapes(preset, "trunk")
+        expected = _weights(preset)
         if expected.keys() == trunk_shapes.keys() and all(
             tuple(trunk_shapes[k]) == v for k, v in expected.items()
         ):
@@ -167,11 +174,15 @@ def load_any_classifier(uri: str, preset: str | None = None) -> Classifier:
                 raise CheckpointLoadError(
                     f"{uri} has no classifier (timm head.fc / torchvision fc); it is a trunk, not a classifier"
                 )
-            trunk = {k: tuple(state[v].shape) for k, v in names.items() if not k.startswith("fc.")}
+            trunk = {
+                k: tuple(state[v].shape)
+                for k, v in names.items()
+                if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+            }
             if preset is None:
                 preset = _infer_preset(trunk, uri)
             try:
-                check_names_and_shapes(expected_shapes(preset, "trunk"), trunk, uri)
+                check_names_and_shapes(_weights(preset), trunk, uri)
             except ArchitectureMismatchError as e:
                 raise CheckpointLoadError(
                     f"{e}; pass the --preset the classifier was fine-tuned from"
