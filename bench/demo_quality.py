@@ -70,7 +70,7 @@ def train(work: Path, name: str, overrides: list[str], shards: str, nproc: int) 
 
 
 def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str, float]:
-    """The demo's linear (28 epochs), kNN and copy-detection evaluations: linear / knn top-1, copy mAP."""
+    """The demo's linear (28 epochs, fast protocol), kNN and copy-detection evaluations: linear / knn top-1, copy mAP."""
     from seer.eval import copy_detection, knn, linear
     from seer.eval.features import parse_pool, parse_transform
     from seer.eval.linear import LinearConfig
@@ -86,6 +86,7 @@ def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str
             checkpoint,
             options=cls,
             config=LinearConfig.for_epochs(28),
+            protocol="fast",
             preset=preset,
             device="cpu",
         ),

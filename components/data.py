@@ -73,7 +73,9 @@ def eval_datasets(
     Writes `datasets.json` (role → URI) that each evaluation step reads. Roles and the generated set
     that fills them: linear_train / linear_val (counting), copy_queries / copy_database /
     copy_whitening (copy-detection), geo_train / geo_val / geo_cells (geo), fairness_train /
-    fairness_test (fairness).
+    fairness_test (fairness). Never generated: copy_distractors (images added to the copy database)
+    and test384_val (the 384 px test's set; default linear_val). Your own copy-detection sets must
+    include copy_whitening: the whitening is never learnt on generated images behind your back.
 
     Args:
         datasets: Folder with `datasets.json` and any generated sets.
@@ -91,10 +93,17 @@ def eval_datasets(
         "geo": {"geo_train": "train", "geo_val": "val", "geo_cells": "cells"},
         "fairness": {"fairness_train": "train", "fairness_test": "test"},
     }
-    known = {role for roles in kinds.values() for role in roles}
+    optional = {"copy_distractors", "test384_val"}
+    known = {role for roles in kinds.values() for role in roles} | optional
     unknown = sorted(set(sources) - known)
     if unknown:
         raise ConfigError(f"unknown evaluation roles {unknown}; use some of {sorted(known)}")
+    copy_roles = set(kinds["copy-detection"]) | {"copy_distractors"}
+    if copy_roles & {r for r, v in sources.items() if v} and not sources.get("copy_whitening"):
+        raise ConfigError(
+            "copy-detection sources lack copy_whitening; give the separate whitening set (e.g. the "
+            "whitening.csv of `seer eval import-copydays`) instead of letting a generated one stand in"
+        )
     resolved = dict(sources)
     for kind, roles in kinds.items():
         if all(resolved.get(role) for role in roles if role != "geo_cells"):

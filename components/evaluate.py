@@ -75,17 +75,22 @@ def _eval_step(func):
 def linear_eval(
     model: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics], report: Output[HTML], results: Output[Artifact],
-    classifier: Output[Model], enabled: bool = True, epochs: int = 28, transform: str = "shorter:256:224",
+    classifier: Output[Model], enabled: bool = True, epochs: int = 28, protocol: str = "vissl",
+    tap: str = "published", pool: str = "published", transform: str = "shorter:256:224",
     batch_size: int = 64, workers: int = 4, device: str = "auto",
     baselines: list = [], seed: int = 0,  # noqa: B006 - KFP parameter defaults must be literals
 ):
-    """Linear probe (BN + Linear on frozen avgpool features) on linear_train → top-1/top-5 on linear_val.
+    """Linear probe (BN + Linear on frozen features) on linear_train → top-1/top-5 on linear_val.
 
     Args:
         metrics: top1/top5 (and baselines'), shown in the run comparison.
         confusion: Confusion matrix on linear_val.
         classifier: Trunk + trained probe, for the test384 step.
         epochs: Probe training epochs (milestones scale with it).
+        protocol: vissl (fresh RandomResizedCrop + flip crops every epoch, SEER's) or fast (one
+            test-transform pass reused every epoch).
+        tap: Trunk output (res2..res5, avgpool) or published (the model's published feature).
+        pool: avg, adaptive:HxW, none, or published.
         seed: Seed of the probe and of the baselines.
     """
     from seer.eval.steps import run_step
@@ -95,8 +100,9 @@ def linear_eval(
         _skip("linear", classifier.path, report)
         return
     doc = run_step("linear", model.uri, datasets.uri, results.path, epochs=epochs, seed=seed,
-                   save_classifier_uri=classifier.path, transform=transform, batch_size=batch_size,
-                   workers=workers, device=device, baselines=baselines)
+                   protocol=protocol, tap=tap, pool=pool, save_classifier_uri=classifier.path,
+                   transform=transform, batch_size=batch_size, workers=workers, device=device,
+                   baselines=baselines)
     _publish(doc, results.path, metrics, report, confusion)
 
 
@@ -130,14 +136,18 @@ def knn_eval(
 @_eval_step
 def copy_detection_eval(
     model: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics], report: Output[HTML],
-    results: Output[Artifact], enabled: bool = True, pca_dims: int = 1024, transform: str = "longer:224",
-    batch_size: int = 64, workers: int = 4, device: str = "auto", baselines: list = [], seed: int = 0,  # noqa: B006
+    results: Output[Artifact], enabled: bool = True, pca_dims: int = 1024, max_distractors: int = 10000,
+    transform: str = "longer:224", precision: str = "fp32", batch_size: int = 64, workers: int = 4,
+    device: str = "auto", baselines: list = [], seed: int = 0,  # noqa: B006
 ):
-    """R-MAC copy detection (CopyDays protocol): copy_queries against copy_database → mAP per split, µAP.
+    """R-MAC copy detection (CopyDays protocol): copy_queries against copy_database + copy_distractors →
+    strong.mAP (headline), mAP per split, µAP. Needs copy_whitening (a set separate from the database).
 
     Args:
-        metrics: mAP per split and µAP (and baselines').
+        metrics: strong.mAP, mAP per split and µAP (and baselines').
         pca_dims: Dimensions kept by the PCA-whitening learnt on copy_whitening.
+        max_distractors: Distractors added to the database (the first N of copy_distractors).
+        precision: fp32 (SEER's copy-detection features) or bf16 / auto.
         seed: Seed of the baselines.
     """
     from seer.eval.steps import run_step
@@ -146,7 +156,8 @@ def copy_detection_eval(
         _skip("copy-detection", results.path, report)
         return
     doc = run_step("copy-detection", model.uri, datasets.uri, results.path, pca_dims=pca_dims, seed=seed,
-                   transform=transform, batch_size=batch_size, workers=workers, device=device, baselines=baselines)
+                   max_distractors=max_distractors, transform=transform, precision=precision,
+                   batch_size=batch_size, workers=workers, device=device, baselines=baselines)
     _publish(doc, results.path, metrics, report)
 
 
@@ -212,13 +223,16 @@ def fairness_eval(
 @_eval_step
 def test384_eval(
     classifier: Input[Model], datasets: Input[Dataset], metrics: Output[Metrics], report: Output[HTML],
-    results: Output[Artifact], enabled: bool = False, resolution: int = 384, batch_size: int = 32,
-    workers: int = 4, device: str = "auto",
+    results: Output[Artifact], enabled: bool = False, classifier_uri: str = "", preset: str = "",
+    resolution: int = 384, batch_size: int = 32, workers: int = 4, device: str = "auto",
 ):
-    """384 px test of the linear step's classifier (trunk + probe) on linear_val → top-1/top-5.
+    """384 px test of a classifier on test384_val (default linear_val) → top-1/top-5.
 
     Args:
-        classifier: Classifier checkpoint written by the linear step (needs it enabled).
+        classifier: Classifier checkpoint written by the linear step (used when classifier_uri is empty).
+        classifier_uri: A fine-tuned classifier to test instead: VISSL finetuned_in1k, timm or torchvision
+            weights, or a seer classifier file (1000-way ImageNet heads map to the wnid folders).
+        preset: Model preset of classifier_uri when the file does not name one (VISSL files).
         metrics: top1/top5 at the test resolution.
         resolution: Test resolution (resize shorter side, centre crop).
     """
@@ -227,7 +241,8 @@ def test384_eval(
     if not enabled:
         _skip("test384", results.path, report)
         return
-    doc = run_step("test384", classifier.uri, datasets.uri, results.path, resolution=resolution,
-                   batch_size=batch_size, workers=workers, device=device)
+    doc = run_step("test384", classifier_uri or classifier.uri, datasets.uri, results.path,
+                   resolution=resolution, preset=preset or None, batch_size=batch_size, workers=workers,
+                   device=device)
     _publish(doc, results.path, metrics, report)
 # fmt: on

@@ -19,16 +19,25 @@ def _step_default(step: Any, name: str) -> Any:
 # name → (type, default, UI description); KFP parameter defaults must be literals
 EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "eval_sources": (dict, {}, "Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, "
-                     "copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test); missing ones "
-                     "are generated."),
+                     "copy_distractors, copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test, "
+                     "test384_val); missing ones are generated (never copy_distractors or test384_val)."),
     "benchmark_sizes": (dict, {}, 'Sizes of generated benchmark sets, e.g. {"counting": {"n_train": 120}}.'),
     "run_linear": (bool, True, "Run the linear probe."),
     "run_knn": (bool, True, "Run the k-NN evaluation."),
     "run_copy_detection": (bool, True, "Run the copy-detection evaluation."),
     "run_geolocalization": (bool, False, "Run the geolocalization evaluation."),
     "run_fairness": (bool, False, "Run the fairness evaluation."),
-    "run_test384": (bool, False, "Run the 384 px test of the linear probe's classifier (needs run_linear)."),
+    "run_test384": (bool, False, "Run the 384 px test of test384_classifier, or of the linear probe's classifier "
+                    "(then needs run_linear)."),
     "linear_epochs": (int, 28, "Linear-probe epochs."),
+    "linear_protocol": (str, "vissl", "Linear-probe protocol: vissl (fresh random crops every epoch through the "
+                        "trunk, SEER's) or fast (one test-transform pass reused every epoch)."),
+    "linear_tap": (str, "published", "Linear-probe trunk output (res2..res5, avgpool) or published (the model's "
+                   "published feature: 32Gf res5, 64-256Gf avgpool, 10B res4)."),
+    "linear_pool": (str, "published", "Linear-probe pooling: avg, adaptive:HxW, none or published."),
+    "test384_classifier": (str, "", "Fine-tuned classifier for the 384 px test (VISSL finetuned_in1k, timm, "
+                           "torchvision); empty: the linear probe's."),
+    "test384_preset": (str, "", "Model preset of test384_classifier when the file names none (VISSL)."),
     "eval_transform": (str, "shorter:256:224", "Test transform of the classification evaluations, e.g. "
                        "shorter:256:224."),
     "copy_transform": (str, "longer:224", "Test transform of copy detection, e.g. longer:224."),
@@ -57,7 +66,12 @@ _STEPS = {
 
 # evaluation → {step parameter: pipeline parameter} beyond the shared ones
 _STEP_PARAMETERS = {
-    "linear": {"epochs": "linear_epochs"},
+    "linear": {
+        "epochs": "linear_epochs",
+        "protocol": "linear_protocol",
+        "tap": "linear_tap",
+        "pool": "linear_pool",
+    },
     "geolocalization": {"method": "geo_method"},
     "fairness": {"indicator": "fairness_indicator", "label_map": "fairness_label_map"},
 }
@@ -116,6 +130,8 @@ def evaluation_steps(
         classifier=tasks["linear"].outputs["classifier"],
         datasets=datasets,
         enabled=evaluation["run_test384"],
+        classifier_uri=evaluation["test384_classifier"],
+        preset=evaluation["test384_preset"],
         **common,
     )
     for task in tasks.values():

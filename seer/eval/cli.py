@@ -131,7 +131,11 @@ PROTOCOLS = {
         "linear",
         "linear probe (BN + Linear on frozen features) → top-1/top-5",
         "VISSL linear evaluation: BatchNorm + Linear trained on frozen trunk features with SGD Nesterov "
-        "(momentum 0.9, weight decay 5e-4 except BN, LR 0.01 per 256, ×0.1 at the milestones).",
+        "(momentum 0.9, weight decay 5e-4 except BN, LR 0.01 per 256, ×0.1 at the milestones). "
+        "--protocol vissl (default) trains on fresh RandomResizedCrop + flip crops every epoch through the "
+        "frozen trunk, as VISSL; --protocol fast reuses one test-transform pass (no augmentation). Features: "
+        "the model's published tap (--tap published --pool published: 32Gf res5 pooled 3x1, 64-256Gf avgpool, "
+        "10B res4 pooled 2x1; avgpool for other presets). The report records the protocol and tap that ran.",
         {
             **_TRAIN_VAL,
             "save_classifier_uri": (
@@ -142,6 +146,7 @@ PROTOCOLS = {
             ),
         },
         config="LinearConfig",
+        features={"tap": "published", "pool": "published"},
     ),
     "knn": _Protocol(
         "knn",
@@ -156,11 +161,18 @@ PROTOCOLS = {
     "test384": _Protocol(
         "test384",
         "fine-tuned classifier (trunk + linear) at 384 px → top-1/top-5",
-        "Test-only pass of a classifier checkpoint (consolidated file with a clf.0 head): resize shorter side "
-        "to --resolution (bicubic), centre crop, ImageNet normalisation (seer_spec §5.2). The checkpoint is "
-        "`seer eval linear --save-classifier` output or `seer ckpt convert --to seer` of a fine-tuned timm / "
-        "torchvision model.",
-        {"val_uri": ("--val", "labelled evaluation set; labels must be the classifier's class names", True)},
+        "Test-only pass of a classifier checkpoint: resize shorter side to --resolution (bicubic), centre crop, "
+        "ImageNet normalisation (seer_spec §5.2). The checkpoint is a VISSL finetuned_in1k file (with --preset), "
+        "a timm regnety_* or torchvision regnet_y_* classifier, or `seer eval linear --save-classifier` output. "
+        "A 1000-way head without class names is ImageNet-1k: its classes are the wnids (n01440764, ...), so "
+        "--val can be the standard ImageNet val folder (val/<wnid>/<image>).",
+        {
+            "val_uri": (
+                "--val",
+                "labelled evaluation set; labels must be the classifier's class names (ImageNet: wnids)",
+                True,
+            )
+        },
         config="Test384Config",
         features={"batch_size": 32},
         skip_features=("tap", "pool", "transform"),
@@ -168,24 +180,31 @@ PROTOCOLS = {
     ),
     "copy-detection": _Protocol(
         "copy_detection",
-        "R-MAC copy detection (CopyDays protocol) → mAP per split, µAP",
-        "R-MAC (3 levels) over res4, PCA-whitening learnt on --whitening, cosine ranking of the database "
-        "(seer_spec §5.3). AP is the trapezoidal (revisitop) rule; µAP pools every query's predictions.",
+        "R-MAC copy detection (CopyDays protocol) → strong.mAP, mAP per split, µAP",
+        "R-MAC (3 levels) over res4 in fp32, PCA-whitening learnt on --whitening (required, separate from the "
+        "database), cosine ranking of the database plus up to --max-distractors distractors (seer_spec §5.3). "
+        "AP is the trapezoidal (revisitop) rule; µAP pools every query's predictions; the headline is "
+        "strong.mAP. `seer eval import-copydays` writes the manifests from the Copydays folders.",
         {
             "queries_uri": ("--queries", "pairs manifest: query,reference[,split] (CSV or JSONL)", True),
             "database_uri": (
                 "--database",
-                "database images incl. distractors (manifest or folder; default: the references)",
+                "database images (manifest or folder; default: the references)",
+                False,
+            ),
+            "distractors_uri": (
+                "--distractors",
+                "distractor images added to the database, never relevant (manifest or folder)",
                 False,
             ),
             "whitening_uri": (
                 "--whitening",
-                "separate image set to learn PCA-whitening on (default: no whitening)",
+                "required: separate image set to learn the PCA-whitening on (manifest or folder)",
                 False,
             ),
         },
         config="CopyDetectionConfig",
-        features={"tap": "res4", "pool": "rmac:3", "transform": "longer:224"},
+        features={"tap": "res4", "pool": "rmac:3", "transform": "longer:224", "precision": "fp32"},
         formats=False,
     ),
     "geolocalization": _Protocol(
@@ -247,6 +266,8 @@ def _run(protocol: _Protocol, args: argparse.Namespace) -> int:
         )
     if protocol.probe:
         kwargs["probe"] = _with_seed(from_args(LinearConfig, args), args.seed)
+    if protocol.config == "LinearConfig":
+        kwargs["protocol"] = from_args(module.LinearProtocol, args)
     settings = {"baselines": tuple(args.baselines)} if protocol.baselines else {}
     if protocol.formats:
         settings["fmt"] = args.fmt
@@ -409,6 +430,45 @@ def _gpu_setup(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"expected GPUSxGIB (e.g. 8x40), got {text!r}") from None
 
 
+def _import_copydays(args: argparse.Namespace) -> int:
+    from seer.eval.copydays import import_copydays
+
+    print(
+        json.dumps(
+            import_copydays(args.root, args.output, args.distractors, args.whitening, args.max_distractors),
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _add_import_copydays(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-copydays",
+        formatter_class=_Formatter,
+        help="Copydays folders (+ distractor and whitening lists) → copy-detection manifests",
+        description="Read INRIA Copydays as distributed (ROOT/original, strong, jpegqual/Q, crops/P) and write "
+        "queries.csv (query,reference,split; splits original, strong, jpegqual_Q, crops_P), database.csv, "
+        "distractors.csv and whitening.csv for `seer eval copy-detection` (seer_spec §5.3).",
+    )
+    p.add_argument("root", help="the Copydays folder holding original/, strong/, jpegqual/, crops/")
+    p.add_argument("--output", required=True, help="folder URI for the manifests")
+    p.add_argument(
+        "--distractors",
+        default=None,
+        help="folder or list file of distractor images (SEER: 10k YFCC100M images)",
+    )
+    p.add_argument(
+        "--whitening",
+        default=None,
+        help="folder or list file of the separate whitening images (DINO: 20k YFCC100M images)",
+    )
+    p.add_argument(
+        "--max-distractors", type=int, default=10000, help="distractors kept (the first N of the list)"
+    )
+    p.set_defaults(func=_import_copydays)
+
+
 def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protocol) -> None:
     from seer.eval.linear import LinearConfig
 
@@ -425,12 +485,19 @@ def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protoco
         _add_model(p)
     else:
         p.add_argument("--checkpoint", required=True, help="classifier checkpoint (see the description)")
+        p.add_argument(
+            "--preset",
+            default=None,
+            help="model preset of the classifier's trunk (needed for VISSL files; timm / torchvision: inferred)",
+        )
         p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:N")
     own = module.default_options() if hasattr(module, "default_options") else FeatureOptions()
     defaults = {"transform": own.transform, "tap": own.tap, "pool": own.pool, **protocol.features}
     add_fields(p.add_argument_group("features"), FeatureOptions, skip=protocol.skip_features, **defaults)
     if protocol.probe or protocol.config == "LinearConfig":
         add_fields(p.add_argument_group(probe_group), LinearConfig)
+    if protocol.config == "LinearConfig":
+        add_fields(p.add_argument_group("protocol"), module.LinearProtocol)
     _add_data(p, protocol.formats)
     _add_output(p, protocol.baselines)
     p.set_defaults(func=functools.partial(_run, protocol))
@@ -449,6 +516,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
     for name, protocol in PROTOCOLS.items():
         _add_protocol(sub, name, protocol)
+    _add_import_copydays(sub)
 
     p = sub.add_parser(
         "compare",

@@ -5,7 +5,11 @@ from `seer.checkpoints.load`).
 by (checkpoint sha256, dataset sha256, tap, pooling, transform, precision): a second call with the
 same key reads the cache instead of running the trunk. Under torchrun (WORLD_SIZE > 1) each rank
 extracts a strided share of the images and the shares are gathered, so every rank returns the
-whole set; rank 0 writes the cache.
+whole set; rank 0 writes the cache. With `spill_dir` (one process, fixed-size features) the
+features are written batch by batch into a memory-mapped .npy file instead of being held in RAM.
+
+`augmented_batches` streams features of per-epoch random crops (`TrainAugment`) for the VISSL
+linear-probe protocol; `published_features` names the tap and pooling SEER published per model.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,7 +45,25 @@ if TYPE_CHECKING:  # the options are defined with the harness, which runs this e
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TAPS = ("res2", "res3", "res4", "res5", "avgpool")
+PUBLISHED = "published"  # tap and pool value: the feature SEER published for the model
 CACHE_VERSION = 1
+
+# Linear-probe feature per model as published [VISSL MODEL_ZOO.md; benchmark/linear_image_classification/
+# imagenet1k/models/regnet{32Gf,64Gf_3,128Gf,256Gf_1,10B}.yaml; seer_spec §5.1]: 32Gf "res5" = res5
+# AdaptiveAvgPool (3, 1) → 11136; 64–256Gf "res5avg" = avgpool; 10B "res4" = res4 AdaptiveAvgPool (2, 1).
+PUBLISHED_LINEAR_FEATURES = {
+    "rg32gf": ("res5", "adaptive:3x1"),
+    "rg64gf": ("avgpool", "avg"),
+    "rg128gf": ("avgpool", "avg"),
+    "rg256gf": ("avgpool", "avg"),
+    "rg10b": ("res4", "adaptive:2x1"),
+}
+UNPUBLISHED_FEATURES = ("avgpool", "avg")  # models SEER did not publish (rg-tiny, rg-small)
+
+
+def published_features(preset: str) -> tuple[str, str]:
+    """(tap, pool) of SEER's published linear-probe result for `preset`; avgpool / avg for the others."""
+    return PUBLISHED_LINEAR_FEATURES.get(preset, UNPUBLISHED_FEATURES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,9 +148,10 @@ _POOL_RE = re.compile(r"^(none|avg|adaptive:(\d+)x(\d+)|rmac:(\d+))$")
 
 def parse_pool(text: str) -> str:
     """Validate a pooling name: `none` (keep the map), `avg`, `adaptive:HxW` or `rmac:LEVELS`."""
-    if not _POOL_RE.match(text):
+    if text != PUBLISHED and not _POOL_RE.match(text):
         raise ConfigError(
-            f"invalid pooling {text!r}; use none, avg, adaptive:HxW (e.g. adaptive:2x1, §5.1) or rmac:3 (§5.3)"
+            f"invalid pooling {text!r}; use none, avg, adaptive:HxW (e.g. adaptive:2x1, §5.1), rmac:3 (§5.3) "
+            "or published (linear probe: the model's published feature)"
         )
     return text
 
@@ -171,17 +194,64 @@ def rmac_region_descriptors(fmap: torch.Tensor, levels: int = 3) -> torch.Tensor
     return F.normalize(pooled.float(), dim=1)
 
 
+def pool_tensor(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """avg / adaptive:HxW / none pooling of a (B, C[, H, W]) batch, in fp32."""
+    if pool == "avg":
+        return x.float().mean(dim=(-2, -1)) if x.dim() == 4 else x.float()
+    if pool.startswith("adaptive:"):
+        h, w = (int(v) for v in pool.split(":")[1].split("x"))
+        return F.adaptive_avg_pool2d(x.float(), (h, w))
+    return x.float()
+
+
 def _pool_batch(x: torch.Tensor, pool: str) -> list[np.ndarray]:
     """Apply pooling to a batch; one array per image (rmac arrays are (regions, C))."""
     if pool.startswith("rmac:"):
         levels = int(pool.split(":")[1])
         return [rmac_region_descriptors(m, levels).cpu().numpy() for m in x]
-    if pool == "avg":
-        x = x.float().mean(dim=(-2, -1)) if x.dim() == 4 else x.float()
-    elif pool.startswith("adaptive:"):
-        h, w = (int(v) for v in pool.split(":")[1].split("x"))
-        x = F.adaptive_avg_pool2d(x.float(), (h, w))
-    return list(x.float().cpu().numpy())
+    return list(pool_tensor(x, pool).cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-time augmentation (VISSL linear probe)
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """RandomResizedCrop (torchvision defaults: scale 0.08–1, ratio 3/4–4/3, bilinear) + horizontal flip
+    with p 0.5, the train transform of VISSL's linear benchmarks (seer_spec §5.1). Randomness comes
+    from the `rng` passed in, so crops depend on (seed, epoch, image) only, not on worker scheduling."""
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(top, left, height, width): up to 10 draws of area share and log-uniform aspect ratio that
+        fit the image, else the largest centred box with the ratio clamped into range."""
+        area = width * height
+        low, high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(low, high))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+        w, h = width, height
+        if width / height < self.ratio[0]:
+            h = round(width / self.ratio[0])
+        elif width / height > self.ratio[1]:
+            w = round(height * self.ratio[1])
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        top, left, h, w = self.crop_box(*image.size, rng)
+        out = TF.resized_crop(
+            image, top, left, h, w, [self.size, self.size], TF.InterpolationMode.BILINEAR, antialias=True
+        )
+        if rng.random() < 0.5:
+            out = TF.horizontal_flip(out)
+        return TF.pil_to_tensor(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,9 +270,12 @@ class FeatureSet:
     arrays: list[np.ndarray]
     meta: dict
     from_cache: bool = False
+    matrix: np.ndarray | None = None  # the (N, ...) memory-mapped matrix `arrays` are rows of
 
     def stacked(self) -> np.ndarray:
         """(N, ...) array; fails for ragged features (R-MAC over images of different shapes)."""
+        if self.matrix is not None:
+            return self.matrix
         shapes = {a.shape for a in self.arrays}
         if len(shapes) != 1:
             raise ConfigError(
@@ -290,8 +363,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def _run_trunk(
-    loaded: LoadedTrunk, dataset: EvalDataset, indices: list[int], options: FeatureOptions, show: bool
-) -> dict[int, np.ndarray]:
+    loaded: LoadedTrunk,
+    dataset: EvalDataset,
+    indices: list[int],
+    options: FeatureOptions,
+    show: bool,
+    sink: Callable[[list[int], list[np.ndarray]], None],
+) -> None:
     device = next(loaded.trunk.parameters()).device
     if device.type == "cuda":
         loaded.trunk.to(memory_format=torch.channels_last)
@@ -307,7 +385,6 @@ def _run_trunk(
     sharded = loaded.shard_sizes is not None
     if sharded:
         batches = _in_lockstep(batches, device)
-    out: dict[int, np.ndarray] = {}
     # FSDP2 all-gathers into tensors it reuses, which inference mode forbids: no_grad when sharded.
     with (
         torch.no_grad() if sharded else torch.inference_mode(),
@@ -318,9 +395,8 @@ def _run_trunk(
             with _autocast(device, options.precision):
                 fmap = loaded.trunk(normalize(images, device), taps=[options.tap])[options.tap]
             if batch_indices:
-                out.update(zip(batch_indices, _pool_batch(fmap, options.pool), strict=True))
+                sink(batch_indices, _pool_batch(fmap, options.pool))
                 bar.update(len(batch_indices))
-    return out
 
 
 def _in_lockstep(
@@ -344,9 +420,35 @@ def _idle_batch(transform: TransformSpec) -> torch.Tensor:
     return torch.zeros((1, 3, transform.crop, transform.crop), dtype=torch.uint8)
 
 
-def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) -> FeatureSet:
-    """Features of every image of `dataset` (cached when `options.cache` is set)."""
+class _MemmapSink:
+    """Writes each batch's rows into `DIR/<key>.npy` (created at the first batch, when the shape is known)."""
+
+    def __init__(self, path: str, count: int) -> None:
+        self.path, self.count, self.matrix = path, count, None
+
+    def __call__(self, indices: list[int], arrays: list[np.ndarray]) -> None:
+        if self.matrix is None:
+            shape = (self.count, *arrays[0].shape)
+            self.matrix = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=shape)
+        for i, a in zip(indices, arrays, strict=True):
+            if a.shape != self.matrix.shape[1:]:
+                raise ConfigError(
+                    f"features have different shapes {a.shape} and {self.matrix.shape[1:]}; "
+                    "use a fixed-size transform to memory-map them"
+                )
+            self.matrix[i] = a
+
+
+def extract(
+    loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions, spill_dir: str | None = None
+) -> FeatureSet:
+    """Features of every image of `dataset` (cached when `options.cache` is set). With `spill_dir` (a
+    local folder) and one process they are memory-mapped from a .npy file there, not held in RAM."""
     options.validate()
+    if PUBLISHED in (options.tap, options.pool):
+        raise ConfigError(
+            "tap/pool 'published' names the linear probe's per-model feature; give a tap and pooling here"
+        )
     key = cache_key(loaded.sha256, dataset.sha256(), options)
     meta = {
         "cache_key": key,
@@ -363,7 +465,19 @@ def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) 
     if cache_uri and storage.exists(cache_uri):
         return _load_cache(cache_uri)
     rank, world = join_process_group()
-    mine = _run_trunk(loaded, dataset, list(range(rank, len(dataset), world)), options, show=rank == 0)
+    indices = list(range(rank, len(dataset), world))
+    if spill_dir and world == 1 and len(dataset):
+        os.makedirs(spill_dir, exist_ok=True)
+        sink = _MemmapSink(os.path.join(spill_dir, f"{key}.npy"), len(dataset))
+        _run_trunk(loaded, dataset, indices, options, True, sink)
+        sink.matrix.flush()
+        matrix = np.load(sink.path, mmap_mode="r")
+        features = FeatureSet(list(matrix), meta, matrix=matrix)
+        if cache_uri:
+            _save_cache(cache_uri, features)
+        return features
+    mine: dict[int, np.ndarray] = {}
+    _run_trunk(loaded, dataset, indices, options, rank == 0, lambda i, a: mine.update(zip(i, a, strict=True)))
     if world > 1:
         parts: list[dict[int, np.ndarray]] = [{} for _ in range(world)]
         dist.all_gather_object(parts, mine)
@@ -374,3 +488,60 @@ def extract(loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions) 
     if world > 1:
         dist.barrier()
     return features
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed features of augmented crops
+
+
+class _Augmented(Dataset):
+    def __init__(self, dataset: EvalDataset, order: np.ndarray, augment: TrainAugment, seed: tuple) -> None:
+        self.dataset, self.order, self.augment, self.seed = dataset, order, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        index = int(self.order[i])
+        rng = np.random.default_rng((*self.seed, index))
+        return index, self.augment(read_image(self.dataset.samples[index]), rng)
+
+
+def augmented_batches(
+    loaded: LoadedTrunk,
+    dataset: EvalDataset,
+    options: FeatureOptions,
+    augment: TrainAugment,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """One epoch over `dataset` in a (seed, epoch)-shuffled order: (image indices, pooled fp32 features
+    on the CPU) per mini-batch of `batch_size` fresh random crops through the frozen trunk. Nothing
+    is kept between batches, so memory does not grow with the dataset (one process)."""
+    device = next(loaded.trunk.parameters()).device
+    order = np.random.default_rng((seed, epoch)).permutation(len(dataset))
+    loader = DataLoader(
+        _Augmented(dataset, order, augment, (seed, epoch)),
+        batch_size=batch_size,
+        num_workers=options.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    for indices, images in loader:
+        chunks = []
+        with torch.no_grad():
+            for part in images.split(options.batch_size):
+                with _autocast(device, options.precision):
+                    fmap = loaded.trunk(normalize(part, device), taps=[options.tap])[options.tap]
+                chunks.append(pool_tensor(fmap, options.pool).cpu())
+        yield indices.numpy(), torch.cat(chunks)
+
+
+def resolve_published(options: FeatureOptions, preset: str) -> FeatureOptions:
+    """`options` with tap / pool `published` replaced by the model's published feature."""
+    tap, pool = published_features(preset)
+    return replace(
+        options,
+        tap=tap if options.tap == PUBLISHED else options.tap,
+        pool=pool if options.pool == PUBLISHED else options.pool,
+    )

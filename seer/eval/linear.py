@@ -3,12 +3,18 @@
 Head = BatchNorm over channels (BatchNorm2d on a pooled map, eps 1e-5, momentum 0.1, affine) →
 flatten → Linear. SGD Nesterov, momentum 0.9, weight decay 5e-4 on the Linear (weight and bias),
 none on BatchNorm; LR = base_lr × batch / 256 (base 0.01), ×0.1 at each milestone epoch.
-Features are extracted once with the test transform, so training sees no augmentation.
+
+Two protocols (`LinearProtocol`): `vissl` (default) trains on fresh RandomResizedCrop + flip crops
+every epoch, run through the frozen trunk and streamed batch by batch, as VISSL's linear benchmark
+configs; `fast` extracts the training features once with the test transform (no augmentation),
+memory-maps them and reuses them every epoch. Features default to the model's published tap
+(`--tap published --pool published`: 32Gf res5 pooled 3×1, 64–256Gf avgpool, 10B res4 pooled 2×1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,8 +25,61 @@ from torch import nn
 from seer.checkpoints.classifier import save_classifier
 from seer.errors import ConfigError
 from seer.eval import metrics
-from seer.eval.features import FeatureSet
-from seer.eval.setup import Scored, arg, classification_scored, evaluate, ints, is_main_rank, prepare
+from seer.eval.features import PUBLISHED, TrainAugment, augmented_batches, resolve_published
+from seer.eval.setup import (
+    FeatureOptions,
+    Scored,
+    Streamed,
+    arg,
+    classification_scored,
+    evaluate,
+    ints,
+    is_main_rank,
+    load_model,
+    prepare,
+)
+
+PROTOCOLS = ("vissl", "fast")
+
+
+@dataclass
+class LinearProtocol:
+    """How the probe's training features are made (the `seer eval linear` protocol flags)."""
+
+    protocol: str = field(
+        default="vissl",
+        metadata=arg(
+            "vissl: every epoch fresh RandomResizedCrop + flip crops through the frozen trunk, streamed (VISSL's "
+            "linear benchmark protocol, seer_spec §5.1); fast: one test-transform pass whose features are "
+            "memory-mapped and reused every epoch (no augmentation, ~epochs× less trunk compute; not SEER's "
+            "protocol)",
+            choices=PROTOCOLS,
+        ),
+    )
+    train_crop: int = field(
+        default=224, metadata=arg("vissl protocol: RandomResizedCrop size of the training crops")
+    )
+    feature_dir: str | None = field(
+        default=None,
+        metadata=arg(
+            "fast protocol: local folder where the features are memory-mapped as .npy files (default: a "
+            "temporary folder, removed at the end)"
+        ),
+    )
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown linear protocol {self.protocol!r}; use vissl (SEER's) or fast")
+        if self.train_crop < 8:
+            raise ConfigError(f"--train-crop {self.train_crop} is too small; use the model input size (224)")
+
+    def describe(self) -> dict[str, Any]:
+        """What the metrics document records about the protocol."""
+        if self.protocol == "vissl":
+            train = f"RandomResizedCrop {self.train_crop} + horizontal flip, fresh every epoch (VISSL)"
+        else:
+            train = "test transform once, features reused every epoch (fast, no augmentation)"
+        return {"protocol": self.protocol, "train_features": train}
 
 
 @dataclass
@@ -107,21 +166,16 @@ def classification_result(scores: np.ndarray, labels: np.ndarray, n_classes: int
     }
 
 
-def train_probe(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    n_classes: int,
-    config: LinearConfig | None = None,
+Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # epoch → (features, labels)
+
+
+def _fit(
+    feature_shape: Sequence[int], n_classes: int, count: int, batches: Batches, config: LinearConfig
 ) -> tuple[ProbeHead, list[float]]:
-    """Train the BN + Linear head on frozen features; returns the head and the per-epoch mean loss."""
-    config = config or LinearConfig()
-    config.validate()
-    torch.manual_seed(config.seed)
-    x = torch.as_tensor(train_x, dtype=torch.float32)
-    y = torch.as_tensor(train_y, dtype=torch.long)
-    if len(x) < 2:
+    """SGD over `config.epochs` epochs of `batches(epoch)`; `count` samples an epoch."""
+    if count < 2:
         raise ConfigError("the linear probe needs at least 2 training samples")
-    head = ProbeHead(tuple(x.shape[1:]), n_classes)
+    head = ProbeHead(tuple(feature_shape), n_classes)
     optimizer = torch.optim.SGD(
         [
             {"params": head.norm.parameters(), "weight_decay": 0.0},
@@ -132,29 +186,79 @@ def train_probe(
         nesterov=True,
     )
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=0.1)
-    generator = torch.Generator().manual_seed(config.seed)
     loss_fn = nn.CrossEntropyLoss()
     history = []
     head.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(x), generator=generator)
+    for epoch in range(config.epochs):
         total = 0.0
-        for start in range(0, len(x), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on one sample
+        for xb, yb in batches(epoch):
+            if len(yb) < 2:  # BatchNorm cannot train on one sample
                 continue
-            loss = loss_fn(head(x[idx]), y[idx])
+            loss = loss_fn(head(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(yb)
         schedule.step()
-        history.append(total / len(x))
+        history.append(total / count)
         if not np.isfinite(history[-1]):
             raise ConfigError(
                 f"the linear probe diverged (loss {history[-1]}) at LR {config.lr:g}; lower --base-lr"
             )
     return head.eval(), history
+
+
+def train_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    n_classes: int,
+    config: LinearConfig | None = None,
+) -> tuple[ProbeHead, list[float]]:
+    """Train the BN + Linear head on fixed frozen features ((N, ...) array, memory-mapped or not);
+    returns the head and the per-epoch mean loss."""
+    config = config or LinearConfig()
+    config.validate()
+    torch.manual_seed(config.seed)
+    y = torch.as_tensor(train_y, dtype=torch.long)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def batches(_: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(train_x), generator=generator)
+        for start in range(0, len(train_x), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            yield torch.as_tensor(np.asarray(train_x[idx.numpy()]), dtype=torch.float32), y[idx]
+
+    return _fit(train_x.shape[1:], n_classes, len(train_x), batches, config)
+
+
+def train_probe_streamed(
+    train: Streamed,
+    train_y: np.ndarray,
+    feature_shape: Sequence[int],
+    n_classes: int,
+    config: LinearConfig,
+    augment: TrainAugment,
+) -> tuple[ProbeHead, list[float]]:
+    """Train the head on fresh augmented crops every epoch (`augmented_batches`); with no trunk (the
+    random-features baseline) each crop's features are i.i.d. Gaussian."""
+    config.validate()
+    torch.manual_seed(config.seed)
+    y = torch.as_tensor(train_y, dtype=torch.long)
+    noise = torch.Generator().manual_seed(config.seed)
+
+    def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if train.loaded is None:
+            order = np.random.default_rng((config.seed, epoch)).permutation(len(y))
+            for start in range(0, len(order), config.batch_size):
+                idx = order[start : start + config.batch_size]
+                yield torch.randn((len(idx), *feature_shape), generator=noise), y[idx]
+            return
+        for idx, x in augmented_batches(
+            train.loaded, train.dataset, train.options, augment, config.batch_size, config.seed, epoch
+        ):
+            yield x, y[idx]
+
+    return _fit(feature_shape, n_classes, len(y), batches, config)
 
 
 def predict(head: ProbeHead, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -163,45 +267,82 @@ def predict(head: ProbeHead, features: np.ndarray, batch_size: int = 1024) -> np
     out = []
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
-            out.append(head(torch.as_tensor(features[start : start + batch_size], dtype=torch.float32)))
+            out.append(
+                head(torch.as_tensor(np.array(features[start : start + batch_size]), dtype=torch.float32))
+            )
     return torch.cat(out).numpy() if out else np.zeros((0, head.fc.out_features), np.float32)
 
 
 def linear_probe(
-    train_x: np.ndarray,
+    train_x: np.ndarray | Streamed,
     train_y: np.ndarray,
     val_x: np.ndarray,
     val_y: np.ndarray,
     n_classes: int,
     config: LinearConfig | None = None,
+    augment: TrainAugment | None = None,
 ) -> ProbeResult:
-    """Train on (train_x, train_y), score (val_x, val_y): top-1/top-5, per-class, confusion."""
-    head, history = train_probe(train_x, train_y, n_classes, config)
+    """Train on (train_x, train_y), score (val_x, val_y): top-1/top-5, per-class, confusion. A
+    `Streamed` train_x trains on `augment`ed crops (the vissl protocol)."""
+    config = config or LinearConfig()
+    if isinstance(train_x, Streamed):
+        head, history = train_probe_streamed(
+            train_x, train_y, val_x.shape[1:], n_classes, config, augment or TrainAugment()
+        )
+    else:
+        head, history = train_probe(train_x, train_y, n_classes, config)
     scores = predict(head, val_x)
     result = classification_result(scores, np.asarray(val_y), n_classes)
     return ProbeResult(scores=scores, labels=np.asarray(val_y), head=head, loss_history=history, **result)
 
 
+def default_options() -> FeatureOptions:
+    """The linear probe's features: the model's published tap and pooling, VISSL's 256→224 test crop."""
+    return FeatureOptions(tap=PUBLISHED, pool=PUBLISHED)
+
+
 def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     """`seer eval linear`: train and score the probe for the checkpoint and each baseline, write the
-    report (settings: `RunSettings` fields); returns the metrics document."""
+    report (settings: `RunSettings` fields; `protocol`: a `LinearProtocol` or its name); returns the
+    metrics document, whose config records the protocol and the tap / pool that ran."""
     save_classifier_uri = kwargs.pop("save_classifier_uri", None)
-    run_settings, options, config = prepare(checkpoint, LinearConfig, kwargs)
+    protocol = kwargs.pop("protocol", None) or LinearProtocol()
+    protocol = LinearProtocol(protocol) if isinstance(protocol, str) else protocol
+    protocol.validate()
+    run_settings, options, config = prepare(checkpoint, LinearConfig, kwargs, default_options)
     train = run_settings.load(train_uri, "classification")
     val = run_settings.load(val_uri, "classification", classes=train.classes)
+    loaded = load_model(run_settings, config.seed)
+    chosen = {"tap_requested": options.tap, "pool_requested": options.pool}
+    options = resolve_published(options, loaded.preset)
+    augment = TrainAugment(protocol.train_crop)
 
-    def score(f: dict[str, FeatureSet]) -> Scored:
+    def score(f: dict[str, Any]) -> Scored:
+        train_x = f["train"] if isinstance(f["train"], Streamed) else f["train"].stacked()
         r = linear_probe(
-            f["train"].stacked(), train.labels, f["val"].stacked(), val.labels, len(train.classes), config
+            train_x, train.labels, f["val"].stacked(), val.labels, len(train.classes), config, augment
         )
         scored = classification_scored(vars(r), train.classes, train_loss=r.loss_history)
         scored.result = r
         return scored
 
-    record = {**asdict(config), "baselines": list(run_settings.baselines)}
-    doc, main, loaded = evaluate(
-        "linear", run_settings, options, {"train": train, "val": val}, score, record, seed=config.seed
-    )
+    record = {**asdict(config), **protocol.describe(), **chosen, "baselines": list(run_settings.baselines)}
+    streamed = ("train",) if protocol.protocol == "vissl" else ()
+    with tempfile.TemporaryDirectory(prefix="seer-linear-") as tmp:
+        spill = None if streamed else protocol.feature_dir or tmp
+        sets = {"train": train, "val": val}
+        doc, main, loaded = evaluate(
+            "linear",
+            run_settings,
+            options,
+            sets,
+            score,
+            record,
+            seed=config.seed,
+            loaded=loaded,
+            streamed=streamed,
+            spill_dir=spill,
+        )
     if save_classifier_uri and is_main_rank():
         weight, bias = main.result.head.folded()
         save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)

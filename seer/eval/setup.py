@@ -24,6 +24,7 @@ from seer.errors import ConfigError
 from seer.eval import report, sharded
 from seer.eval.datasets import EvalDataset, load_dataset
 from seer.eval.features import (
+    PUBLISHED,
     TAPS,
     FeatureSet,
     TransformSpec,
@@ -77,7 +78,13 @@ class FeatureOptions:
     """What to extract and how; every field except the runtime ones (batch size, workers, device)
     goes into the cache key."""
 
-    tap: str = field(default="avgpool", metadata=arg("trunk output to use", choices=TAPS))
+    tap: str = field(
+        default="avgpool",
+        metadata=arg(
+            "trunk output to use; published = the model's published linear-probe feature (seer_spec §5.1)",
+            choices=(*TAPS, PUBLISHED),
+        ),
+    )
     pool: str = field(
         default="avg",
         metadata=arg(
@@ -119,8 +126,8 @@ class FeatureOptions:
         }
 
     def validate(self) -> None:
-        if self.tap not in TAPS:
-            raise ConfigError(f"unknown tap {self.tap!r}; choose one of {', '.join(TAPS)}")
+        if self.tap not in (*TAPS, PUBLISHED):
+            raise ConfigError(f"unknown tap {self.tap!r}; choose one of {', '.join((*TAPS, PUBLISHED))}")
         parse_pool(self.pool)
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
@@ -228,29 +235,52 @@ def random_features(like: FeatureSet, seed: int = 0) -> FeatureSet:
     return FeatureSet(arrays, {**like.meta, "baseline": "random-features", "seed": seed})
 
 
+@dataclass
+class Streamed:
+    """A role whose features the protocol computes itself while it runs (the VISSL linear probe's
+    per-epoch random crops): the trunk to run (None for the random-features baseline) and the set."""
+
+    loaded: LoadedTrunk | None
+    dataset: EvalDataset
+    options: FeatureOptions
+
+
 def extract_variants(
     loaded: LoadedTrunk,
     datasets: dict[str, EvalDataset],
     options: FeatureOptions,
     baselines: tuple[str, ...] = (),
     seed: int = 0,
-) -> dict[str, dict[str, FeatureSet]]:
+    streamed: Sequence[str] = (),
+    spill_dir: str | None = None,
+) -> dict[str, dict[str, FeatureSet | Streamed]]:
     """Features of each dataset for the checkpoint (`"model"`) and for each requested baseline:
-    `random-init` (a freshly initialised trunk of the same preset) and `random-features` (chance)."""
+    `random-init` (a freshly initialised trunk of the same preset) and `random-features` (chance).
+    Roles in `streamed` get a `Streamed` instead of extracted features; `spill_dir` memory-maps them."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-    out = {"model": {role: extract(loaded, ds, options) for role, ds in datasets.items()}}
+
+    def features(trunk: LoadedTrunk) -> dict[str, FeatureSet | Streamed]:
+        return {
+            role: Streamed(trunk, ds, options) if role in streamed else extract(trunk, ds, options, spill_dir)
+            for role, ds in datasets.items()
+        }
+
+    out = {"model": features(loaded)}
     if "random-init" in baselines:
         device = next(loaded.trunk.parameters()).device
         if loaded.shard_sizes is not None:
             fresh = sharded.random_sharded_trunk(loaded.preset, device, seed)
         else:
             fresh = load_trunk("random", loaded.preset, device=device, seed=seed)
-        out["random-init"] = {role: extract(fresh, ds, options) for role, ds in datasets.items()}
+        out["random-init"] = features(fresh)
     if "random-features" in baselines:
         out["random-features"] = {
-            role: random_features(feats, seed + i) for i, (role, feats) in enumerate(out["model"].items())
+            role: Streamed(None, feats.dataset, options)
+            if isinstance(feats, Streamed)
+            else random_features(feats, seed + i)
+            for i, (role, feats) in enumerate(out["model"].items())
         }
     return out
 
@@ -270,19 +300,23 @@ def evaluate(
     settings: RunSettings,
     options: FeatureOptions,
     datasets: Mapping[str, EvalDataset],
-    score: Callable[[dict[str, FeatureSet]], Scored],
+    score: Callable[[dict[str, Any]], Scored],
     config: Mapping[str, Any],
     *,
     seed: int = 0,
     lower_is_better: Sequence[str] = (),
     loaded: LoadedTrunk | None = None,
+    streamed: Sequence[str] = (),
+    spill_dir: str | None = None,
 ) -> tuple[dict, Scored, LoadedTrunk]:
     """Trunk → features (checkpoint and baselines) → `score` per variant → metrics document → report.
 
-    `config` is what the document records besides the feature options. Returns the document, the
-    checkpoint's `Scored` and the loaded trunk."""
+    `config` is what the document records besides the feature options; `streamed` and `spill_dir`
+    are `extract_variants`'. Returns the document, the checkpoint's `Scored` and the loaded trunk."""
     loaded = loaded or load_model(settings, seed)
-    variants = extract_variants(loaded, dict(datasets), options, settings.baselines, seed)
+    variants = extract_variants(
+        loaded, dict(datasets), options, settings.baselines, seed, streamed, spill_dir
+    )
     results = {variant: score(features) for variant, features in variants.items()}
     main = results.pop("model")
     doc = report.metrics_document(

@@ -29,14 +29,19 @@ STEP_INPUTS = {
     "knn": ("knn", {"train_uri": "linear_train", "val_uri": "linear_val"}),
     "copy-detection": (
         "copy_detection",
-        {"queries_uri": "copy_queries", "database_uri": "copy_database", "whitening_uri": "copy_whitening"},
+        {
+            "queries_uri": "copy_queries",
+            "database_uri": "copy_database",
+            "distractors_uri": "copy_distractors",
+            "whitening_uri": "copy_whitening",
+        },
     ),
     "geolocalization": (
         "geolocalization",
         {"train_uri": "geo_train", "val_uri": "geo_val", "cells_uri": "geo_cells"},
     ),
     "fairness": ("fairness", {"train_uri": "fairness_train", "test_uri": "fairness_test"}),
-    "test384": ("test384", {"val_uri": "linear_val"}),
+    "test384": ("test384", {"val_uri": "test384_val"}),
 }
 
 
@@ -49,19 +54,23 @@ def run_step(
     batch_size: int,
     workers: int,
     transform: str | None = None,
+    tap: str | None = None,
+    pool: str | None = None,
+    precision: str | None = None,
     ranks: int | None = None,
     **params: Any,
 ) -> dict:
     """Run evaluation `name` of `checkpoint` on the step's datasets, report into `output`.
 
     `params` are run settings (device, baselines) and config fields of the protocol; the linear
-    probe's `epochs` stretches the default milestones (`LinearConfig.for_epochs`). `ranks`: processes
-    to run it with (None: one per visible GPU); more than one starts a torchrun of this step."""
+    probe's `epochs` stretches the default milestones (`LinearConfig.for_epochs`). `transform`,
+    `tap`, `pool` and `precision` override the protocol's feature defaults. `ranks`: processes to run
+    it with (None: one per visible GPU); more than one starts a torchrun of this step."""
     ranks = torch.cuda.device_count() if ranks is None else ranks
     if ranks > 1 and "WORLD_SIZE" not in os.environ:
         call = {"name": name, "checkpoint": checkpoint, "datasets_uri": datasets_uri, "output": output}
-        call.update(batch_size=batch_size, workers=workers, transform=transform, **params)
-        return _torchrun(ranks, call)
+        call.update(batch_size=batch_size, workers=workers, transform=transform, tap=tap, pool=pool)
+        return _torchrun(ranks, {**call, "precision": precision, **params})
     module_name, inputs = STEP_INPUTS[name]
     module = importlib.import_module(f"seer.eval.{module_name}")
     if name == "test384" and storage.exists(storage.join(checkpoint, "skipped.json")):
@@ -71,11 +80,17 @@ def run_step(
     options = replace(base, batch_size=batch_size, num_workers=workers)
     if transform is not None:
         options = replace(options, transform=parse_transform(transform))
+    given = {"tap": tap, "pool": pool, "precision": precision}
+    options = replace(options, **{k: v for k, v in given.items() if v is not None})
     if "baselines" in params:
         params["baselines"] = tuple(params["baselines"])
     if name == "linear":
         params["config"] = module.LinearConfig.for_epochs(params.pop("epochs"), seed=params.pop("seed"))
-    uris = {param: sets.get(key) for param, key in inputs.items()}
+    # test384 scores linear_val unless a separate test384_val (e.g. ImageNet val by wnid) is given
+    uris = {
+        param: sets.get(key) or sets.get("linear_val" if key == "test384_val" else key)
+        for param, key in inputs.items()
+    }
     return module.run(checkpoint=checkpoint, options=options, output=output, **uris, **params)
 
 

@@ -1,8 +1,10 @@
 """Test-only inference of a fine-tuned classifier (trunk + linear) at 384 px (seer_spec §5.2).
 
 Test transform: resize the shorter side to 384 (bicubic) → centre crop 384 → ImageNet
-normalisation; one pass over the set; top-1/top-5. The classifier file format (and which tap /
-pool feed its Linear) is `seer.checkpoints.classifier`.
+normalisation; one pass over the set; top-1/top-5. Classifiers: VISSL `finetuned_in1k`
+checkpoints, timm / torchvision classifiers, or seer classifier files (`seer.checkpoints.classifier`
+says which tap / pool feed the Linear); a 1000-way ImageNet head's classes are the wnids, so the
+standard `val/<wnid>/<image>` folder is scored directly.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from seer.checkpoints.classifier import load_classifier
+from seer.checkpoints.classifier import load_any_classifier
 from seer.checkpoints.load import load_trunk
 from seer.eval.features import FeatureSet, TransformSpec
 from seer.eval.linear import classification_result
@@ -34,8 +36,8 @@ class Test384Config:
 def run(val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     """`seer eval test384`: one pass of trunk + classifier over the set at `config.resolution` px
     (`options` supplies precision, batch size, workers and cache; tap and pool come from the file)."""
-    classifier = load_classifier(checkpoint)
     run_settings, options, config = prepare(checkpoint, Test384Config, kwargs)
+    classifier = load_any_classifier(checkpoint, run_settings.preset)
     val = run_settings.load(val_uri, "classification", classes=classifier.classes)
     loaded = load_trunk(checkpoint, classifier.preset, resolve_device(run_settings.device))
     size = config.resolution
@@ -52,7 +54,6 @@ def run(val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
             classification_result(scores, val.labels, len(classifier.classes)), classifier.classes
         )
 
-    doc, _, _ = evaluate(
-        "test384", run_settings, options, {"val": val}, score, {"resolution": size}, loaded=loaded
-    )
+    record = {"resolution": size, "classes": len(classifier.classes)}
+    doc, _, _ = evaluate("test384", run_settings, options, {"val": val}, score, record, loaded=loaded)
     return doc
