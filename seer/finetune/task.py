@@ -27,6 +27,7 @@ from seer.finetune.config import FinetuneConfig, validate
 from seer.finetune.data import LabelledLoader, LabelledSet, train_transform
 from seer.finetune.model import ClassifierModel, build_classifier_model
 from seer.train.parallel import DistEnv, parallelize
+from seer.train.parallel.precision import LossScaler
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -112,6 +113,7 @@ class FinetuneStep:
         lr = o.base_lr * self.global_batch / o.base_batch
         self.schedule = StepSchedule(lr, o.gamma, [m * batches_per_epoch for m in o.milestones])
         self.loss_fn = ClassificationLoss(o.label_smoothing)
+        self.scaler = LossScaler(env.device) if self.info.param_dtype == "float16" else None
 
     def __call__(self, batch: tuple[Tensor, Tensor], iteration: int) -> tuple[Tensor, float]:
         """Train on one batch as iteration `iteration` (0-based); returns (local loss, learning rate)."""
@@ -120,8 +122,9 @@ class FinetuneStep:
         fmt = torch.channels_last if self.info.channels_last else torch.contiguous_format
         images = images.to(self.env.device, non_blocking=True).contiguous(memory_format=fmt)
         loss = self.loss_fn(self.model(images), labels.to(self.env.device, non_blocking=True))
-        loss.backward()
-        self.optimizer.step()
+        (loss if self.scaler is None else self.scaler.scaled(loss)).backward()
+        if self.scaler is None or self.scaler.unscale_(self.model.parameters()):
+            self.optimizer.step()  # skipped when fp16 gradients overflowed (the scale was halved)
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), lr
 

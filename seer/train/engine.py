@@ -153,8 +153,9 @@ class Task(Protocol):
     """What a training run is about; the loop, sharding, checkpoints, faults and metrics are shared.
 
     `cfg` has at least `model.preset` and `train` (a `TrainConfig`). The step has `model`, `optimizer`,
-    `info`, `global_batch`, `schedule` (a dataclass), `loss_fn` (a module with `stats`, a dict of
-    per-step tensors, and a state dict saved per rank) and `__call__(batch, iteration) -> (loss, lr)`.
+    `info`, `global_batch`, `schedule` (a dataclass), `scaler` (a `LossScaler` under fp16, else None),
+    `loss_fn` (a module with `stats`, a dict of per-step tensors, and a state dict saved per rank) and
+    `__call__(batch, iteration) -> (loss, lr)`.
     The loader yields `(batch, keys)` and has `state_dict()` / `load_state_dict()`.
     """
 
