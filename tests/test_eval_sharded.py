@@ -79,6 +79,10 @@ def test_two_rank_sharded_evaluation_equals_one_process(sliced_rg_small: str, tm
     linear_ref = linear.run(sets["train"], sets["val"], config=linear.LinearConfig.for_epochs(3), **common)[
         "metrics"
     ]
+    fast = linear.LinearProtocol("fast", feature_dir=str(tmp_path / "single-features"))
+    linear_fast_ref = linear.run(
+        sets["train"], sets["val"], config=linear.LinearConfig.for_epochs(3), protocol=fast, **common
+    )["metrics"]
     params = dict(single.trunk.named_parameters())
     total = sum(p.numel() for p in params.values())
     for rank in (0, 1):
@@ -86,6 +90,7 @@ def test_two_rank_sharded_evaluation_equals_one_process(sliced_rg_small: str, tm
         np.testing.assert_allclose(np.load(out / f"features{rank}.npy"), reference, rtol=1e-5, atol=1e-5)
         assert result["knn"] == pytest.approx(knn_ref, abs=1e-6)
         assert result["linear"] == pytest.approx(linear_ref, abs=1e-6)
+        assert result["linear_fast"] == pytest.approx(linear_fast_ref, abs=1e-6)
         # 9 images over 2 ranks at batch 4: rank 0 runs 2 forwards, rank 1 one and an idle one (lockstep)
         local = result["shard_sizes"]["local"]
         assert result["shard_sizes"]["global"] == total
@@ -101,6 +106,9 @@ def test_two_rank_sharded_evaluation_equals_one_process(sliced_rg_small: str, tm
             assert read["rows"] == own, f"rank {rank} kept rows {read['rows']} of {name}, owns {own}"
             read_params += read["kept_bytes"]
         assert read_params == local * 4  # fp32: kept exactly its shard, nothing more
+    # one (N, C) feature file per set, written by both ranks; features were never gathered (see the script)
+    spilled = sorted(np.load(p, mmap_mode="r").shape[0] for p in (out / "features").glob("*.npy"))
+    assert spilled == [5, 9]
 
 
 @pytest.mark.slow

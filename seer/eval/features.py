@@ -439,11 +439,56 @@ class _MemmapSink:
             self.matrix[i] = a
 
 
+def _one_node(world: int) -> bool:
+    """Whether all torchrun ranks run on this node (so a local folder is shared by all of them)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world
+
+
+def _feature_shape(loaded: LoadedTrunk, options: FeatureOptions) -> tuple[int, ...]:
+    """One image's feature shape for a fixed-size transform: one forward of a black image (on every
+    rank, so a sharded trunk stays in lockstep)."""
+    device = next(loaded.trunk.parameters()).device
+    with torch.no_grad(), _autocast(device, options.precision):
+        fmap = loaded.trunk(normalize(_idle_batch(options.transform), device), taps=[options.tap])[
+            options.tap
+        ]
+    return _pool_batch(fmap, options.pool)[0].shape
+
+
+def _spill_shared(
+    loaded: LoadedTrunk,
+    dataset: EvalDataset,
+    indices: list[int],
+    options: FeatureOptions,
+    path: str,
+    rank: int,
+) -> np.ndarray:
+    """Every rank writes its rows into one memory-mapped (N, ...) .npy file in a folder the node's ranks
+    share; returns it opened read-only. Nothing is gathered: ranks read the rows through the page cache."""
+    shape = _feature_shape(loaded, options)
+    if rank == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), *shape)).flush()
+    dist.barrier()
+    matrix = np.load(path, mmap_mode="r+")
+
+    def sink(rows: list[int], arrays: list[np.ndarray]) -> None:
+        for i, a in zip(rows, arrays, strict=True):
+            matrix[i] = a
+
+    _run_trunk(loaded, dataset, indices, options, rank == 0, sink)
+    matrix.flush()
+    dist.barrier()
+    return np.load(path, mmap_mode="r")
+
+
 def extract(
     loaded: LoadedTrunk, dataset: EvalDataset, options: FeatureOptions, spill_dir: str | None = None
 ) -> FeatureSet:
     """Features of every image of `dataset` (cached when `options.cache` is set). With `spill_dir` (a
-    local folder) and one process they are memory-mapped from a .npy file there, not held in RAM."""
+    local folder, the same on every rank) they are memory-mapped from a .npy file there, not held in
+    RAM: one process writes it as it goes; torchrun ranks on one node each write their rows into the
+    same file, and nothing is gathered (fixed-size transforms; else the shares are gathered)."""
     options.validate()
     if PUBLISHED in (options.tap, options.pool):
         raise ConfigError(
@@ -475,6 +520,13 @@ def extract(
         features = FeatureSet(list(matrix), meta, matrix=matrix)
         if cache_uri:
             _save_cache(cache_uri, features)
+        return features
+    if spill_dir and world > 1 and len(dataset) and _one_node(world) and options.transform.mode != "longer":
+        matrix = _spill_shared(loaded, dataset, indices, options, os.path.join(spill_dir, f"{key}.npy"), rank)
+        features = FeatureSet(list(matrix), meta, matrix=matrix)
+        if cache_uri and rank == 0:
+            _save_cache(cache_uri, features)
+        dist.barrier()
         return features
     mine: dict[int, np.ndarray] = {}
     _run_trunk(loaded, dataset, indices, options, rank == 0, lambda i, a: mine.update(zip(i, a, strict=True)))

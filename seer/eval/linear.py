@@ -13,7 +13,6 @@ memory-maps them and reuses them every epoch. Features default to the model's pu
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from seer.eval.setup import (
     is_main_rank,
     load_model,
     prepare,
+    shared_tempdir,
 )
 
 PROTOCOLS = ("vissl", "fast")
@@ -328,7 +328,7 @@ def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
 
     record = {**asdict(config), **protocol.describe(), **chosen, "baselines": list(run_settings.baselines)}
     streamed = ("train",) if protocol.protocol == "vissl" else ()
-    with tempfile.TemporaryDirectory(prefix="seer-linear-") as tmp:
+    with shared_tempdir(prefix="seer-linear-") as tmp:
         spill = None if streamed else protocol.feature_dir or tmp
         sets = {"train": train, "val": val}
         doc, main, loaded = evaluate(

@@ -10,9 +10,11 @@ against `field_defaults`) come from the dataclasses here, so each default lives 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +216,22 @@ def resolve_device(device: str) -> torch.device:
 def is_main_rank() -> bool:
     """True in a single process and on rank 0 of a torchrun: the one that writes reports and files."""
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+@contextlib.contextmanager
+def shared_tempdir(prefix: str) -> Iterator[str]:
+    """A temporary local folder, the same path on every torchrun rank of this node (rank 0 makes it and
+    removes it at the end; ranks still reading memory-mapped files from it keep them open)."""
+    _, world = join_process_group()
+    with contextlib.ExitStack() as stack:
+        path = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)) if is_main_rank() else ""
+        if world > 1:
+            shared = [path]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            path = shared[0]
+        yield path
+        if world > 1:
+            torch.distributed.barrier()
 
 
 def load_model(settings: RunSettings, seed: int = 0) -> LoadedTrunk:
