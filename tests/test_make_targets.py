@@ -289,7 +289,9 @@ def test_unreachable_kfp_host_is_one_line_naming_the_host_and_the_fix(target: st
     host = f"http://127.0.0.1:{port}"
     result = make(target, KFP_HOST=host, IMAGES_URI="s3://corpus/images")
     assert result.returncode != 0
-    errors = [ln for ln in result.stderr.splitlines() if ln.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", ln)]
+    errors = [
+        ln for ln in result.stderr.splitlines() if ln.strip() and not re.match(r"make(\[\d+\])?: \*\*\*", ln)
+    ]
     assert len(errors) == 1, result.stderr
     assert f"cannot reach KFP at {host}" in errors[0] and "KFP_HOST" in errors[0]
     assert "Traceback" not in result.stderr
