@@ -312,7 +312,7 @@ def test_default_storage_paths_are_writable_with_a_profiles_credentials() -> Non
             for k, v in inspect.signature(pretrain.seer_pretrain.pipeline_func).parameters.items()
         },
     }
-    uris = [defaults["registry"], defaults["status_uri"], submit.parse_args([]).registry]
+    uris = [defaults["registry"], defaults["status_uri"], defaults["data_root"], submit.parse_args([]).registry]
     uris.append(inspect.signature(evaluate.seer_evaluate.pipeline_func).parameters["registry"].default)
     for uri in uris:
         assert allowed_in_profile(uri, "team-a") and allowed_in_profile(uri, "kubeflow-user-example-com"), uri
