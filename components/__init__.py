@@ -29,7 +29,13 @@ seer_component = functools.partial(dsl.component, base_image=SEER_COMPONENT_IMAG
 
 from components.checkpoint import consolidate_slice  # noqa: E402
 from components.cleanup import record_failure_and_cleanup  # noqa: E402
-from components.data import eval_datasets, generate_corpus, shard_images  # noqa: E402
+from components.data import (  # noqa: E402
+    eval_datasets,
+    generate_corpus,
+    list_images,
+    merge_shards,
+    shard_partition,
+)
 from components.evaluate import (  # noqa: E402
     copy_detection_eval,
     fairness_eval,
@@ -53,11 +59,13 @@ __all__ = [
     "geolocalization_eval",
     "knn_eval",
     "linear_eval",
+    "list_images",
+    "merge_shards",
     "pretrain",
     "record_failure_and_cleanup",
     "register_model",
     "resolve_model",
     "seer_component",
-    "shard_images",
+    "shard_partition",
     "test384_eval",
 ]

@@ -9,27 +9,38 @@ from components import seer_component
 def consolidate_slice(
     run: Input[Model], consolidated: Output[Model], sliced: Output[Model], preset: str = ""
 ):
-    """Newest complete checkpoint of the run → consolidated file (+ .json sidecar) → sliced checkpoint.
+    """Newest complete checkpoint of the run → consolidated file (+ .json sidecar) → sliced checkpoint,
+    both written next to the training output (`<run prefix>/consolidate-slice/`).
 
     Args:
-        run: Pretraining output folder (checkpoints/iter-NNNNNNNN/).
-        consolidated: One file with trunk + heads, sha256 in its sidecar.
-        sliced: Sliced checkpoint folder: index.json + one file per tensor.
+        run: Descriptor of the pretraining output (checkpoints/iter-NNNNNNNN/).
+        consolidated: Descriptor of one file with trunk + heads (sha256 in its sidecar).
+        sliced: Descriptor of the sliced checkpoint folder: index.json + one file per tensor.
         preset: Fail unless the checkpoint was trained with this model preset ('' accepts any).
     """
+    from seer import storage
+    from seer.artifacts import metadata, read_descriptor, write_descriptor
     from seer.checkpoints import consolidate, slice_checkpoint
     from seer.errors import NotFoundError
     from seer.train.checkpoint import latest_complete
 
-    ref = latest_complete(run.uri)
+    trained = read_descriptor(run.uri, "run")
+    ref = latest_complete(trained["uri"])
     if ref is None:
         raise NotFoundError(
-            f"no complete checkpoint under {run.uri}/checkpoints; the pretrain step wrote none "
+            f"no complete checkpoint under {trained['uri']}/checkpoints; the pretrain step wrote none "
             "(train.checkpoint_every larger than train.iterations?)"
         )
-    side = consolidate(ref.uri, consolidated.path, preset=preset or None)
-    index = slice_checkpoint(consolidated.path, sliced.path)
-    info = {"preset": side["preset"], "iteration": side["iteration"], "sha256": side["sha256"]}
-    consolidated.metadata.update({**info, "bytes": side["bytes"], "source": ref.uri})
-    sliced.metadata.update({**info, "index": index.replace(sliced.path, sliced.uri, 1)})
-    print(f"iteration {side['iteration']} of {ref.uri} → {consolidated.uri} → {sliced.uri}")
+    out = storage.join(trained["prefix"], "consolidate-slice")
+    file_uri, folder_uri = storage.join(out, "consolidated.pt"), storage.join(out, "sliced")
+    side = consolidate(ref.uri, file_uri, preset=preset or None)
+    index = slice_checkpoint(file_uri, folder_uri)
+    info = {"prefix": trained["prefix"], "preset": side["preset"], "iteration": side["iteration"]}
+    info["sha256"] = side["sha256"]
+    made = write_descriptor(
+        consolidated.path, "checkpoint", file_uri, bytes=side["bytes"], source=ref.uri, **info
+    )
+    consolidated.metadata.update(metadata(made))
+    made = write_descriptor(sliced.path, "sliced", folder_uri, index=index, **info)
+    sliced.metadata.update(metadata(made))
+    print(f"iteration {side['iteration']} of {ref.uri} → {file_uri} → {folder_uri}")

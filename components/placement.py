@@ -20,6 +20,7 @@ from kfp import kubernetes
 ARTIFACT_SECRET = "mlpipeline-minio-artifact"
 ARTIFACT_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 DEFAULT_STORAGE_ENDPOINT = "http://seaweedfs.kubeflow:8333"
+SCRATCH = "/scratch"
 
 
 @dataclass
@@ -33,6 +34,7 @@ class StepSettings:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     shm: str = ""  # size of a memory-backed /dev/shm (DataLoader workers), e.g. 8Gi
+    scratch: str = ""  # size of a generic ephemeral volume at /scratch (TMPDIR) for local copies, e.g. 200Gi
     timeout_s: int = 0
     retries: int = 0
     env: dict[str, str] = field(default_factory=dict)
@@ -74,6 +76,16 @@ def apply(
         kubernetes.empty_dir_mount(
             task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm
         )
+    if settings.scratch:
+        # A per-pod PVC (deleted with the pod): node disks are too small for checkpoint-sized copies.
+        kubernetes.add_ephemeral_volume(
+            task,
+            volume_name="scratch",
+            mount_path=SCRATCH,
+            access_modes=["ReadWriteOnce"],
+            size=settings.scratch,
+        )
+        task.set_env_variable("TMPDIR", SCRATCH)
     if settings.timeout_s:
         kubernetes.set_timeout(task, settings.timeout_s)
     if settings.retries:

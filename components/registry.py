@@ -54,7 +54,7 @@ def register_model(
     URIs of their metrics.json and report.html. Idempotent for the same artifact; returns the version.
 
     Args:
-        model: The artifact to register (sliced checkpoint).
+        model: The artifact to register: the sliced checkpoint, or its descriptor (the data URI is registered).
         entry: The registry entry as JSON.
         registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
         name: Model name.
@@ -65,6 +65,7 @@ def register_model(
     """
     import json
 
+    from seer.artifacts import resolve
     from seer.registry import collect_results, open_registry
 
     metrics, artifacts = collect_results(
@@ -73,7 +74,7 @@ def register_model(
     registered = open_registry(registry).register(
         name,
         version,
-        model.uri,
+        resolve(model.uri),
         sha256=None,
         metrics=metrics,
         artifacts=artifacts,

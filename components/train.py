@@ -14,6 +14,7 @@ def pretrain(
     run: Output[Model],
     metrics: Output[Metrics],
     run_id: str,
+    data_root: str,
     preset: str = "rg-tiny",
     overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
     backend: str = "local",
@@ -39,10 +40,12 @@ def pretrain(
     """SwAV pretraining (`seer pretrain`) of `preset` on the shards; checkpoints land under `run`.
 
     Args:
-        shards: Shards folder with manifest.json.
-        run: Training output: checkpoints/iter-NNNNNNNN/, train_log.jsonl, summary.json.
+        shards: Descriptor of the shards (the merge step's): the job reads the shards prefix it names.
+        run: Descriptor of the training output `data_root/runs/<run_id>/pretrain/` (checkpoints/iter-NNNNNNNN/,
+            train_log.jsonl, summary.json).
         metrics: Final training numbers from summary.json.
         run_id: Pipeline run id; names the job (seer.launch.job_name: `seer-<run_id>` unless `job_name` is set).
+        data_root: Folder or s3:// / minio:// prefix for the run's data.
         preset: Pretraining preset (rg-tiny … rg10b) or config path.
         overrides: Config overrides, e.g. ["train.iterations=100"].
         backend: local (torchrun on this machine), pytorchjob (Training Operator v1) or trainjob (Trainer v2).
@@ -65,15 +68,17 @@ def pretrain(
         pending_timeout_s: Give up if no pod runs within this many seconds.
         poll_interval_s: Seconds between job status polls (backs off while nothing changes).
     """
-    import os
-
     from seer import storage
+    from seer.artifacts import data_location, metadata, resolve, write_descriptor
     from seer.errors import ConfigError
     from seer.launch import BACKENDS, LaunchError, pretrain_args, run_local
     from seer.registry import flatten_metrics
 
+    data_uri, run_prefix = resolve(shards.uri), data_location(data_root, "runs", run_id)
+    output_uri = storage.join(run_prefix, "pretrain")
+    job_info = {}
     if backend == "local":
-        args = pretrain_args(preset, run.uri, overrides, data_uri=shards.uri)
+        args = pretrain_args(preset, output_uri, overrides, data_uri=data_uri)
         if run_local(args, nproc_per_node=nproc_per_node):
             raise LaunchError(f"local pretraining of {preset} failed; see the rank logs above")
     elif backend in BACKENDS:
@@ -87,11 +92,11 @@ def pretrain(
             make_job_name(run_id, job_name),
             preset,
             image=trainer_image,
-            output_uri=run.uri,
+            output_uri=output_uri,
             nodes=nodes or None,
             gpus_per_node=None if gpus_per_node < 0 else gpus_per_node,
             overrides=overrides,
-            data_uri=shards.uri,
+            data_uri=data_uri,
             namespace=namespace,
             storage_secret=storage_secret or None,
             service_account=service_account,
@@ -107,14 +112,21 @@ def pretrain(
         result = make_launcher(backend, load_api_client(), poll_interval_s=poll_interval_s).run(
             job, timeout_s=timeout_s or None, pending_timeout_s=pending_timeout_s
         )
-        run.metadata.update({"job": f"{result.namespace}/{result.name}", "restarts": result.restarts})
+        job_info = {"job": f"{result.namespace}/{result.name}", "restarts": result.restarts}
     else:
         raise ConfigError(f"backend {backend!r} is unknown; use local, {' or '.join(BACKENDS)}")
 
-    summary = storage.read_json(storage.join(run.uri, "summary.json"))
-    if storage.local_path(run.uri) is None:  # on a cluster: leave a copy where KFP uploads from
-        os.makedirs(run.path, exist_ok=True)
-        storage.write_json(os.path.join(run.path, "summary.json"), summary)
+    summary = storage.read_json(storage.join(output_uri, "summary.json"))
     for name, value in flatten_metrics(summary).items():
         metrics.log_metric(name, value)
-    run.metadata.update({"preset": preset, "backend": backend})
+    doc = write_descriptor(
+        run.path,
+        "run",
+        output_uri,
+        prefix=run_prefix,
+        preset=preset,
+        backend=backend,
+        data=data_uri,
+        **job_info,
+    )
+    run.metadata.update(metadata(doc))

@@ -11,7 +11,7 @@ from components import compare_metrics, eval_datasets, register_model, resolve_m
 from components.placement import StepSettings, apply
 from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
 from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID
-from pipelines.storage_defaults import DEFAULT_REGISTRY
+from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
 
 PIPELINE_NAME = "seer-evaluate"
 DESCRIPTION = (
@@ -41,6 +41,7 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
         checkpoint_uri: str = "",
         regression_threshold: float = 0.01,
         fail_on_regression: bool = False,
+        data_root: str = DEFAULT_DATA_ROOT,
         evaluation: dict | None = None,
     ):
         """Re-evaluation: resolve model → evaluations → compare with the last registered metrics → register.
@@ -52,6 +53,7 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
             checkpoint_uri: Evaluate this checkpoint (sliced or consolidated) instead of a registered version.
             regression_threshold: A metric regressed when it moved the bad way by more than this (0.01 = 1 point).
             fail_on_regression: Fail the run (and register nothing) when a metric regressed.
+            data_root: Folder or s3:// / minio:// prefix for generated evaluation sets.
         """
         resolved = resolve_model(
             registry=registry, name=model_name, version=model_version, checkpoint_uri=checkpoint_uri
@@ -59,7 +61,11 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
         apply(resolved, settings["resolve-model"]).set_caching_options(False)
         model = dsl.importer(artifact_uri=resolved.outputs["uri"], artifact_class=Model, reimport=True)
         datasets = apply(
-            eval_datasets(sources=evaluation["eval_sources"], benchmark_sizes=evaluation["benchmark_sizes"]),
+            eval_datasets(
+                sources=evaluation["eval_sources"],
+                benchmark_sizes=evaluation["benchmark_sizes"],
+                data_root=data_root,
+            ),
             settings["eval-datasets"],
         )
         evals = evaluation_steps(model.output, datasets.outputs["datasets"], settings, evaluation)

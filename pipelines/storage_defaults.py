@@ -13,6 +13,8 @@ from __future__ import annotations
 BUCKET = "mlpipeline"
 DEFAULT_REGISTRY = f"minio://{BUCKET}/shared/seer/registry"
 DEFAULT_STATUS_URI = f"minio://{BUCKET}/shared/seer/runs"
+# The runs' data (shards, checkpoints, slices, classifiers, generated sets): docs/artifacts.md.
+DEFAULT_DATA_ROOT = f"minio://{BUCKET}/shared/seer/data"
 PROFILE_PREFIXES = ("artifacts/", "private-artifacts/{namespace}/", "private/{namespace}/", "shared/")
 
 

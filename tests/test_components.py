@@ -20,7 +20,7 @@ from kfp.dsl import (
 )
 
 import components
-from seer import storage
+from seer import artifacts, storage
 from seer.registry import StorageRegistry
 from tests.fake_kube import FakeKube, Pod, Step, running
 
@@ -37,7 +37,7 @@ def _types(spec_items) -> dict[str, str]:
 
 
 def test_every_step_runs_in_the_component_image_without_installing_kfp() -> None:
-    assert len(ALL) == 15
+    assert len(ALL) == 17
     for comp in ALL:
         container = comp.component_spec.implementation.container
         assert container.image == components.SEER_COMPONENT_IMAGE, comp.name
@@ -74,7 +74,11 @@ def test_typed_artifacts_for_the_kfp_ui() -> None:
     }
     inputs = _types(components.consolidate_slice.component_spec.inputs)
     assert inputs["run"] == "system.Model@0.0.1"
-    assert _types(components.shard_images.component_spec.outputs) == {"shards": "system.Dataset@0.0.1"}
+    assert _types(components.merge_shards.component_spec.outputs) == {"shards": "system.Dataset@0.0.1"}
+    # The shard steps take only parameters from the list step: their cache key is the listing digest.
+    assert not any(
+        t.startswith("system.") for t in _types(components.shard_partition.component_spec.inputs).values()
+    )
     assert _types(components.compare_metrics.component_spec.outputs)["comparison"] == "system.Markdown@0.0.1"
     for comp in (components.copy_detection_eval, components.geolocalization_eval, components.fairness_eval):
         assert _types(comp.component_spec.outputs)["report"] == "system.HTML@0.0.1"
@@ -91,6 +95,13 @@ def _out(cls, path: Path, name: str = "out"):
     return cls(name=name, uri=str(path), metadata={})
 
 
+def _shards(tmp_path: Path, prefix: str) -> Dataset:
+    """A merge step's descriptor naming the shards prefix `prefix`."""
+    shards = _out(Dataset, tmp_path / "shards-descriptor", "shards")
+    artifacts.write_descriptor(shards.path, "shards", prefix)
+    return shards
+
+
 def test_eval_datasets_keeps_given_sets_and_generates_the_rest(tmp_path: Path) -> None:
     out = _out(Dataset, tmp_path / "datasets")
     sizes = {
@@ -99,7 +110,10 @@ def test_eval_datasets_keeps_given_sets_and_generates_the_rest(tmp_path: Path) -
         "fairness": {"n_train": 6, "n_test": 4},
     }
     given = {"geo_train": "s3://b/geo/train.csv", "geo_val": "s3://b/geo/val.csv"}
-    components.eval_datasets.python_func(datasets=out, sources=given, benchmark_sizes=sizes, seed=1)
+    data_root = str(tmp_path / "data")
+    components.eval_datasets.python_func(
+        datasets=out, data_root=data_root, sources=given, benchmark_sizes=sizes, seed=1
+    )
     sets = storage.read_json(str(tmp_path / "datasets" / "datasets.json"))
     assert sets["geo_train"] == given["geo_train"] and "geo_cells" not in sets
     assert sorted(sets) == sorted(
@@ -117,11 +131,15 @@ def test_eval_datasets_keeps_given_sets_and_generates_the_rest(tmp_path: Path) -
     )
     train = Path(sets["linear_train"]).read_text().splitlines()
     assert train[0] == "path,label" and len(train) == 9
-    assert not (tmp_path / "datasets" / "geo").exists()
+    assert sets["linear_train"].startswith(data_root + "/eval-datasets/"), (
+        "generated sets live under data_root"
+    )
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["datasets.json"]
+    assert not list((tmp_path / "data").rglob("geo"))
     assert out.metadata["linear_val"] == sets["linear_val"]
     with pytest.raises(Exception, match="unknown evaluation roles"):
         components.eval_datasets.python_func(
-            datasets=_out(Dataset, tmp_path / "d2"), sources={"imagenet": "x"}
+            datasets=_out(Dataset, tmp_path / "d2"), data_root=data_root, sources={"imagenet": "x"}
         )
 
 
@@ -247,17 +265,19 @@ def kube(tmp_path: Path, monkeypatch):
 
 
 def test_pretrain_on_a_cluster_submits_and_watches_the_pytorchjob(kube: FakeKube, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "data" / "runs" / "abc123" / "pretrain"
     storage.write_json(
         str(run_dir / "summary.json"), {"iterations": 4, "loss": {"final": 7.5}}
     )  # the pods' output
     kube.script("seer-abc123", [running(n_workers=1), Step("Succeeded", "PyTorchJobSucceeded", "done")])
-    run, metrics = _out(Model, run_dir, "run"), _out(Metrics, tmp_path / "metrics", "metrics")
+    run, metrics = _out(Model, tmp_path / "run", "run"), _out(Metrics, tmp_path / "metrics", "metrics")
+    shards = _shards(tmp_path, "s3://bucket/data/shards/0123")
     components.pretrain.python_func(
-        shards=_out(Dataset, tmp_path / "shards"),
+        shards=shards,
         run=run,
         metrics=metrics,
         run_id="abc123",
+        data_root=str(tmp_path / "data"),
         preset="rg-small",
         backend="pytorchjob",
         trainer_image="reg.test/seer-trainer:1",
@@ -271,8 +291,12 @@ def test_pretrain_on_a_cluster_submits_and_watches_the_pytorchjob(kube: FakeKube
     (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
     assert container["image"] == "reg.test/seer-trainer:1"
     cmd = container["command"]
-    assert cmd[cmd.index("--data") + 1] == str(tmp_path / "shards") and cmd[cmd.index("--output") + 1] == str(
-        run_dir
+    # The job gets URIs only: the shards prefix the descriptor names, and the run's data folder.
+    assert cmd[cmd.index("--data") + 1] == "s3://bucket/data/shards/0123"
+    assert cmd[cmd.index("--output") + 1] == str(run_dir)
+    described = artifacts.read_descriptor(run.path, "run")
+    assert described["uri"] == str(run_dir) and described["prefix"] == str(
+        tmp_path / "data" / "runs" / "abc123"
     )
     assert job["metadata"]["labels"]["pipelines.kubeflow.org/run-id"] == "abc123"
     assert metrics.metadata["iterations"] == 4 and metrics.metadata["loss.final"] == 7.5
@@ -283,10 +307,11 @@ def test_pretrain_fails_the_step_with_the_operators_reason(kube: FakeKube, tmp_p
     kube.script("seer-bad", [Step("Failed", "PyTorchJobFailed", "master exited 1")])
     with pytest.raises(Exception, match="master exited 1"):
         components.pretrain.python_func(
-            shards=_out(Dataset, tmp_path / "s"),
+            shards=_shards(tmp_path, str(tmp_path / "s")),
             run=_out(Model, tmp_path / "r"),
             metrics=_out(Metrics, tmp_path / "m"),
             run_id="x",
+            data_root=str(tmp_path / "data"),
             job_name="seer-bad",
             preset="rg-small",
             backend="pytorchjob",
@@ -295,10 +320,11 @@ def test_pretrain_fails_the_step_with_the_operators_reason(kube: FakeKube, tmp_p
         )
     with pytest.raises(Exception, match="backend 'ray' is unknown"):
         components.pretrain.python_func(
-            shards=_out(Dataset, tmp_path / "s"),
+            shards=_shards(tmp_path, str(tmp_path / "s")),
             run=_out(Model, tmp_path / "r"),
             metrics=_out(Metrics, tmp_path / "m"),
             run_id="x",
+            data_root=str(tmp_path / "data"),
             backend="ray",
         )
 
@@ -415,10 +441,11 @@ def test_pretrain_and_cleanup_name_the_job_alike(kube: FakeKube, tmp_path: Path)
     kube.script(job_name(run_id), [running(n_workers=0)])
     with pytest.raises(Exception, match="still Running"):
         components.pretrain.python_func(
-            shards=_out(Dataset, tmp_path / "s"),
+            shards=_shards(tmp_path, str(tmp_path / "s")),
             run=_out(Model, tmp_path / "r"),
             metrics=_out(Metrics, tmp_path / "m"),
             run_id=run_id,
+            data_root=str(tmp_path / "data"),
             preset="rg-small",
             backend="trainjob",
             trainer_image="reg.test/t:1",
@@ -464,23 +491,45 @@ def test_exit_handler_records_the_run_even_when_the_job_cannot_be_deleted(
     )
 
 
-def test_generate_then_shard_or_shard_the_given_images(tmp_path: Path) -> None:
-    images = _out(Dataset, tmp_path / "images")
-    components.generate_corpus.python_func(images=images, count=5, max_size=64)
-    assert len([p for p in (tmp_path / "images").rglob("*") if p.is_file()]) == 5
-    shards = _out(Dataset, tmp_path / "shards")
-    components.shard_images.python_func(images=images, shards=shards, workers=1)
-    assert storage.read_json(str(tmp_path / "shards" / "manifest.json"))["totals"]["samples"] == 5
-    assert shards.metadata["samples"] == 5
-    # With real images given, nothing is generated and those are sharded.
-    skipped = _out(Dataset, tmp_path / "none")
-    components.generate_corpus.python_func(images=skipped, count=5, source_uri=str(tmp_path / "images"))
-    assert not any((tmp_path / "none").iterdir()) and skipped.metadata["source"] == str(tmp_path / "images")
-    again = _out(Dataset, tmp_path / "shards2")
-    components.shard_images.python_func(
-        images=skipped, shards=again, source_uri=str(tmp_path / "images" / "class_0"), workers=1
+def _list_shard_merge(tmp_path: Path, images: Dataset, data_root: str, name: str) -> dict:
+    """The sharding fan-out as the pipeline wires it (2 partitions); returns the shards descriptor."""
+    listing = _out(Dataset, tmp_path / f"{name}-listing")
+    listed = components.list_images.python_func(
+        images=images, listing=listing, data_root=data_root, run_id=name, partitions=2
     )
-    assert 0 < again.metadata["samples"] < 5
+    for index in listed.indices:
+        components.shard_partition.python_func(
+            part=_out(Dataset, tmp_path / f"{name}-part{index}"),
+            prefix=listed.prefix,
+            digest=listed.digest,
+            partition=index,
+            partitions=2,
+            workers=1,
+        )
+    shards = _out(Dataset, tmp_path / f"{name}-shards")
+    components.merge_shards.python_func(
+        shards=shards, prefix=listed.prefix, digest=listed.digest, partitions=2
+    )
+    assert shards.metadata["count"] == artifacts.read_descriptor(shards.path, "shards")["count"]
+    return artifacts.read_descriptor(shards.path, "shards")
+
+
+def test_generate_then_shard_or_shard_the_given_images(tmp_path: Path) -> None:
+    data_root = str(tmp_path / "data")
+    images = _out(Dataset, tmp_path / "images")
+    components.generate_corpus.python_func(images=images, data_root=data_root, count=5, max_size=64)
+    corpus = artifacts.read_descriptor(images.path, "images")
+    assert corpus["uri"].startswith(data_root) and corpus["count"] == 5
+    assert len([p for p in Path(corpus["uri"]).rglob("*.*") if p.name != "corpus.json"]) == 5
+    shards = _list_shard_merge(tmp_path, images, data_root, "a")
+    assert storage.read_json(shards["manifest"])["totals"]["samples"] == 5 and shards["count"] == 5
+    assert shards["uri"].startswith(data_root + "/shards/")
+    # With real images given, nothing is generated and those are sharded.
+    given = _out(Dataset, tmp_path / "given")
+    source = str(Path(corpus["uri"]) / "class_0")
+    components.generate_corpus.python_func(images=given, data_root=data_root, count=5, source_uri=source)
+    assert artifacts.read_descriptor(given.path, "images")["uri"] == source
+    assert 0 < _list_shard_merge(tmp_path, given, data_root, "b")["count"] < 5
 
 
 def test_cancelling_the_pretrain_step_deletes_its_pytorchjob(kube: FakeKube, tmp_path: Path) -> None:
@@ -494,10 +543,10 @@ def test_cancelling_the_pretrain_step_deletes_its_pytorchjob(kube: FakeKube, tmp
 import components
 from kfp.dsl import Dataset, Metrics, Model
 components.pretrain.python_func(
-    shards=Dataset(name="s", uri={str(tmp_path / "s")!r}, metadata={{}}),
+    shards=Dataset(name="s", uri={_shards(tmp_path, "s3://b/s").uri!r}, metadata={{}}),
     run=Model(name="r", uri={str(tmp_path / "r")!r}, metadata={{}}),
     metrics=Metrics(name="m", uri={str(tmp_path / "m")!r}, metadata={{}}),
-    run_id="x", job_name="seer-cancel", preset="rg-small", backend="pytorchjob",
+    run_id="x", data_root={str(tmp_path / "data")!r}, job_name="seer-cancel", preset="rg-small", backend="pytorchjob",
     trainer_image="reg.test/t:1", poll_interval_s=0.05,
 )
 """

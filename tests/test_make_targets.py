@@ -256,7 +256,9 @@ def test_caching_off_reaches_every_task_including_the_exit_handler(fake_kfp) -> 
     kfp_client._override_caching_options(doc.pipeline_spec, False)
     package.write_text(yaml.safe_dump(doc.to_dict()["pipeline_spec"]))
     still_cached = _cached_tasks(package)
-    assert still_cached and all(name.startswith("comp-exit-handler") for name in still_cached)
+    assert still_cached and all(
+        name.startswith(("comp-exit-handler", "comp-for-loop")) for name in still_cached
+    )
 
     os.environ["KFP_HOST"] = "http://kfp.test"
     os.environ["IMAGES_URI"] = "s3://corpus/images"
@@ -316,7 +318,12 @@ def test_default_storage_paths_are_writable_with_a_profiles_credentials() -> Non
             for k, v in inspect.signature(pretrain.seer_pretrain.pipeline_func).parameters.items()
         },
     }
-    uris = [defaults["registry"], defaults["status_uri"], submit.parse_args([]).registry]
+    uris = [
+        defaults["registry"],
+        defaults["status_uri"],
+        defaults["data_root"],
+        submit.parse_args([]).registry,
+    ]
     uris.append(inspect.signature(evaluate.seer_evaluate.pipeline_func).parameters["registry"].default)
     for uri in uris:
         assert allowed_in_profile(uri, "team-a") and allowed_in_profile(uri, "kubeflow-user-example-com"), uri

@@ -1,6 +1,7 @@
 """seer-pretrain and seer-evaluate end to end through kfp.local (the `make demo` path) on a small
-budget: generated corpus → shards → 2-rank CPU SwAV on rg-tiny → slice → evaluations → registry,
-then a re-evaluation of the registered model that compares and registers again."""
+budget: generated corpus → list → 2 shard partitions → merge → 2-rank CPU SwAV on rg-tiny → slice →
+evaluations → registry, then a re-evaluation of the registered model that compares and registers
+again. KFP's artifacts are descriptors; the data lives under data_root (docs/artifacts.md)."""
 
 import json
 from pathlib import Path
@@ -8,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.run.local_run import run_local_evaluate, run_local_pipeline
-from seer import storage
+from seer import artifacts, storage
 from seer.registry import StorageRegistry, artifact_sha256
 
 SMALL = {
     "synth_images": 48,
+    "shard_parallelism": 2,
     "overrides": [
         "train.iterations=4",
         "train.checkpoint_every=2",
@@ -49,8 +51,27 @@ def test_pretrain_pipeline_registers_a_model_with_real_metrics_then_reevaluates(
         assert "<html" in Path(entry["artifacts"][f"{eval_name}.report"]).read_text().lower()
         doc = storage.read_json(entry["artifacts"][f"{eval_name}.metrics"])
         assert doc["checkpoint"]["uri"] == entry["artifact_uri"]
+    # Artifacts by reference: every output KFP stored is small; the data sits under data_root.
+    data_root = Path(result["data_root"])
+    (run_dir,) = Path(result["pipeline_root"]).glob("seer-pretrain-*")
+    for output in (p for task in run_dir.iterdir() for p in task.iterdir()):
+        files = [output] if output.is_file() else [f for f in output.rglob("*") if f.is_file()]
+        assert sum(f.stat().st_size for f in files) < 2**20, f"{output} is not a reference"
+    assert Path(entry["artifact_uri"]).is_relative_to(data_root)
+    shards = artifacts.read_descriptor(str(run_dir / "merge-shards" / "shards"), "shards")
+    assert shards["count"] == 48 and Path(shards["uri"]).is_relative_to(data_root / "shards")
+    parts = [
+        artifacts.read_descriptor(str(run_dir / t / "part"), "partition")
+        for t in ("shard-partition", "shard-partition-2")
+    ]
+    assert sorted(Path(p["uri"]).name for p in parts) == ["p00000-of-00002", "p00001-of-00002"]
+    trained = artifacts.read_descriptor(str(run_dir / "pretrain" / "run"), "run")
+    assert Path(trained["uri"]).is_relative_to(data_root / "runs") and trained["data"] == shards["uri"]
+    classifier = artifacts.read_descriptor(str(run_dir / "linear-eval" / "classifier"), "classifier")
+    assert classifier["bytes"] == Path(classifier["uri"]).stat().st_size and classifier["preset"] == "rg-tiny"
+    heavy = [f for f in data_root.rglob("*") if f.is_file() and f.stat().st_size > 2**16]
+    assert heavy and all(f.is_relative_to(data_root) for f in heavy)
     # What the KFP UI shows: scalar metrics and the confusion matrix of the linear probe.
-    run_dir = Path(entry["artifact_uri"]).parents[1]
     outputs = json.loads((run_dir / "linear-eval" / "executor_output.json").read_text())["artifacts"]
     assert outputs["metrics"]["artifacts"][0]["metadata"]["top1"] == metrics["linear.top1"]
     matrix = outputs["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
@@ -89,9 +110,9 @@ def test_pretrain_pipeline_registers_a_model_with_real_metrics_then_reevaluates(
 
 @pytest.mark.slow
 def test_a_failed_run_is_recorded_by_the_exit_step(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="shard-images"):
+    with pytest.raises(RuntimeError, match="list-images"):
         run_local_pipeline(tmp_path, {**SMALL, "synth_images": 0, "images_uri": str(tmp_path / "missing")})
     (record,) = (tmp_path / "runs").glob("*.json")
     status = json.loads(record.read_text())
-    assert status["state"] == "FAILED" and "shard-images" in status["error_message"]
+    assert status["state"] == "FAILED" and "list-images" in status["error_message"]
     assert not (tmp_path / "registry").exists()

@@ -61,14 +61,46 @@ def test_pretrain_dag_runs_inside_an_exit_handler(compiled) -> None:
         "taskFinalStatus": {"producerTask": "exit-handler-1"}
     }
     assert cleanup["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
-    deps = _deps(spec["components"]["comp-exit-handler-1"]["dag"])
-    assert deps["shard-images"] == {"generate-corpus"}
-    assert deps["pretrain"] == {"shard-images"}
+    dag = spec["components"]["comp-exit-handler-1"]["dag"]
+    deps = _deps(dag)
+    assert deps["list-images"] == {"generate-corpus"}
+    assert (
+        deps["for-loop-2"] == {"list-images"}
+        and dag["tasks"]["for-loop-2"]["taskInfo"]["name"] == "shard-partitions"
+    )
+    assert deps["merge-shards"] == {"list-images", "for-loop-2"}
+    assert deps["pretrain"] == {"merge-shards"}
     assert deps["consolidate-slice"] == {"pretrain"}
     for name in EVALS[:-1]:
         assert deps[name] == {"consolidate-slice", "eval-datasets"}, name
     assert deps["test384-eval"] == {"eval-datasets", "linear-eval"}
     assert deps["register-model"] == {"consolidate-slice", *EVALS}
+
+
+def test_shards_fan_out_over_a_parallel_for_keyed_by_the_listing_digest(compiled) -> None:
+    """list → ParallelFor over the list step's partition indices → merge. The list step is never cached
+    (it must see changed images); the shard steps get its prefix and digest as parameters, which KFP's
+    cache key holds by value (backend/src/v2/cacheutils/cache.go), and no artifact (whose key part is
+    only its MLMD id)."""
+    spec, platform = compiled["seer-pretrain"]
+    dag = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert dag["list-images"]["cachingOptions"] == {}
+    loop = dag["for-loop-2"]
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("indices")
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["shard-partition"]
+    assert inner["cachingOptions"] == {"enableCache": True}
+    assert "artifacts" not in inner["inputs"]
+    assert inner["inputs"]["parameters"]["digest"]["componentInputParameter"].endswith("digest")
+    merge = dag["merge-shards"]["inputs"]["parameters"]
+    assert merge["digest"]["taskOutputParameter"] == {
+        "outputParameterKey": "digest",
+        "producerTask": "list-images",
+    }
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["shard_parallelism"]["defaultValue"] == 1
+    assert params["data_root"]["defaultValue"] == "minio://mlpipeline/shared/seer/data"
+    scratch = platform["exec-consolidate-slice"]["genericEphemeralVolume"][0]
+    assert scratch["mountPath"] == "/scratch" and scratch["size"] == "256Gi"
 
 
 def test_pretrain_parameters_have_defaults_and_ui_descriptions(compiled) -> None:
@@ -128,10 +160,19 @@ def test_pretrain_and_register_are_never_served_from_cache(compiled) -> None:
 
 def test_local_variant_has_no_exit_handler(tmp_path: Path) -> None:
     path = tmp_path / "local.yaml"
-    compiler.Compiler().compile(build_pretrain_pipeline(exit_handler=False), str(path))
+    compiler.Compiler().compile(build_pretrain_pipeline(exit_handler=False, partitions=3), str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
-    assert "exit-handler-1" not in spec["root"]["dag"]["tasks"]
-    assert {"pretrain", "register-model"} <= set(spec["root"]["dag"]["tasks"])
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "exit-handler-1" not in tasks
+    assert {"pretrain", "register-model"} <= set(tasks)
+    # kfp.local cannot run a task after a ParallelFor: the same shard tasks, unrolled.
+    unrolled = ["shard-partition", "shard-partition-2", "shard-partition-3"]
+    assert [tasks[t]["inputs"]["parameters"]["partition"]["runtimeValue"]["constant"] for t in unrolled] == [
+        0,
+        1,
+        2,
+    ]
+    assert set(tasks["merge-shards"]["dependentTasks"]) == {"list-images", *unrolled}
 
 
 def test_bad_step_settings_name_what_is_allowed(tmp_path: Path) -> None:

@@ -4,9 +4,12 @@
 
 Every step runs as a subprocess of this interpreter (`SubprocessRunner(use_venv=False)`; the
 components are built with `install_kfp_package=False`, so nothing is pip-installed), artifacts go to
-local folders under OUTPUT/pipeline-root, the registry is OUTPUT/registry. kfp 2.16.1's local runner
-has no ExitHandler, so the pipeline is built without one and this script runs the same exit-handler
-step function itself once the DAG has ended, successfully or not.
+local folders: KFP's artifacts (descriptors, reports) under OUTPUT/pipeline-root, the run's data
+(`data_root`: corpus, shards, checkpoints, slices) under OUTPUT/data, the registry in OUTPUT/registry.
+kfp 2.16.1's local runner has no ExitHandler and cannot run a task after a ParallelFor, so the pipeline
+is built without the exit handler (this script runs the same exit-handler step function itself once
+the DAG has ended, successfully or not) and with the shard loop unrolled into `shard_parallelism`
+tasks (pipelines/pretrain.py).
 """
 
 import argparse
@@ -22,6 +25,7 @@ from typing import Any
 # The embedded default: small enough for 2 CPU cores in well under 15 minutes.
 DEMO_ARGUMENTS: dict[str, Any] = {
     "synth_images": 256,
+    "shard_parallelism": 2,
     "preset": "rg-tiny",
     "backend": "local",
     "nproc_per_node": 2,
@@ -81,11 +85,12 @@ def run_local_pipeline(output: str | Path, arguments: Mapping[str, Any] | None =
     args = {**DEMO_ARGUMENTS, **(arguments or {})}
     args.setdefault("registry", str(out / "registry"))
     args.setdefault("status_uri", str(out / "runs"))
+    args.setdefault("data_root", str(out / "data"))
     unknown = set(args) - _pipeline_parameters()
     if unknown:
         raise ValueError(f"unknown seer-pretrain parameters {sorted(unknown)}; see pipelines/pretrain.py")
     _init_local(out)
-    pipeline = build_pretrain_pipeline(exit_handler=False)
+    pipeline = build_pretrain_pipeline(exit_handler=False, partitions=int(args["shard_parallelism"]))
     run_id = time.strftime("local-%Y%m%d-%H%M%S")
     start = time.monotonic()
     state, error = "SUCCEEDED", ""
@@ -110,16 +115,20 @@ def run_local_pipeline(output: str | Path, arguments: Mapping[str, Any] | None =
         "entry": entry.to_dict(),
         "status": storage.read_json(storage.join(args["status_uri"], f"{run_id}.json")),
         "seconds": time.monotonic() - start,
+        "pipeline_root": str(out / "pipeline-root"),
+        "data_root": args["data_root"],
     }
 
 
 def run_local_evaluate(output: str | Path, arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """Run seer-evaluate through kfp.local (artifacts under `output`); returns the newly registered entry."""
+    """Run seer-evaluate through kfp.local (artifacts under `output`, data under `output`/data unless
+    `arguments` name a data_root); returns the newly registered entry."""
     from pipelines.evaluate import seer_evaluate
     from seer.registry import open_registry
 
-    _init_local(Path(output).resolve())
-    seer_evaluate(**arguments)
+    out = Path(output).resolve()
+    _init_local(out)
+    seer_evaluate(**{"data_root": str(out / "data"), **arguments})
     return open_registry(arguments["registry"]).latest(arguments["model_name"]).to_dict()
 
 

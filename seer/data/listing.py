@@ -11,8 +11,12 @@ same one, and no input is lost or doubled for any N. Nothing here holds the whol
 prefixes are read page by page and local folders walked lazily.
 
 ``list_inputs`` writes the listing once as N compressed JSON-lines files that the partitions read
-(``_lists/list-00003-of-00008.jsonl.gz``: ``{"i": index, "uri": ..., "member": ...}`` per line),
-and ``_lists/listing.json`` last (inputs, counts per partition, ignored files by reason).
+(``_lists/list-00003-of-00008.jsonl.gz``: ``{"i": index, "uri": ..., "member": ..., "v": version}``
+per line), and ``_lists/listing.json`` last (inputs, counts per partition, ignored files by reason,
+and ``digest``). An input's *version* is ``size:etag`` of the object it is read from (S3: the
+listing page's ETag; local: mtime and size; a tar member: its tar's), so the listing's ``digest``
+changes when any listed image changes, is added or is removed. Entries of list files and URLs are
+not stat-ed (that would cost one request each): for them the list file's own version counts.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seer import storage
@@ -47,6 +51,7 @@ class InputRef:
 
     uri: str
     member: str | None = None
+    version: str | None = field(default=None, compare=False)  # size:etag of the object read
 
     @property
     def source(self) -> str:
@@ -91,11 +96,24 @@ def tar_members(uri: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
         yield from ((info, tar) for info in tar)
 
 
-def _expand_tar(uri: str) -> Iterator[InputRef | Ignored]:
+def object_version(info: storage.ObjectInfo) -> str:
+    """``size:etag`` of an object: changes when its bytes change (local etag: mtime and size)."""
+    return f"{info.size}:{info.etag}"
+
+
+def _version_of(uri: str) -> str | None:
+    """The version of an existing object, None for prefixes, folders and URLs."""
+    if uri.startswith(("http://", "https://")) or not storage.exists(uri):
+        return None
+    return object_version(storage.stat(uri))
+
+
+def _expand_tar(uri: str, version: str | None = None) -> Iterator[InputRef | Ignored]:
+    version = version or _version_of(uri)
     try:
         for info, _ in tar_members(uri):
             if info.isfile() and has_image_extension(info.name):
-                yield InputRef(uri, info.name)
+                yield InputRef(uri, info.name, version)
             elif info.isfile():
                 yield Ignored(f"{uri}#{info.name}")
     except tarfile.TarError as err:
@@ -128,28 +146,30 @@ def _resolve(entry: str, list_uri: str) -> str:
     return storage.join(_parent(list_uri), entry)
 
 
-def _expand_object(uri: str) -> Iterator[InputRef | Ignored]:
+def _expand_object(uri: str, version: str | None) -> Iterator[InputRef | Ignored]:
     if _is_tar(uri):
-        yield from _expand_tar(uri)
+        yield from _expand_tar(uri, version)
     elif has_image_extension(uri):
-        yield InputRef(uri)
+        yield InputRef(uri, None, version)
     else:
         yield Ignored(uri)
 
 
-def _walk_sorted(root: Path, uri: str) -> Iterator[str]:
-    """Files under ``root`` in byte order of their relative names (a folder sorts as ``name/``)."""
+def _walk_sorted(root: Path, uri: str) -> Iterator[tuple[str, str]]:
+    """(URI, version) of the files under ``root`` in byte order of their relative names (a folder
+    sorts as ``name/``)."""
     with os.scandir(root) as scan:
         entries = [(entry.name + "/" if entry.is_dir() else entry.name, entry) for entry in scan]
     for name, entry in sorted(entries, key=lambda item: item[0].encode()):
         if name.endswith("/"):
             yield from _walk_sorted(Path(entry.path), f"{uri}/{entry.name}")
         elif entry.is_file() and not storage._local.is_temp_name(entry.name):
-            yield f"{uri}/{entry.name}"
+            yield f"{uri}/{entry.name}", object_version(storage._local._info("", entry.stat()))
 
 
-def iter_objects(prefix: str) -> Iterator[str]:
-    """URIs of the objects under ``prefix`` in byte order, streamed (S3: one listing page at a time)."""
+def iter_objects(prefix: str) -> Iterator[tuple[str, str]]:
+    """(URI, version) of the objects under ``prefix`` in byte order, streamed (S3: one listing page
+    at a time; size and ETag come with the page)."""
     loc = storage.parse(prefix)
     base = prefix.rstrip("/")
     if loc.is_local:
@@ -162,7 +182,7 @@ def iter_objects(prefix: str) -> Iterator[str]:
     for obj in client.list_objects(bucket_name=loc.bucket, prefix=f"{key}/" if key else None, recursive=True):
         name = obj.object_name or ""
         if not name.endswith("/"):  # zero-byte "folder" markers made by consoles
-            yield f"{loc.scheme}://{loc.bucket}/{name}"
+            yield f"{loc.scheme}://{loc.bucket}/{name}", f"{obj.size}:{(obj.etag or '').strip(chr(34))}"
 
 
 def iter_inputs(inputs: Sequence[str]) -> Iterator[InputRef | Ignored]:
@@ -183,13 +203,13 @@ def iter_inputs(inputs: Sequence[str]) -> Iterator[InputRef | Ignored]:
                     resolved = _resolve(entry, item)
                     yield from _expand_tar(resolved) if _is_tar(resolved) else (InputRef(resolved),)
             else:
-                yield from _expand_object(item)
+                yield from _expand_object(item, _version_of(item))
         else:
             found = False
             try:
-                for uri in iter_objects(item):
+                for uri, version in iter_objects(item):
                     found = True
-                    yield from _expand_object(uri)
+                    yield from _expand_object(uri, version)
             except NotFoundError:
                 pass
             if not found:
@@ -261,6 +281,7 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
     writers = [gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6) for sink in sinks]
     counts = [0] * partitions
     ignored: list[Counter] = [Counter() for _ in range(partitions)]
+    digest = hashlib.sha256(json.dumps([[[i, _version_of(i)] for i in inputs], partitions]).encode())
     index = 0
     try:
         for item in iter_inputs(inputs):
@@ -268,8 +289,10 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
                 ignored[partition_of(item.uri, partitions)][item.reason] += 1
                 continue
             owner = partition_of(item.source, partitions)
-            record = {"i": index, "uri": item.uri, "member": item.member}
-            writers[owner].write((json.dumps(record) + "\n").encode())
+            record = {"i": index, "uri": item.uri, "member": item.member, "v": item.version}
+            line = (json.dumps(record) + "\n").encode()
+            digest.update(line)
+            writers[owner].write(line)
             counts[owner] += 1
             index += 1
     except BaseException:
@@ -289,6 +312,8 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
         "ignored_by_partition": [dict(sorted(counts.items())) for counts in ignored],
         "lists": [list_file_name(p, partitions) for p in range(partitions)],
     }
+    digest.update(json.dumps(listing["ignored_by_partition"]).encode())
+    listing["digest"] = digest.hexdigest()
     storage.write_json(listing_uri, listing)
     return listing
 
@@ -317,5 +342,5 @@ def read_listing(
     with storage.open(uri, "rb") as raw, gzip.open(raw, "rt") as lines:
         for line in lines:
             record = json.loads(line)
-            refs.append((int(record["i"]), InputRef(record["uri"], record["member"])))
+            refs.append((int(record["i"]), InputRef(record["uri"], record["member"], record.get("v"))))
     return refs, dict(listing["ignored_by_partition"][partition])

@@ -3,6 +3,10 @@ eval_datasets step, the step parameters map onto the protocol's config and `Feat
 
 A step pod with several GPUs runs the evaluation as a torchrun with one rank per GPU (the trunk is
 sharded over them when it needs to be, `seer.eval.sharded`); rank 0 writes the report.
+
+The checkpoint may be given as a seer artifact descriptor (seer.artifacts): the step reads the data
+it names, and the linear probe's classifier (a whole trunk) is written next to it, under the run's
+data prefix, with only a descriptor at `save_classifier_uri`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any
 
 import torch
 
-from seer import storage
+from seer import artifacts, storage
 from seer.errors import ConfigError
 from seer.eval.features import parse_transform
-from seer.eval.setup import FeatureOptions
+from seer.eval.setup import FeatureOptions, is_main_rank
 
 # eval name → (module, {run() parameter: datasets.json key})
 STEP_INPUTS = {
@@ -75,6 +79,12 @@ def run_step(
     module = importlib.import_module(f"seer.eval.{module_name}")
     if name == "test384" and storage.exists(storage.join(checkpoint, "skipped.json")):
         raise ConfigError("test384 evaluates the linear step's classifier: enable the linear evaluation too")
+    described = artifacts.read_descriptor(checkpoint) if artifacts.is_descriptor(checkpoint) else {}
+    checkpoint = described.get("uri", checkpoint)
+    classifier_descriptor = None
+    if params.get("save_classifier_uri") and described.get("prefix"):
+        classifier_descriptor = params["save_classifier_uri"]
+        params["save_classifier_uri"] = storage.join(described["prefix"], "linear-eval", "classifier.pt")
     sets = storage.read_json(storage.join(datasets_uri, "datasets.json"))
     base = module.default_options() if hasattr(module, "default_options") else FeatureOptions()
     options = replace(base, batch_size=batch_size, num_workers=workers)
@@ -91,7 +101,17 @@ def run_step(
         param: sets.get(key) or sets.get("linear_val" if key == "test384_val" else key)
         for param, key in inputs.items()
     }
-    return module.run(checkpoint=checkpoint, options=options, output=output, **uris, **params)
+    doc = module.run(checkpoint=checkpoint, options=options, output=output, **uris, **params)
+    if classifier_descriptor is not None and is_main_rank():
+        artifacts.write_descriptor(
+            classifier_descriptor,
+            "classifier",
+            params["save_classifier_uri"],
+            prefix=described["prefix"],
+            preset=described.get("preset", ""),
+            bytes=storage.stat(params["save_classifier_uri"]).size,
+        )
+    return doc
 
 
 def _torchrun(ranks: int, call: dict[str, Any]) -> dict:
