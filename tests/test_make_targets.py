@@ -25,6 +25,8 @@ CLUSTER_VARS = (
     "DRY_RUN",
     "CRON",
     "STEP_SETTINGS",
+    "DATA_ROOT",
+    "SHARD_PARALLELISM",
 )
 # Set by an outer `make test` (CI): a nested make would print "make[1]: ***" instead of a user's "make: ***".
 MAKE_VARS = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
@@ -84,6 +86,9 @@ def test_pretrain_10b_dry_run_prints_the_plan_and_a_valid_62x8_job() -> None:
         arguments["backend"] == "pytorchjob" and arguments["preset"] == "rg10b" and arguments["nodes"] == 62
     )
     assert arguments["job_name"] == job["metadata"]["name"]
+    # issue 13: the 1B corpus is sharded by 100 pods (docs/sharding.md plan), its data under the shared prefix
+    assert arguments["shard_parallelism"] == 100
+    assert arguments["data_root"] == "minio://mlpipeline/shared/seer/data"
     package = next(yaml.safe_load_all((ROOT / "build" / "pretrain-10b" / "seer-pretrain.yaml").read_text()))
     # seer_spec §7: the 10B evaluations run sharded over the 8 GPUs of one pod (seer.eval.steps starts a
     # torchrun with one rank per GPU); KFP's PipelineSpec records the count as accelerator.count.

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from pipelines.run.kfp_api import SubmitError, add_kfp_flags, reaching_kfp, set_caching
-from pipelines.storage_defaults import DEFAULT_REGISTRY
+from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "pretrain-10b"
@@ -73,6 +73,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--images-uri", default=_env("IMAGES_URI"), help="corpus the KFP run shards (IMAGES_URI)")
     p.add_argument("--data-uri", default=_env("DATA_URI"), help="existing shards for MODE=job (DATA_URI)")
+    p.add_argument(
+        "--data-root",
+        default=_env("DATA_ROOT", DEFAULT_DATA_ROOT),
+        help="prefix for the run's shards, checkpoints and evaluation data (DATA_ROOT)",
+    )
+    p.add_argument(
+        "--shard-parallelism",
+        type=int,
+        default=int(_env("SHARD_PARALLELISM", "100")),
+        help="shard pods the KFP run fans out to (SHARD_PARALLELISM; `seer shard --plan` sizes it: "
+        "1B images on 100 pods x 8 cores)",
+    )
     p.add_argument(
         "--output-uri", default=_env("OUTPUT_URI"), help="run output for MODE=job, s3://… (OUTPUT_URI)"
     )
@@ -125,6 +137,8 @@ def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "images_uri": a.images_uri,
+        "data_root": a.data_root,
+        "shard_parallelism": a.shard_parallelism,
         "preset": a.preset,
         "backend": a.backend,
         "nodes": a.nodes,
