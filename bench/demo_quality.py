@@ -53,10 +53,10 @@ def train(work: Path, name: str, overrides: list[str], shards: str, nproc: int) 
     from seer.checkpoints.consolidate import consolidate
 
     out = work / "runs" / name
-    cmd = [sys.executable, "-m", "seer", "pretrain", "--config", "rg-tiny"]
+    cmd = [sys.executable, "-m", "seer", "pretrain", "--recipe", "rg-tiny"]
     if nproc > 1:
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc-per-node={nproc}"]
-        cmd += ["-m", "seer", "pretrain", "--config", "rg-tiny"]
+        cmd += ["-m", "seer", "pretrain", "--recipe", "rg-tiny"]
     for item in overrides:
         cmd += ["--set", item]
     cmd += ["--data", shards, "--output", str(out)]

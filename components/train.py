@@ -15,7 +15,7 @@ def pretrain(
     metrics: Output[Metrics],
     run_id: str,
     data_root: str,
-    preset: str = "rg-tiny",
+    recipe: str = "rg-tiny",
     overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
     backend: str = "local",
     nproc_per_node: int = 2,
@@ -37,7 +37,7 @@ def pretrain(
     pending_timeout_s: float = 1800.0,
     poll_interval_s: float = 5.0,
 ):
-    """SwAV pretraining (`seer pretrain`) of `preset` on the shards; checkpoints land under `run`.
+    """SwAV pretraining (`seer pretrain`) with `recipe` on the shards; checkpoints land under `run`.
 
     Args:
         shards: Descriptor of the shards (the merge step's): the job reads the shards prefix it names.
@@ -46,14 +46,14 @@ def pretrain(
         metrics: Final training numbers from summary.json.
         run_id: Pipeline run id; names the job (seer.launch.job_name: `seer-<run_id>` unless `job_name` is set).
         data_root: Folder or s3:// / minio:// prefix for the run's data.
-        preset: Pretraining preset (rg-tiny … rg10b) or config path.
+        recipe: Pretraining recipe (rg-tiny … rg10b, `seer config list`) or config path.
         overrides: Config overrides, e.g. ["train.iterations=100"].
         backend: local (torchrun on this machine), pytorchjob (Training Operator v1) or trainjob (Trainer v2).
         nproc_per_node: Local ranks (backend local).
         job_name: Job name (default seer-<run_id>).
         trainer_image: Trainer image with a pinned tag (images/trainer); the pipelines pass SEER_TRAINER_IMAGE.
-        nodes: Pods (0: the preset's, rg10b: 62).
-        gpus_per_node: GPUs per pod (-1: the preset's).
+        nodes: Pods (0: the recipe's, rg10b: 62).
+        gpus_per_node: GPUs per pod (-1: the recipe's).
         namespace: Namespace of the job.
         storage_secret: Secret holding the object-storage credentials and SEER_S3_ENDPOINT ('' for none).
         service_account: Service account of the training pods.
@@ -78,9 +78,9 @@ def pretrain(
     output_uri = storage.join(run_prefix, "pretrain")
     job_info = {}
     if backend == "local":
-        args = pretrain_args(preset, output_uri, overrides, data_uri=data_uri)
+        args = pretrain_args(recipe, output_uri, overrides, data_uri=data_uri)
         if run_local(args, nproc_per_node=nproc_per_node):
-            raise LaunchError(f"local pretraining of {preset} failed; see the rank logs above")
+            raise LaunchError(f"local pretraining of {recipe} failed; see the rank logs above")
     elif backend in BACKENDS:
         from seer.launch import job_name as make_job_name
         from seer.launch import make_launcher, render_job
@@ -90,7 +90,7 @@ def pretrain(
         job = render_job(
             backend,
             make_job_name(run_id, job_name),
-            preset,
+            recipe,
             image=trainer_image,
             output_uri=output_uri,
             nodes=nodes or None,
@@ -124,7 +124,8 @@ def pretrain(
         "run",
         output_uri,
         prefix=run_prefix,
-        preset=preset,
+        preset=summary.get("preset", ""),
+        recipe=recipe,
         backend=backend,
         data=data_uri,
         **job_info,

@@ -98,7 +98,7 @@ def build_pretrain_pipeline(
         synth_images: int = 256,
         data_root: str = DEFAULT_DATA_ROOT,
         shard_parallelism: int = 1,
-        preset: str = "rg-tiny",
+        recipe: str = "rg-tiny",
         overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
         backend: str = "local",
         nproc_per_node: int = 2,
@@ -128,12 +128,12 @@ def build_pretrain_pipeline(
             synth_images: Images in the synthetic corpus when images_uri is empty.
             data_root: Folder or s3:// / minio:// prefix for the run's data (shards, checkpoints, slices, classifiers, generated sets); KFP artifacts only hold descriptors pointing there. On multi-user KFP keep it under mlpipeline/shared/ or private-artifacts/<namespace>/.
             shard_parallelism: Shard steps run in parallel (partitions of the listing), e.g. 125 for 1B images at 8 cores each (seer shard --plan).
-            preset: Pretraining preset: rg-tiny, rg-small, rg32gf, rg64gf, rg128gf, rg256gf, rg10b, or a config path.
+            recipe: Pretraining recipe: rg-tiny, rg-small, rg32gf, rg64gf, rg128gf, rg256gf, rg10b, seer2021, or a config path.
             overrides: Config overrides, e.g. ["train.iterations=1000", "optim.base_lr=0.3"].
             backend: Where training runs: local (torchrun inside the step's pod), pytorchjob (a Kubeflow PyTorchJob) or trainjob (a Kubeflow Trainer v2 TrainJob).
             nproc_per_node: Ranks of a local run.
-            nodes: PyTorchJob pods (0: the preset's, rg10b: 62).
-            gpus_per_node: GPUs per PyTorchJob pod (-1: the preset's, 8 for the large presets).
+            nodes: PyTorchJob pods (0: the recipe's, rg10b: 62).
+            gpus_per_node: GPUs per PyTorchJob pod (-1: the recipe's, 8 for the large recipes).
             trainer_image: Trainer image (images/trainer) with a pinned tag.
             job_name: PyTorchJob name (default: seer-<run id>).
             namespace: Namespace of the PyTorchJob.
@@ -161,7 +161,7 @@ def build_pretrain_pipeline(
                 shards=shards.outputs["shards"],
                 run_id=RUN_ID,
                 data_root=data_root,
-                preset=preset,
+                recipe=recipe,
                 overrides=overrides,
                 backend=backend,
                 nproc_per_node=nproc_per_node,

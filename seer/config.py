@@ -1,10 +1,10 @@
-"""Typed run configuration: dataclasses loaded from YAML presets and overridden from the command line.
+"""Typed run configuration: dataclasses loaded from YAML recipes and overridden from the command line.
 
 A config is built in three layers, each validated before any work starts:
 
 1. the dataclass defaults below (the SEER 2021 recipe where one exists),
-2. a YAML preset (``seer/presets/pretrain/<name>.yaml``, or any YAML path), which may ``inherit``
-   another preset,
+2. a YAML pretraining recipe (``seer/recipes/pretrain/<name>.yaml``, or any YAML path), which may
+   ``inherit`` another recipe,
 3. ``--set section.key=value`` overrides (values parsed as YAML: ``0.3``, ``[0, 1]``, ``true``).
 
 Unknown keys, wrong types and impossible values raise :class:`seer.errors.ConfigError` naming the key,
@@ -25,7 +25,7 @@ import yaml
 
 from seer.errors import ConfigError
 
-PRESET_DIR = Path(__file__).parent / "presets" / "pretrain"
+RECIPE_DIR = Path(__file__).parent / "recipes" / "pretrain"
 
 
 @dataclass
@@ -264,12 +264,12 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets and overrides
+# Recipes and overrides
 
 
-def list_presets() -> list[str]:
-    """Names of the bundled pretraining presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+def list_recipes() -> list[str]:
+    """Names of the bundled pretraining recipes."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -282,21 +282,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _preset_dict(preset_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = Path(preset_or_path)
+def _recipe_dict(recipe_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(recipe_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        path = PRESET_DIR / f"{preset_or_path}.yaml"
+        path = RECIPE_DIR / f"{recipe_or_path}.yaml"
         if not path.exists():
             raise ConfigError(
-                f"unknown preset {preset_or_path!r}; use one of {', '.join(list_presets())} or a path to a YAML file"
+                f"unknown recipe {recipe_or_path!r}; use one of {', '.join(list_recipes())} or a path to a YAML file"
             )
     if str(path) in seen:
-        raise ConfigError(f"preset inheritance loops: {' -> '.join([*seen, str(path)])}")
+        raise ConfigError(f"recipe inheritance loops: {' -> '.join([*seen, str(path)])}")
     data = _read_yaml(path)
     parent = data.pop("inherit", None)
     if parent is None:
         return data
-    return _merge(_preset_dict(str(parent), (*seen, str(path))), data)
+    return _merge(_recipe_dict(str(parent), (*seen, str(path))), data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -327,10 +327,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(
-    preset_or_path: str = "rg-tiny", overrides: list[str] | None = None, world_size: int | None = None
+    recipe_or_path: str = "rg-tiny", overrides: list[str] | None = None, world_size: int | None = None
 ) -> SeerConfig:
-    """Build and validate a config from a preset name or YAML path plus ``key=value`` overrides."""
-    data = apply_overrides(_preset_dict(preset_or_path), overrides or [])
+    """Build and validate a config from a recipe name or YAML path plus ``key=value`` overrides."""
+    data = apply_overrides(_recipe_dict(recipe_or_path), overrides or [])
     cfg = _build(SeerConfig, data)
     validate(cfg, world_size=world_size)
     return cfg

@@ -1,4 +1,4 @@
-"""`seer config`: show the resolved config of a preset with overrides, or list presets."""
+"""`seer config`: show the resolved config of a pretraining recipe with overrides, or list recipes."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import json
 
 import yaml
 
-from seer.config import config_to_dict, list_presets, load_config
+from seer.config import config_to_dict, list_recipes, load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default: str = "rg-tiny") -> None:
-    """The `--config` / `--set` pair shared by every command that takes a run config."""
+    """The `--recipe` / `--set` pair shared by every command that takes a pretraining config."""
     parser.add_argument(
-        "--config",
+        "--recipe",
         default=default,
-        help=f"pretraining preset name ({', '.join(list_presets())}) or a YAML file path (default: {default})",
+        help=f"pretraining recipe name ({', '.join(list_recipes())}) or a YAML file path (default: {default})",
     )
     parser.add_argument(
         "--set",
@@ -29,25 +29,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str = "rg-tin
 
 
 def _show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides, world_size=args.world_size)
+    cfg = load_config(args.recipe, args.overrides, world_size=args.world_size)
     data = config_to_dict(cfg)
     print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False), end="")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    for name in list_presets():
+    for name in list_recipes():
         print(name)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("config", help="show resolved run configs and list presets")
+    parser = subparsers.add_parser("config", help="show resolved pretraining configs and list recipes")
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    show = sub.add_parser("show", help="print the validated config of a preset with --set overrides applied")
+    show = sub.add_parser("show", help="print the validated config of a recipe with --set overrides applied")
     add_config_arguments(show)
     show.add_argument("--world-size", type=int, default=None, help="also check batch/world-size consistency")
     show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     show.set_defaults(func=_show)
-    lst = sub.add_parser("list", help="list the bundled pretraining presets")
+    lst = sub.add_parser("list", help="list the bundled pretraining recipes")
     lst.set_defaults(func=_list)

@@ -17,7 +17,7 @@ from seer.metrics import read_jsonl
 def run_args(iterations: int) -> list[str]:
     """Small, fast and still learning: 32/16 px crops, SEER-like LR (4.8 at batch 16), saves every 3."""
     return [
-        "--config", "rg-tiny",
+        "--recipe", "rg-tiny",
         "--set", f"train.iterations={iterations}",
         "--set", "train.checkpoint_every=3",
         "--set", "train.keep_last=2",

@@ -60,7 +60,7 @@ def test_training_engine_checkpoint_round_trip_into_two_rank_sharded_model(tmp_p
         "swav.freeze_prototypes_iters": "1",
     }
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
-    run = [*TORCHRUN, "-m", "seer", "pretrain", "--config", "rg-tiny", *sets]
+    run = [*TORCHRUN, "-m", "seer", "pretrain", "--recipe", "rg-tiny", *sets]
     _run([*run, "--data", str(tmp_path / "shards"), "--output", str(tmp_path / "out")])
     ckpt = tmp_path / "out" / "checkpoints" / "iter-00000002"
     assert (

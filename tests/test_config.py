@@ -1,21 +1,21 @@
-"""Typed configs: presets load, overrides apply, and bad input fails before any work with a precise message."""
+"""Typed configs: recipes load, overrides apply, and bad input fails before any work with a precise message."""
 
 from __future__ import annotations
 
 import pytest
 
 from seer.cli import main
-from seer.config import ConfigError, config_to_dict, from_dict, global_batch, list_presets, load_config
+from seer.config import ConfigError, config_to_dict, from_dict, global_batch, list_recipes, load_config
 
 
-def test_every_bundled_preset_loads_and_validates() -> None:
-    names = list_presets()
+def test_every_bundled_recipe_loads_and_validates() -> None:
+    names = list_recipes()
     assert {"rg-tiny", "rg-small", "rg32gf", "rg64gf", "rg128gf", "rg256gf", "rg10b"} <= set(names)
     for name in names:
         load_config(name)
 
 
-def test_rg10b_preset_carries_the_10b_recipe() -> None:
+def test_rg10b_recipe_carries_the_10b_settings() -> None:
     cfg = load_config("rg10b", world_size=496)
     assert cfg.model.preset == "rg10b"
     assert [(c.size, c.count) for c in cfg.data.crops] == [(160, 2), (96, 4)]
@@ -25,7 +25,7 @@ def test_rg10b_preset_carries_the_10b_recipe() -> None:
     assert cfg.train.checkpoint_every == 100
 
 
-def test_inherited_preset_overrides_only_what_it_names() -> None:
+def test_inherited_recipe_overrides_only_what_it_names() -> None:
     cfg = load_config("rg128gf")
     base = load_config("seer2021")
     assert cfg.model.preset == "rg128gf"
@@ -86,8 +86,8 @@ def test_global_batch_must_divide_the_world_size() -> None:
         load_config("rg10b", world_size=248)
 
 
-def test_unknown_preset_lists_the_bundled_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown preset 'nope'.*rg-tiny"):
+def test_unknown_recipe_lists_the_bundled_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'.*rg-tiny"):
         load_config("nope")
 
 
@@ -103,7 +103,7 @@ def test_yaml_file_with_inherit(tmp_path) -> None:
 
 
 def test_cli_prints_config_and_reports_errors_in_one_line(capsys) -> None:
-    assert main(["config", "show", "--config", "rg-tiny", "--set", "train.iterations=9"]) == 0
+    assert main(["config", "show", "--recipe", "rg-tiny", "--set", "train.iterations=9"]) == 0
     assert "iterations: 9" in capsys.readouterr().out
     assert main(["config", "show", "--set", "optim.base_lr=-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

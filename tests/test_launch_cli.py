@@ -10,7 +10,7 @@ from seer.cli import main
 from tests.fake_kube import FakeKube, Pod, Step, running
 
 JOB_ARGS = [
-    "--preset",
+    "--recipe",
     "rg-tiny",
     "--image",
     "registry.example.com/seer/trainer:0.1.0",
@@ -42,7 +42,7 @@ def test_render_prints_the_job_yaml(capsys) -> None:
             "launch",
             "render",
             "seer-cli",
-            "--preset",
+            "--recipe",
             "rg10b",
             *JOB_ARGS[2:],
             "--gang-scheduler",

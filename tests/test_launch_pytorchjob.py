@@ -12,10 +12,10 @@ from seer.launch.pytorchjob import SPEC_HASH_ANNOTATION, render_pytorchjob
 IMAGE = "registry.example.com/seer/trainer:0.1.0"
 
 
-def render(name: str = "seer-run", preset: str = "rg10b", **kw):
+def render(name: str = "seer-run", recipe: str = "rg10b", **kw):
     kw.setdefault("image", IMAGE)
     kw.setdefault("output_uri", "s3://seer/runs/r1")
-    return render_pytorchjob(name, preset, **kw)
+    return render_pytorchjob(name, recipe, **kw)
 
 
 def container(job, rtype: str = "Master"):
@@ -49,7 +49,7 @@ def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
         "-m",
         "seer",
         "pretrain",
-        "--config",
+        "--recipe",
         "rg10b",
         "--set",
         "train.metrics_port=9090",
@@ -84,7 +84,7 @@ def test_rg10b_defaults_to_62_nodes_of_8_gpus() -> None:
 
 
 def test_single_node_cpu_preset_has_no_workers_gpus_or_nccl() -> None:
-    job = render(preset="rg-tiny")
+    job = render(recipe="rg-tiny")
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master"}
     assert job["spec"]["nprocPerNode"] == "2"
     c = container(job)
@@ -160,7 +160,7 @@ def test_spec_hash_identifies_the_job() -> None:
     [
         (dict(nodes=0), "nodes must be at least 1"),
         (dict(name="Seer_Run"), "not a valid Kubernetes name"),
-        (dict(preset="my/config.yaml"), "has no default node shape; pass nodes and gpus_per_node"),
+        (dict(recipe="my/config.yaml"), "has no default node shape; pass nodes and gpus_per_node"),
         (dict(image="registry.example.com/seer-trainer"), "has no tag; pin it"),
         (dict(gang_scheduler="kueue"), "gang_scheduler 'kueue' is unknown"),
         (dict(queue="q"), "only applies with a gang_scheduler"),
@@ -178,10 +178,10 @@ def test_bad_input_names_the_problem_and_the_fix(kwargs, message: str) -> None:
         render(**kwargs)
 
 
-def test_config_path_preset_with_explicit_shape() -> None:
-    job = render(preset="s3://cfg/my.yaml", nodes=2, gpus_per_node=4)
-    assert job["spec"]["nprocPerNode"] == "4" and job["metadata"]["labels"]["seer.kubeflow.org/preset"]
-    assert container(job)["command"][container(job)["command"].index("--config") + 1] == "s3://cfg/my.yaml"
+def test_config_path_recipe_with_explicit_shape() -> None:
+    job = render(recipe="s3://cfg/my.yaml", nodes=2, gpus_per_node=4)
+    assert job["spec"]["nprocPerNode"] == "4" and job["metadata"]["labels"]["seer.kubeflow.org/recipe"]
+    assert container(job)["command"][container(job)["command"].index("--recipe") + 1] == "s3://cfg/my.yaml"
 
 
 # ---- restarts, as the training operator counts them --------------------------------------------

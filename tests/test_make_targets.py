@@ -83,7 +83,7 @@ def test_pretrain_10b_dry_run_prints_the_plan_and_a_valid_62x8_job() -> None:
     assert yaml.safe_dump(job, sort_keys=False) in out
     arguments = json.loads((ROOT / "build" / "pretrain-10b" / "arguments.json").read_text())
     assert (
-        arguments["backend"] == "pytorchjob" and arguments["preset"] == "rg10b" and arguments["nodes"] == 62
+        arguments["backend"] == "pytorchjob" and arguments["recipe"] == "rg10b" and arguments["nodes"] == 62
     )
     assert arguments["job_name"] == job["metadata"]["name"]
     # issue 13: the 1B corpus is sharded by 100 pods (docs/sharding.md plan), its data under the shared prefix

@@ -287,7 +287,7 @@ def test_prod_overlay_is_the_62x8_gang_scheduled_gpu_job() -> None:
 # The prod-62x8 PyTorchJob and the trainer-v2 TrainJob samples render the same 62x8 rg10b run.
 PROD_RG10B: dict[str, Any] = dict(
     name="seer-rg10b",
-    preset="rg10b",
+    recipe="rg10b",
     output_uri="s3://seer/runs/rg10b",
     data_uri="s3://seer/shards",
     node_selector={"nvidia.com/gpu.present": "true"},
@@ -312,7 +312,7 @@ PROD_RG10B: dict[str, Any] = dict(
             "manifests/overlays/local/pytorchjob-rg-tiny.yaml",
             dict(
                 name="seer-rg-tiny",
-                preset="rg-tiny",
+                recipe="rg-tiny",
                 data_uri="s3://seer/shards",
                 output_uri="s3://seer/runs/rg-tiny",
             ),

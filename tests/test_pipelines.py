@@ -110,7 +110,7 @@ def test_pretrain_parameters_have_defaults_and_ui_descriptions(compiled) -> None
     for name, param in params.items():
         assert param.get("isOptional") is True and "defaultValue" in param, f"{name} has no default"
         assert len(param.get("description", "")) > 10, f"{name} has no description in the KFP UI"
-    assert params["preset"]["defaultValue"] == "rg-tiny" and params["backend"]["defaultValue"] == "local"
+    assert params["recipe"]["defaultValue"] == "rg-tiny" and params["backend"]["defaultValue"] == "local"
     assert params["run_geolocalization"]["defaultValue"] is False
     assert "pytorchjob" in params["backend"]["description"]
     assert params["trainer_image"]["defaultValue"].endswith("/trainer:0.1.0")

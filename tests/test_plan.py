@@ -36,7 +36,7 @@ def test_activation_estimate_matches_what_autograd_saves(preset: str, crops: lis
 
 
 def test_rg10b_on_62_nodes_fits_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["plan", "--preset", "rg10b", "--nodes", "62", "--gpus-per-node", "8", "--gpu-mem-gb", "40"]
+    argv = ["plan", "--recipe", "rg10b", "--nodes", "62", "--gpus-per-node", "8", "--gpu-mem-gb", "40"]
     assert main([*argv, "--img-per-sec-per-gpu", "2.5"]) == 0
     out = capsys.readouterr().out
     assert "9,628,923,288" in out and "496 GPUs" in out
@@ -58,12 +58,12 @@ def test_rg10b_on_62_nodes_fits_and_says_why(capsys: pytest.CaptureFixture[str])
 
 def test_plan_refuses_what_cannot_fit_with_the_numbers(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        main(["plan", "--preset", "rg10b", "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem-gb", "40"]) == 2
+        main(["plan", "--recipe", "rg10b", "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem-gb", "40"]) == 2
     )
     out = capsys.readouterr().out
     assert "DOES NOT FIT: needs" in out and "only 40 GiB exist" in out
     assert "sharded params/grads/momentum" in out and "use more GPUs" in out
-    argv = ["plan", "--preset", "rg10b", "--nodes", "62", "--set", "train.activation_checkpointing=false"]
+    argv = ["plan", "--recipe", "rg10b", "--nodes", "62", "--set", "train.activation_checkpointing=false"]
     assert main(argv) == 2
     assert "enable activation checkpointing" in capsys.readouterr().out
 
@@ -82,7 +82,7 @@ def test_plan_json_and_measured_throughput(tmp_path: Path, capsys: pytest.Captur
     )
     assert measured_throughput("rg128gf", tmp_path) == (90.0, "train_step_gpu.json (H100)")
     assert measured_throughput("rg10b", tmp_path) is None
-    assert main(["plan", "--preset", "rg128gf", "--nodes", "2", "--batch-per-gpu", "8", "--json"]) == 0
+    assert main(["plan", "--recipe", "rg128gf", "--nodes", "2", "--batch-per-gpu", "8", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["global_batch"] == 128 and data["lr"] == pytest.approx(0.3 * 128 / 256)
     assert data["fits"] is True and data["iterations"] == 7_812_500

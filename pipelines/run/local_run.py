@@ -26,7 +26,7 @@ from typing import Any
 DEMO_ARGUMENTS: dict[str, Any] = {
     "synth_images": 256,
     "shard_parallelism": 2,
-    "preset": "rg-tiny",
+    "recipe": "rg-tiny",
     "backend": "local",
     "nproc_per_node": 2,
     "benchmark_sizes": {},

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print the plan and rendered objects only (DRY_RUN=1)",
     )
     add_kfp_flags(p)
-    p.add_argument("--preset", default=_env("PRESET", "rg10b"), help="pretraining preset (PRESET)")
+    p.add_argument("--recipe", default=_env("RECIPE", "rg10b"), help="pretraining recipe (RECIPE)")
     p.add_argument("--nodes", type=int, default=int(_env("NODES", "62")), help="nodes (NODES)")
     p.add_argument(
         "--gpus-per-node",
@@ -139,7 +139,7 @@ def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
         "images_uri": a.images_uri,
         "data_root": a.data_root,
         "shard_parallelism": a.shard_parallelism,
-        "preset": a.preset,
+        "recipe": a.recipe,
         "backend": a.backend,
         "nodes": a.nodes,
         "gpus_per_node": a.gpus_per_node,
@@ -157,7 +157,7 @@ def pipeline_arguments(a: argparse.Namespace) -> dict[str, Any]:
         "run_test384": True,
         "eval_device": "cuda",
         "registry": a.registry,
-        "model_name": f"seer-{a.preset}",
+        "model_name": f"seer-{a.recipe}",
     }
 
 
@@ -184,7 +184,7 @@ def render_job(a: argparse.Namespace, data_uri: str, output_uri: str) -> dict[st
     return render(
         a.backend,
         a.job_name,
-        a.preset,
+        a.recipe,
         image=SEER_TRAINER_IMAGE,
         output_uri=output_uri,
         data_uri=data_uri,
@@ -206,7 +206,7 @@ def plan_text(a: argparse.Namespace) -> tuple[str, bool]:
     from seer.train.plan import estimate, format_plan
 
     plan = estimate(
-        load_config(a.preset),
+        load_config(a.recipe),
         nodes=a.nodes,
         gpus_per_node=a.gpus_per_node,
         gpu_mem_gib=a.gpu_mem_gb,
@@ -300,7 +300,7 @@ def submit_run(a: argparse.Namespace, package: Path, arguments: dict[str, Any]) 
         run = client.create_run_from_pipeline_package(
             str(package),
             arguments=arguments,
-            run_name=f"seer-pretrain-{a.preset}",
+            run_name=f"seer-pretrain-{a.recipe}",
             experiment_name=a.experiment,
             namespace=a.kfp_namespace,
             enable_caching=False,

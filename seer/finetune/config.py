@@ -1,4 +1,4 @@
-"""Fine-tuning configs: dataclasses, YAML recipes under `seer/presets/finetune/`, `--set` overrides.
+"""Fine-tuning configs: dataclasses, YAML recipes under `seer/recipes/finetune/`, `--set` overrides.
 
 Built like the pretraining config (`seer.config`): defaults < recipe (which may `inherit`) <
 `section.key=value` overrides, validated with messages naming the key. `train` is the pretraining
@@ -15,7 +15,7 @@ from typing import Any, Literal
 from seer.config import TrainConfig, _build, _merge, _read_yaml, apply_overrides
 from seer.errors import ConfigError
 
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "presets" / "finetune"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
 
 
 @dataclass

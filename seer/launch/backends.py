@@ -34,15 +34,15 @@ def job_name(run_id: str, name: str = "") -> str:
     return f"seer-{slug}"[:MAX_JOB_NAME].rstrip("-")
 
 
-def render_job(backend: str, name: str, preset: str, **options: Any) -> dict[str, Any]:
+def render_job(backend: str, name: str, recipe: str, **options: Any) -> dict[str, Any]:
     """The job object of `backend`; `options` are `render_pytorchjob`'s (plus `runtime`,
     `runtime_kind` for trainjob; `kueue_queue` for both)."""
     if check_backend(backend) == "trainjob":
-        return render_trainjob(name, preset, **options)
+        return render_trainjob(name, recipe, **options)
     for key in ("runtime", "runtime_kind"):
         if options.pop(key, None):
             raise ConfigError(f"{key} only applies to backend trainjob")
-    return render_pytorchjob(name, preset, **options)
+    return render_pytorchjob(name, recipe, **options)
 
 
 def make_launcher(backend: str, api_client: Any, **options: Any) -> KubeJobLauncher:

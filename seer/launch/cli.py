@@ -45,7 +45,7 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
     return render_job(
         args.backend,
         args.name,
-        args.preset,
+        args.recipe,
         image=args.image,
         output_uri=args.output,
         data_uri=args.data,
@@ -135,7 +135,7 @@ def _local(args: argparse.Namespace) -> int:
     from seer.launch.local import run_local
 
     return run_local(
-        pretrain_args(args.preset, args.output, args.set or [], data_uri=args.data),
+        pretrain_args(args.recipe, args.output, args.set or [], data_uri=args.data),
         nproc_per_node=args.nproc_per_node,
     )
 
@@ -150,14 +150,14 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
         "--runtime-kind", choices=RUNTIME_KINDS, default="TrainingRuntime", help="trainjob: kind of --runtime"
     )
     p.add_argument("--kueue-queue", help="Kueue LocalQueue: the job waits suspended until Kueue admits it")
-    p.add_argument("--preset", required=True, help="pretrain preset (rg-tiny … rg10b) or config path")
+    p.add_argument("--recipe", required=True, help="pretraining recipe (rg-tiny … rg10b) or config path")
     p.add_argument("--image", required=True, help="trainer image with a pinned tag (images/trainer)")
     p.add_argument(
         "--output", required=True, help="run output URI (s3://bucket/prefix) for checkpoints and logs"
     )
     p.add_argument("--data", help="shards folder or manifest URI (default: the config's data.shards)")
-    p.add_argument("--nodes", type=int, help="number of nodes/pods (default: the preset's, rg10b: 62)")
-    p.add_argument("--gpus-per-node", type=int, help="GPUs per pod, one process each (default: the preset's)")
+    p.add_argument("--nodes", type=int, help="number of nodes/pods (default: the recipe's, rg10b: 62)")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per pod, one process each (default: the recipe's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--namespace", default="seer", help="namespace of the job (default: seer)")
     p.add_argument(
@@ -174,8 +174,8 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--toleration", action="append", metavar="KEY[=VALUE]:EFFECT", help="pod toleration, repeatable"
     )
-    p.add_argument("--cpu", help="CPU request/limit per pod (default: the preset's)")
-    p.add_argument("--memory", help="memory request/limit per pod, e.g. 960Gi (default: the preset's)")
+    p.add_argument("--cpu", help="CPU request/limit per pod (default: the recipe's)")
+    p.add_argument("--memory", help="memory request/limit per pod, e.g. 960Gi (default: the recipe's)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra container env, repeatable")
     p.add_argument("--network", choices=NETWORKS, default="tcp", help="NCCL fabric: tcp, efa (AWS) or ib")
     p.add_argument("--network-devices", type=int, default=0, help="EFA adapters or RDMA devices per pod")
@@ -249,7 +249,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cancel)
 
     p = sub.add_parser("local", help="run `seer pretrain` with torchrun on this machine (torchx local_cwd)")
-    p.add_argument("--preset", required=True, help="pretrain preset or config path (e.g. rg-tiny)")
+    p.add_argument("--recipe", required=True, help="pretraining recipe or config path (e.g. rg-tiny)")
     p.add_argument("--output", required=True, help="run output URI")
     p.add_argument("--data", help="shards folder or manifest URI (default: the config's data.shards)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable")

@@ -37,7 +37,7 @@ _MAX_NAME_LEN = 48
 
 @dataclass(frozen=True)
 class NodeShape:
-    """Default placement of a preset: node count, GPUs and host resources per node."""
+    """Default placement of a recipe: node count, GPUs and host resources per node."""
 
     nodes: int
     gpus_per_node: int
@@ -50,7 +50,7 @@ class NodeShape:
 _GPU_NODE = {"cpu": "88", "memory": "960Gi", "shm": "128Gi"}  # an 8-GPU A100/H100 node, leaving headroom
 # SEER's published layouts (reference/seer_spec.md §3): RG-10B on 62×8 A100, RG-256Gf on 64×8 (bs 8192),
 # RG-128Gf on 16×8 (bs 4096); the smaller trunks fit comfortably on 8 nodes.
-PRESET_SHAPES: dict[str, NodeShape] = {
+RECIPE_SHAPES: dict[str, NodeShape] = {
     "rg10b": NodeShape(62, 8, **_GPU_NODE),
     "rg256gf": NodeShape(64, 8, **_GPU_NODE),
     "rg128gf": NodeShape(16, 8, **_GPU_NODE),
@@ -61,13 +61,13 @@ PRESET_SHAPES: dict[str, NodeShape] = {
 }
 
 
-def preset_shape(preset: str) -> NodeShape | None:
-    """The default node shape of a preset name, or None for unknown presets and config paths."""
-    return PRESET_SHAPES.get(preset.lower().replace("_", "-")) or PRESET_SHAPES.get(preset.lower())
+def recipe_shape(recipe: str) -> NodeShape | None:
+    """The default node shape of a recipe name, or None for unknown recipes and config paths."""
+    return RECIPE_SHAPES.get(recipe.lower().replace("_", "-")) or RECIPE_SHAPES.get(recipe.lower())
 
 
 def pretrain_args(
-    preset: str,
+    recipe: str,
     output_uri: str,
     overrides: Sequence[str] = (),
     *,
@@ -75,7 +75,7 @@ def pretrain_args(
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The `seer pretrain ...` arguments (after `-m seer`) shared by the PyTorchJob and local runs."""
-    args = ["pretrain", "--config", preset]
+    args = ["pretrain", "--recipe", recipe]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE; write it like train.lr=0.3")
@@ -233,7 +233,7 @@ def spec_hash(job: Mapping[str, Any]) -> str:
 
 def render_pytorchjob(
     name: str,
-    preset: str,
+    recipe: str,
     *,
     image: str,
     output_uri: str,
@@ -268,9 +268,9 @@ def render_pytorchjob(
     image_pull_secrets: Sequence[str] = (),
     labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Render the PyTorchJob for `seer pretrain --config PRESET [--data DATA_URI] --output OUTPUT_URI` as a dict.
+    """Render the PyTorchJob for `seer pretrain --recipe RECIPE [--data DATA_URI] --output OUTPUT_URI` as a dict.
 
-    `nodes`/`gpus_per_node` default to the preset's published shape (rg10b: 62×8). `resources` sets
+    `nodes`/`gpus_per_node` default to the recipe's published shape (rg10b: 62×8). `resources` sets
     the per-pod cpu/memory requests (limits equal requests; GPUs are added as `nvidia.com/gpu`).
     `gang_scheduler` ("volcano" or "scheduler-plugins") makes all pods schedule together
     (`minAvailable = nodes`). Restarts follow `restart_settings(nodes, max_faults, ...)`;
@@ -282,11 +282,11 @@ def render_pytorchjob(
     `runPolicy.suspend: true`, which Kueue lifts when it admits the job.
     """
     validate_name(name)
-    shape = preset_shape(preset)
+    shape = recipe_shape(recipe)
     if shape is None and (nodes is None or gpus_per_node is None):
         raise ConfigError(
-            f"preset {preset!r} has no default node shape; pass nodes and gpus_per_node "
-            f"(known presets: {', '.join(PRESET_SHAPES)})"
+            f"recipe {recipe!r} has no default node shape; pass nodes and gpus_per_node "
+            f"(known recipes: {', '.join(RECIPE_SHAPES)})"
         )
     nodes = nodes if nodes is not None else shape.nodes
     gpus = gpus_per_node if gpus_per_node is not None else shape.gpus_per_node
@@ -346,14 +346,14 @@ def render_pytorchjob(
         "privileged": False,
         "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]} if network == "ib" else {})},
     }
-    restarts = restart_settings(nodes, max_faults, checkpoint_bytes(preset))
+    restarts = restart_settings(nodes, max_faults, checkpoint_bytes(recipe))
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": torchrun_command(
             pretrain_args(
-                preset,
+                recipe,
                 output_uri,
                 [f"train.metrics_port={metrics_port}", *restarts.trainer_overrides(), *overrides],
                 data_uri=data_uri,
@@ -378,7 +378,7 @@ def render_pytorchjob(
         "app.kubernetes.io/name": "seer",
         "app.kubernetes.io/component": "trainer",
         PART_OF_LABEL[0]: PART_OF_LABEL[1],
-        "seer.kubeflow.org/preset": re.sub(r"[^A-Za-z0-9_.-]", "-", preset)[-63:].strip("-_.") or "custom",
+        "seer.kubeflow.org/recipe": re.sub(r"[^A-Za-z0-9_.-]", "-", recipe)[-63:].strip("-_.") or "custom",
         **(labels or {}),
     }
     shm: dict[str, Any] = {"medium": "Memory"}

@@ -47,7 +47,7 @@ STORAGE_SECRET_KEYS = (
 
 def render_trainjob(
     name: str,
-    preset: str,
+    recipe: str,
     *,
     runtime: str = DEFAULT_RUNTIME,
     runtime_kind: str = "TrainingRuntime",
@@ -70,7 +70,7 @@ def render_trainjob(
         raise ConfigError(
             "runtime is empty; name a TrainingRuntime such as seer-torch (or torch-distributed)"
         )
-    source = render_pytorchjob(name, preset, **job_options)
+    source = render_pytorchjob(name, recipe, **job_options)
     master = source["spec"]["pytorchReplicaSpecs"]["Master"]
     nodes = sum(r["replicas"] for r in source["spec"]["pytorchReplicaSpecs"].values())
     pod = copy.deepcopy(master["template"]["spec"])

@@ -45,9 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     plan.add_argument(
-        "--preset",
+        "--recipe",
         default="rg10b",
-        help="pretraining preset (model, crops, optimizer, batch); see `seer config list` (default: rg10b)",
+        help="pretraining recipe (model, crops, optimizer, batch); see `seer config list` (default: rg10b)",
     )
     plan.add_argument(
         "--set",
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-per-gpu",
         type=int,
         default=None,
-        help="images per GPU per step (default: the preset's train.batch_per_gpu)",
+        help="images per GPU per step (default: the recipe's train.batch_per_gpu)",
     )
     plan.add_argument(
         "--images",
@@ -93,7 +93,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from seer.train.engine import run_pretraining
     from seer.train.faults import RESUMABLE_EXIT_CODE, Preempted
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.recipe, args.overrides)
     try:
         run_pretraining(cfg, args.output, data_uri=args.data)
     except Preempted as stop:  # not an error: exit so that torchrun / the operator restart us
@@ -108,7 +108,7 @@ def _plan(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.batch_per_gpu is not None:
         overrides.append(f"train.batch_per_gpu={args.batch_per_gpu}")
-    cfg = load_config(args.preset, overrides)
+    cfg = load_config(args.recipe, overrides)
     plan = estimate(
         cfg,
         nodes=args.nodes,
