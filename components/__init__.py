@@ -44,7 +44,13 @@ from components.evaluate import (  # noqa: E402
     linear_eval,
     test384_eval,
 )
-from components.registry import compare_metrics, register_model, resolve_model  # noqa: E402
+from components.finetune import finetune  # noqa: E402
+from components.registry import (  # noqa: E402
+    compare_metrics,
+    register_finetuned_model,
+    register_model,
+    resolve_model,
+)
 from components.train import pretrain  # noqa: E402
 
 __all__ = [
@@ -55,6 +61,7 @@ __all__ = [
     "copy_detection_eval",
     "eval_datasets",
     "fairness_eval",
+    "finetune",
     "generate_corpus",
     "geolocalization_eval",
     "knn_eval",
@@ -63,6 +70,7 @@ __all__ = [
     "merge_shards",
     "pretrain",
     "record_failure_and_cleanup",
+    "register_finetuned_model",
     "register_model",
     "resolve_model",
     "seer_component",

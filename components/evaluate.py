@@ -168,12 +168,13 @@ def geolocalization_eval(
     chunk_size: int = 2048, transform: str = "shorter:224:224", batch_size: int = 64, workers: int = 4,
     device: str = "auto", baselines: list = [],  # noqa: B006
 ):
-    """Geolocalization on frozen features: predict geo_val locations from geo_train → accuracy at
-    1/25/200/750/2500 km (SEER fine-tunes the trunk instead; the report records `frozen-features`).
+    """Geolocalization: predict geo_val locations from geo_train on frozen features, or with the model's
+    own cell classifier (method finetuned) → accuracy at 1/25/200/750/2500 km; the report records the protocol.
 
     Args:
         metrics: Accuracy per distance threshold (and baselines').
-        method: nn (nearest training image) or cells (cell classifier; prediction = top cell's mean coordinates).
+        method: nn (nearest training image), cells (cell classifier; prediction = top cell's mean coordinates)
+            or finetuned (model is a `seer finetune --recipe im2gps` classifier: its own head and cells).
         cell_deg: Grid cell size in degrees when geo_cells is not given.
         chunk_size: Training images per block when assigning them to the nearest cell centre.
     """
@@ -196,7 +197,8 @@ def fairness_eval(
     transform: str = "shorter:256:224", batch_size: int = 64, workers: int = 4, device: str = "auto",
     baselines: list = [],  # noqa: B006
 ):
-    """Fairness: classifier on fairness_train (frozen features), the chosen indicator on fairness_test.
+    """Fairness: classifier on fairness_train (frozen features) or the model's own head (classifier
+    finetuned), the chosen indicator on fairness_test.
 
     Args:
         metrics: Per-group accuracy / hit rates / label-association shares (and baselines').
@@ -206,7 +208,7 @@ def fairness_eval(
         label_map: URI of the JSON class → labels map ("" = a class is its own label).
         associations: URI of the JSON category → labels map ("" = VISSL's IN22k-subset map).
         harmful_labels: Class names counted as harmful predictions (accuracy indicator).
-        classifier: linear or knn.
+        classifier: linear or knn (on frozen features), or finetuned (model is a `seer finetune` classifier).
     """
     from seer.eval.steps import run_step
 

@@ -89,6 +89,45 @@ def register_model(
     return registered.version
 
 
+@seer_component(additional_funcs=[_results_by_eval])
+@_with_results_args
+def register_finetuned_model(
+    classifier: Input[Model],
+    linear: Input[Artifact], knn: Input[Artifact], copy_detection: Input[Artifact],
+    geolocalization: Input[Artifact], fairness: Input[Artifact], test384: Input[Artifact],
+    entry: Output[Artifact],
+    registry: str,
+    name: str,
+    version: str,
+    parent_name: str = "",
+    parent_version: str = "",
+) -> str:
+    """Register the fine-tuned classifier as `name`/`version` with the evaluations' metrics, lineage to
+    the registered pretrained model `parent_name`/`parent_version` (`seer.finetune.register`); returns
+    the version.
+
+    Args:
+        classifier: The finetune step's classifier descriptor.
+        entry: The registry entry as JSON.
+        registry: Storage URI of the registry, or the http(s) address of a Kubeflow Model Registry.
+        name: Model name of the fine-tuned classifier.
+        version: Version name (unique per model).
+        parent_name: Registered model that was fine-tuned ('' for a bare checkpoint URI).
+        parent_version: Its version ('' for a bare checkpoint URI).
+    """
+    import json
+
+    from seer.finetune.register import register_finetune_run
+
+    results = _results_by_eval(linear, knn, copy_detection, geolocalization, fairness, test384)
+    registered = register_finetune_run(registry, classifier.uri, name, version, results, parent_name, parent_version)
+    with open(entry.path, "w") as f:
+        json.dump(registered.to_dict(), f, indent=2)
+    entry.metadata.update({"registry": registry, "name": name, "version": registered.version})
+    print(f"registered {name} {registered.version} (from {registered.parent_run or 'a checkpoint'}) in {registry}")
+    return registered.version
+
+
 @seer_component
 def resolve_model(registry: str, name: str, version: str = "latest", checkpoint_uri: str = "") -> NamedTuple(
     "Resolved", [("uri", str), ("preset", str), ("version", str)]

@@ -1,4 +1,4 @@
-"""Compile seer-pretrain and seer-evaluate to the YAML packages the KFP UI uploads (`make compile`).
+"""Compile seer-pretrain, seer-evaluate and seer-finetune to the YAML packages the KFP UI uploads (`make compile`).
 
     python -m pipelines.compile [--output-dir pipelines/compiled] [--step-settings steps.yaml]
 
@@ -21,8 +21,10 @@ DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "build" / "pipelines"
 def compile_all(
     output_dir: str | Path = DEFAULT_OUTPUT_DIR, step_settings: str | None = None
 ) -> dict[str, Path]:
-    """Write `<output_dir>/seer-pretrain.yaml` and `seer-evaluate.yaml`; returns name → path."""
+    """Write `<output_dir>/seer-pretrain.yaml`, `seer-evaluate.yaml` and `seer-finetune.yaml`; returns
+    name → path."""
     from pipelines.evaluate import DEFAULT_EVAL_STEP_SETTINGS, build_evaluate_pipeline
+    from pipelines.finetune import DEFAULT_FINETUNE_STEP_SETTINGS, build_finetune_pipeline
     from pipelines.pretrain import DEFAULT_STEP_SETTINGS, build_pretrain_pipeline
 
     out = Path(output_dir)
@@ -33,6 +35,9 @@ def compile_all(
         ),
         "seer-evaluate": build_evaluate_pipeline(
             step_settings=load_step_settings(DEFAULT_EVAL_STEP_SETTINGS, step_settings)
+        ),
+        "seer-finetune": build_finetune_pipeline(
+            step_settings=load_step_settings(DEFAULT_FINETUNE_STEP_SETTINGS, step_settings)
         ),
     }
     paths = {}

@@ -44,9 +44,12 @@ EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
     "geo_transform": (str, _step_default(steps.geolocalization_eval, "transform"), "Test transform of "
                       "geolocalization (VISSL im2gps: Resize 224 + CenterCrop 224)."),
     "geo_method": (str, _step_default(steps.geolocalization_eval, "method"), "Geolocalization predictor: nn or "
-                   "cells (cell classifier over geo_cells; frozen features, SEER fine-tunes)."),
+                   "cells (cell classifier over geo_cells) on frozen features, or finetuned (the model is a geo "
+                   "fine-tune: its own cell classifier, SEER's protocol)."),
     "fairness_indicator": (str, _step_default(steps.fairness_eval, "indicator"), "Fairness indicator: accuracy, "
                            "geographic (Dollar Street) or label-association (Casual Conversations)."),
+    "fairness_classifier": (str, _step_default(steps.fairness_eval, "classifier"), "Fairness classifier: linear "
+                            "or knn on frozen features of fairness_train, or finetuned (the model's own head)."),
     "fairness_label_map": (str, _step_default(steps.fairness_eval, "label_map"), "URI of the JSON map from the "
                            "fairness_train classes to Dollar Street labels / label names (empty: none)."),
     "eval_baselines": (list, [], "Also evaluate baselines: random-init and/or random-features."),
@@ -73,7 +76,11 @@ _STEP_PARAMETERS = {
         "pool": "linear_pool",
     },
     "geolocalization": {"method": "geo_method"},
-    "fairness": {"indicator": "fairness_indicator", "label_map": "fairness_label_map"},
+    "fairness": {
+        "indicator": "fairness_indicator",
+        "label_map": "fairness_label_map",
+        "classifier": "fairness_classifier",
+    },
 }
 
 
@@ -85,12 +92,21 @@ def _args_indent(doc: str) -> int:
     raise ValueError("the pipeline docstring needs an Args: section")
 
 
-def with_evaluation_parameters(func: Callable) -> Callable:
+def with_evaluation_parameters(func: Callable, *, defaults: Mapping[str, Any] | None = None) -> Callable:
     """Give a pipeline function the evaluation parameters after its own (signature and docstring
-    `Args:`); the function receives them as one mapping, `evaluation`."""
+    `Args:`); the function receives them as one mapping, `evaluation`. `defaults` replaces some
+    parameters' defaults for this pipeline (e.g. seer-finetune runs test384 by default)."""
+    unknown = set(defaults or {}) - set(EVALUATION_PARAMETERS)
+    if unknown:
+        raise ValueError(f"not evaluation parameters: {sorted(unknown)}")
     own = [p for p in inspect.signature(func).parameters.values() if p.name != "evaluation"]
     added = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=(defaults or {}).get(name, default),
+            annotation=kind,
+        )
         for name, (kind, default, _) in EVALUATION_PARAMETERS.items()
     ]
     names = [p.name for p in own + added]
@@ -110,9 +126,14 @@ def with_evaluation_parameters(func: Callable) -> Callable:
 
 
 def evaluation_steps(
-    model: Any, datasets: Any, settings: Mapping[str, StepSettings], evaluation: Mapping[str, Any]
+    model: Any,
+    datasets: Any,
+    settings: Mapping[str, StepSettings],
+    evaluation: Mapping[str, Any],
+    classifier: Any = None,
 ) -> dict[str, Any]:
-    """The six evaluation tasks on `model` (fan-out), keyed by evaluation name."""
+    """The six evaluation tasks on `model` (fan-out), keyed by evaluation name. test384 tests
+    `classifier` (a fine-tuned classifier artifact) when given, else the linear probe's."""
     common = {"device": evaluation["eval_device"], "workers": evaluation["eval_workers"]}
     tasks = {}
     for name, (step, switch, transform) in _STEPS.items():
@@ -127,7 +148,7 @@ def evaluation_steps(
             **common,
         )
     tasks["test384"] = steps.test384_eval(
-        classifier=tasks["linear"].outputs["classifier"],
+        classifier=tasks["linear"].outputs["classifier"] if classifier is None else classifier,
         datasets=datasets,
         enabled=evaluation["run_test384"],
         classifier_uri=evaluation["test384_classifier"],

@@ -37,7 +37,7 @@ def _types(spec_items) -> dict[str, str]:
 
 
 def test_every_step_runs_in_the_component_image_without_installing_kfp() -> None:
-    assert len(ALL) == 17
+    assert len(ALL) == 19
     for comp in ALL:
         container = comp.component_spec.implementation.container
         assert container.image == components.SEER_COMPONENT_IMAGE, comp.name
@@ -590,3 +590,100 @@ def test_compiled_pretrain_retries_its_idempotent_steps_and_bounds_the_exit_hand
     assert cleanup["inputs"]["parameters"]["model_version"] == version
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert executors["exec-record-failure-and-cleanup"]["activeDeadlineSeconds"] == "1800"
+
+
+def _finetune_output(run_dir: Path, pretrained: str) -> None:
+    """What the pods of a `seer finetune` leave under its output (seer.finetune.run.export_classifier)."""
+    (run_dir / "classifier.pt").parent.mkdir(parents=True)
+    (run_dir / "classifier.pt").write_bytes(b"clf")
+    storage.write_json(str(run_dir / "summary.json"), {"iterations": 30, "loss": {"final": 0.4}})
+    storage.write_json(
+        str(run_dir / "finetune.json"),
+        {
+            "classifier": str(run_dir / "classifier.pt"),
+            "sha256": "ab" * 32,
+            "sliced": str(run_dir / "sliced" / "index.json"),
+            "checkpoint": str(run_dir / "checkpoints" / "iter-00000030"),
+            "iteration": 30,
+            "preset": "rg-small",
+            "classes": 3,
+            "pretrained": pretrained,
+        },
+    )
+
+
+def test_finetune_on_a_cluster_runs_seer_finetune_as_a_pytorchjob_then_registers_with_lineage(
+    kube: FakeKube, tmp_path: Path
+) -> None:
+    """The finetune step renders the same PyTorchJob as pretraining with `seer finetune` as its entry,
+    trains on the datasets.json set of the recipe's task, and the register step records the classifier
+    with the evaluations and its registered parent (seer.finetune.register)."""
+    pretrained = tmp_path / "data" / "runs" / "p1" / "consolidate-slice" / "sliced"
+    ckpt = _out(Model, tmp_path / "ckpt-descriptor", "model")
+    artifacts.write_descriptor(ckpt.path, "sliced", str(pretrained), preset="rg-small")
+    datasets = _out(Dataset, tmp_path / "datasets", "datasets")
+    storage.write_json(
+        str(tmp_path / "datasets" / "datasets.json"),
+        {
+            "linear_train": "s3://b/count/train.csv",
+            "linear_val": "s3://b/count/val.csv",
+            "geo_train": "s3://b/g",
+        },
+    )
+    run_dir = tmp_path / "data" / "runs" / "ft9" / "finetune"
+    _finetune_output(run_dir, str(pretrained))
+    kube.script("seer-ft9", [running(n_workers=1), Step("Succeeded", "PyTorchJobSucceeded", "done")])
+    classifier, metrics = (
+        _out(Model, tmp_path / "clf", "classifier"),
+        _out(Metrics, tmp_path / "m", "metrics"),
+    )
+    components.finetune.python_func(
+        model=ckpt,
+        datasets=datasets,
+        classifier=classifier,
+        metrics=metrics,
+        run_id="ft9",
+        data_root=str(tmp_path / "data"),
+        recipe="in1k-384",
+        preset="rg-small",
+        overrides=["optim.epochs=2", "optim.milestones=[1]"],
+        backend="pytorchjob",
+        trainer_image="reg.test/seer-trainer:1",
+        nodes=2,
+        poll_interval_s=0.01,
+    )
+    job = kube.jobs[("seer", "seer-ft9")]
+    cmd = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"]
+    at = cmd.index("seer") + 1
+    assert cmd[at : at + 3] == ["finetune", "--recipe", "in1k-384"]
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert f"model.checkpoint={pretrained}" in sets and "model.preset=rg-small" in sets
+    assert sets[-2:] == ["optim.epochs=2", "optim.milestones=[1]"] and any(
+        s.startswith("train.max_faults=") for s in sets
+    )
+    assert cmd[cmd.index("--data") + 1] == "s3://b/count/train.csv"  # linear_train: a classification recipe
+    assert cmd[cmd.index("--output") + 1] == str(run_dir)
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["restartPolicy"] == "ExitCode"
+    described = artifacts.read_descriptor(classifier.path, "classifier")
+    assert described["uri"] == str(run_dir / "classifier.pt") and described["run"] == str(run_dir)
+    assert classifier.metadata["job"] == "seer/seer-ft9" and metrics.metadata["loss.final"] == 0.4
+
+    registry = str(tmp_path / "registry")
+    parent = StorageRegistry(registry).register(
+        "seer-small", "v3", str(pretrained / "index.json"), sha256="cd" * 32
+    )
+    entry = _out(Artifact, tmp_path / "entry.json")
+    version = components.register_finetuned_model.python_func(
+        classifier=classifier,
+        entry=entry,
+        registry=registry,
+        name="seer-small-in1k",
+        version="ft-ft9",
+        parent_name="seer-small",
+        parent_version="v3",
+        **_eval_inputs(tmp_path / "evals", 0.8),
+    )
+    stored = StorageRegistry(registry).get("seer-small-in1k", version)
+    assert stored.parent_run == "seer-small/v3" and stored.artifacts["pretrained"] == parent.artifact_uri
+    assert stored.metrics["linear.top1"] == 0.8 and stored.sha256 == "ab" * 32
+    assert stored.artifact_uri.endswith("classifier.pt") and "linear.report" in stored.artifacts

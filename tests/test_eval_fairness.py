@@ -197,3 +197,53 @@ def test_label_association_runs_on_an_unlabelled_imported_test_set(tmp_path) -> 
         "gender_skintone.male_lighter.crime",
     } <= set(doc["metrics"])
     assert "gender.female.non-human" in doc["lower_is_better"] and "human" not in doc["lower_is_better"]
+
+
+def test_finetuned_classifier_scores_fairness_with_its_own_head(tmp_path) -> None:
+    """`--classifier finetuned`: no training set; the classes, top-1 and top-5 are the file's head's.
+
+    Accuracy indicator: the head gives img0 → a, img1 → b (right, group g1), img2 → d, img3 → c (wrong,
+    group g2): accuracy 0.5, g1 1.0, g2 0.0, disparity 1.0, one harmful `d` prediction. Geographic
+    indicator: a bias-only head ranks c0 > c1 > ... > c6 for every image, so the top-5 is c0..c4: img0
+    (truth c4, rank 5) is a hit, img1 (truth c5, rank 6) a miss."""
+    from seer.eval.fairness import run
+    from tests.finetuned_classifier import OPTIONS, write_classifier, write_images
+
+    names = write_images(tmp_path, 4)
+    grouped = tmp_path / "grouped.csv"
+    rows = [
+        f"{n},{label},{group}"
+        for n, label, group in zip(names, "abcd", ["g1", "g1", "g2", "g2"], strict=True)
+    ]
+    grouped.write_text("path,label,group\n" + "\n".join(rows) + "\n")
+    clf = write_classifier(tmp_path / "abcd.pt", str(grouped), "grouped", list("abcd"), rows=[0, 1, 3, 2])
+    doc = run(
+        None, str(grouped), clf, classifier="finetuned", harmful_labels=("d",), device="cpu", options=OPTIONS
+    )
+    m = doc["metrics"]
+    assert (m["accuracy"], m["g1.accuracy"], m["g2.accuracy"], m["disparity"]) == (0.5, 1.0, 0.0, 1.0)
+    assert m["harmful_predictions"] == 1.0
+    assert doc["config"]["protocol"] == doc["details"]["protocol"] == "fine-tuned"
+    assert doc["details"]["classes"] == list("abcd") and "train" not in doc["datasets"]
+
+    street = tmp_path / "street.csv"
+    street.write_text(
+        "path,label,income,region,country\n"
+        f"{names[0]},c4,27,Africa,Burundi\n{names[1]},c5,5000,Europe,France\n"
+    )
+    classes = [f"c{i}" for i in range(7)]
+    ranked = write_classifier(tmp_path / "c7.pt", str(street), "images", classes, bias=[6, 5, 4, 3, 2, 1, 0])
+    doc = run(
+        None,
+        str(street),
+        ranked,
+        classifier="finetuned",
+        indicator="geographic",
+        device="cpu",
+        options=OPTIONS,
+    )
+    m = doc["metrics"]
+    assert m["hit_rate"] == 0.5 and m["income.low.hit_rate"] == 1.0 and m["income.high.hit_rate"] == 0.0
+    assert doc["config"]["topk"] == 5
+    with pytest.raises(ConfigError, match="needs a training set"):
+        run(None, str(street), ranked, indicator="geographic", device="cpu", options=OPTIONS)

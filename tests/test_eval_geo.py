@@ -152,3 +152,38 @@ def test_run_labels_the_frozen_features_protocol(tmp_path) -> None:
     assert doc["config"]["protocol"] == "frozen-features" and doc["config"]["assignment"] == "nearest centre"
     assert doc["config"]["transform"] == "shorter:224:224:bilinear"
     assert set(doc["metrics"]) >= {"acc@1km", "acc@2500km"}
+
+
+PARIS, LONDON, NEW_YORK = (48.8566, 2.3522), (51.5074, -0.1278), (40.7128, -74.0060)
+
+
+def test_finetuned_cell_classifier_predicts_its_top_cells_recorded_location(tmp_path) -> None:
+    """`--method finetuned`: the file's own head and cell locations, no training set. The head is built
+    so that the Paris image's top cell is cell 1 (located in London), London's is cell 0 (Paris) and
+    New York's is cell 2 (New York): errors 343.5 km (Paris-London), 343.5 km and 0 km."""
+    from tests.finetuned_classifier import OPTIONS, write_classifier, write_images
+
+    names = write_images(tmp_path, 3)
+    val = tmp_path / "val.csv"
+    rows = [f"{n},{lat},{lon}" for n, (lat, lon) in zip(names, (PARIS, LONDON, NEW_YORK), strict=True)]
+    val.write_text("path,lat,lon\n" + "\n".join(rows) + "\n")
+    clf = write_classifier(
+        tmp_path / "geo.pt",
+        str(val),
+        "geo",
+        ["0", "1", "2"],
+        rows=[1, 0, 2],
+        locations=[PARIS, LONDON, NEW_YORK],
+    )
+    doc = geo.run(None, str(val), clf, method="finetuned", device="cpu", options=OPTIONS)
+    m = doc["metrics"]
+    assert m["acc@1km"] == m["acc@25km"] == m["acc@200km"] == pytest.approx(1 / 3)
+    assert m["acc@750km"] == m["acc@2500km"] == 1.0
+    assert m["median_km"] == pytest.approx(343.5, abs=0.5)
+    assert doc["config"]["protocol"] == doc["details"]["protocol"] == "fine-tuned"
+    assert doc["config"]["method"] == "finetuned" and "train" not in doc["datasets"]
+    plain = write_classifier(tmp_path / "plain.pt", str(val), "geo", ["0", "1", "2"], rows=[0, 1, 2])
+    with pytest.raises(DatasetError, match="not a geo fine-tune"):
+        geo.run(None, str(val), plain, method="finetuned", device="cpu", options=OPTIONS)
+    with pytest.raises(Exception, match="needs a training set"):
+        geo.run(None, str(val), plain, method="nn", device="cpu", options=OPTIONS)

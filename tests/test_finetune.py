@@ -35,7 +35,6 @@ from seer.eval import geolocalization, linear, test384
 from seer.eval.features import TransformSpec
 from seer.eval.linear import LinearConfig
 from seer.eval.setup import FeatureOptions
-from seer.finetune import geo
 from seer.finetune.config import load_finetune_config
 from seer.finetune.data import LabelledLoader, load_labelled, train_transform
 from seer.finetune.plan import estimate_finetune
@@ -255,7 +254,9 @@ def test_geo_finetune_beats_nearest_neighbour_at_25km(trunk: Path, tmp_path: Pat
     over = [*_overrides(trunk), f"data.cells={sets['cells']}", "optim.epochs=4", "optim.milestones=[3]",
             "train.batch_per_gpu=16", "train.checkpoint_every=100"]  # fmt: skip
     run_finetune(load_finetune_config("im2gps", over), str(tmp_path / "out"), sets["train"])
-    tuned = geo.run(sets["val"], str(tmp_path / "out" / "classifier.pt"), resolution=SIZE, options=OPTS)
+    clf = str(tmp_path / "out" / "classifier.pt")
+    tuned = geolocalization.run(None, sets["val"], clf, method="finetuned", options=OPTS)
+    assert tuned["config"]["protocol"] == "fine-tuned"
     assert tuned["metrics"]["acc@25km"] > nn_doc["metrics"]["acc@25km"] + 0.15, (
         tuned["metrics"],
         nn_doc["metrics"],

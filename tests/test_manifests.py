@@ -14,7 +14,14 @@ import pytest
 import yaml
 
 from seer.config import TrainConfig
-from seer.launch.pytorchjob import checkpoint_bytes, render_pytorchjob, restart_settings, spec_hash
+from seer.errors import ConfigError
+from seer.launch.pytorchjob import (
+    checkpoint_bytes,
+    finetune_entry,
+    render_pytorchjob,
+    restart_settings,
+    spec_hash,
+)
 from seer.launch.trainjob import render_trainjob
 from tests.trainer_api import RUNTIME_PATCH_POD_FIELDS
 
@@ -100,7 +107,9 @@ def check_pytorchjob(job: dict[str, Any]) -> None:
         assert c["command"][:3] == ["python", "-m", "seer.launch.elastic"]
         launcher = c["command"][3:]
         assert "--nproc-per-node=$(PET_NPROC_PER_NODE)" in launcher and "--rdzv-backend=c10d" in launcher
-        assert launcher[launcher.index("-m") + 1 : launcher.index("-m") + 3] == ["seer", "pretrain"]
+        # a command of the training engine: it resumes from its newest checkpoint, saves on SIGTERM
+        seer = launcher[launcher.index("-m") + 1 : launcher.index("-m") + 3]
+        assert seer in (["seer", "pretrain"], ["seer", "finetune"]), seer
         assert pod["terminationGracePeriodSeconds"] > 30, "the preemption save needs more than the default"
         gpus = int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
         assert gpus == 0 or str(gpus) == nproc, "one process per GPU"
@@ -336,6 +345,64 @@ def test_rendered_62x8_job_passes_the_same_checks(gang: str | None) -> None:
         gang_scheduler=gang,
     )
     check_pytorchjob(job)
+
+
+@pytest.mark.parametrize("gang", [None, "volcano"])
+def test_rendered_62x8_finetune_job_passes_the_same_checks_as_pretraining(gang: str | None) -> None:
+    """`seer finetune` of rg10b runs as pretraining does: 62×8, torchrun through seer.launch.elastic,
+    the same restart policy, backoff and grace (sized by the rg10b checkpoint), only the entry differs."""
+    common: dict[str, Any] = dict(
+        image="reg.example.com/seer-trainer:1.0", output_uri="s3://b/ft", data_uri="s3://b/in1k.csv"
+    )
+    job = render_pytorchjob(
+        "seer-ft-check",
+        "rg10b",
+        entry=finetune_entry("in1k-384-rg10b"),
+        overrides=["model.checkpoint=s3://b/sliced/index.json"],
+        gang_scheduler=gang,
+        **common,
+    )
+    check_pytorchjob(job)
+    pretrain = render_pytorchjob("seer-ft-check", "rg10b", gang_scheduler=gang, **common)
+    replicas, pre = job["spec"]["pytorchReplicaSpecs"], pretrain["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Worker"]["replicas"] == 61 and job["spec"]["nprocPerNode"] == "8"
+    assert job["spec"]["runPolicy"] == pretrain["spec"]["runPolicy"]
+    for rtype in ("Master", "Worker"):
+        assert replicas[rtype]["restartPolicy"] == pre[rtype]["restartPolicy"] == "ExitCode"
+        pod, pre_pod = replicas[rtype]["template"]["spec"], pre[rtype]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == pre_pod["terminationGracePeriodSeconds"]
+        cmd, pre_cmd = pod["containers"][0]["command"], pre_pod["containers"][0]["command"]
+        at, pre_at = cmd.index("seer") + 1, pre_cmd.index("seer") + 1
+        assert cmd[:at] == pre_cmd[:pre_at], "the same torchrun (restarts, rendezvous, shutdown timeout)"
+        assert cmd[at : at + 3] == ["finetune", "--recipe", "in1k-384-rg10b"]
+        args = cmd[at + 3 :]
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        # the trainer's own fault budget and grace, as for pretraining; then the user's overrides
+        assert sets[:3] == [a for i, a in enumerate(pre_cmd) if i and pre_cmd[i - 1] == "--set"][:3]
+        assert sets[-1] == "model.checkpoint=s3://b/sliced/index.json"
+        assert args[-4:] == ["--data", "s3://b/in1k.csv", "--output", "s3://b/ft"]
+
+
+def test_rendered_62x8_finetune_trainjob_passes_the_trainjob_checks() -> None:
+    job = render_trainjob(
+        "seer-ft-check",
+        "rg10b",
+        image="reg.example.com/seer-trainer:1.0",
+        output_uri="s3://b/ft",
+        entry=finetune_entry("in1k-384-rg10b"),
+    )
+    check_trainjob(job)
+    trainer = job["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (62, 8)
+    cmd = trainer["command"]
+    assert cmd[cmd.index("seer") + 1 : cmd.index("seer") + 4] == ["finetune", "--recipe", "in1k-384-rg10b"]
+
+
+def test_a_job_runs_only_a_training_command() -> None:
+    with pytest.raises(ConfigError, match="not a training command"):
+        render_pytorchjob(
+            "seer-x", "rg10b", image="r.example.com/t:1", output_uri="s3://b/r", entry=["eval", "linear"]
+        )
 
 
 def test_pod_template_validation_catches_schema_errors() -> None:

@@ -1,4 +1,4 @@
-"""Compiled seer-pretrain / seer-evaluate: they load back with kfp, and the DAG, the exit handler,
+"""Compiled seer-pretrain / seer-evaluate / seer-finetune: they load back with kfp, and the DAG, the exit handler,
 the UI parameter descriptions and the per-step pod settings are what users rely on."""
 
 import inspect
@@ -38,7 +38,7 @@ def compiled(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
         )
     )
     paths = compile_all(out, str(settings))
-    assert sorted(paths) == ["seer-evaluate", "seer-pretrain"]
+    assert sorted(paths) == ["seer-evaluate", "seer-finetune", "seer-pretrain"]
     loaded = {}
     for name, path in paths.items():
         assert kfp_components.load_component_from_file(str(path)).name == name
@@ -130,6 +130,48 @@ def test_evaluate_dag_resolves_evaluates_compares_then_registers(compiled) -> No
     assert all(p.get("description") and "defaultValue" in p for p in params.values())
     for name in ["resolve-model", "compare-metrics", "register-model", *EVALS]:
         assert dag["tasks"][name]["cachingOptions"] == {}, f"{name} must re-run on every scheduled run"
+
+
+def test_finetune_dag_resolves_finetunes_evaluates_the_classifier_then_registers(compiled) -> None:
+    """registered model → fine-tune → the evaluations read the fine-tuned classifier (test384 directly,
+    not the linear probe's) → register with the pretrained parent's name and resolved version."""
+    spec, platform = compiled["seer-finetune"]
+    dag = spec["root"]["dag"]
+    deps = _deps(dag)
+    assert deps["importer"] == {"resolve-model"}
+    assert deps["finetune"] == {"importer", "eval-datasets", "resolve-model"}
+    for name in EVALS:
+        assert deps[name] == {"finetune", "eval-datasets"}, name
+        model = "classifier" if name == "test384-eval" else "model"
+        assert dag["tasks"][name]["inputs"]["artifacts"][model]["taskOutputArtifact"] == {
+            "outputArtifactKey": "classifier",
+            "producerTask": "finetune",
+        }
+    assert deps["register-finetuned-model"] == {"finetune", "resolve-model", *EVALS}
+    register = dag["tasks"]["register-finetuned-model"]["inputs"]["parameters"]
+    assert register["parent_version"]["taskOutputParameter"] == {
+        "outputParameterKey": "version",
+        "producerTask": "resolve-model",
+    }
+    assert register["parent_name"]["componentInputParameter"] == "model_name"
+    assert (
+        dag["tasks"]["finetune"]["inputs"]["parameters"]["preset"]["taskOutputParameter"]["producerTask"]
+        == "resolve-model"
+    )
+    for name in ("resolve-model", "finetune", "register-finetuned-model"):
+        assert dag["tasks"][name]["cachingOptions"] == {}, f"{name} must re-run on every run"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") and "defaultValue" in p for p in params.values())
+    assert params["recipe"]["defaultValue"] == "in1k-384" and params["backend"]["defaultValue"] == "local"
+    # the evaluations of a classifier: test384 on, the frozen-feature probes off, geo/fairness by its head
+    assert params["run_test384"]["defaultValue"] is True and params["run_linear"]["defaultValue"] is False
+    assert (
+        params["geo_method"]["defaultValue"] == params["fairness_classifier"]["defaultValue"] == "finetuned"
+    )
+    pretrain = compiled["seer-pretrain"][0]["root"]["inputDefinitions"]["parameters"]
+    assert pretrain["run_test384"]["defaultValue"] is False and pretrain["geo_method"]["defaultValue"] == "nn"
+    assert platform["exec-finetune"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert platform["exec-test384-eval"]["nodeSelector"]["labels"] == {"pool": "gpu"}
 
 
 def test_step_settings_reach_the_pods(compiled) -> None:

@@ -123,7 +123,11 @@ _TRAIN_VAL = {
     "val_uri": ("--val", "labelled validation set, same classes as --train", True),
 }
 _GROUPED = {
-    "train_uri": ("--train", "labelled training set (path,label[,group])", True),
+    "train_uri": (
+        "--train",
+        "labelled training set (path,label[,group]); not with --classifier finetuned",
+        False,
+    ),
     "test_uri": ("--test", "grouped test set manifest: path,label,group", True),
 }
 PROTOCOLS = {
@@ -212,13 +216,15 @@ PROTOCOLS = {
         "predict image locations → accuracy at 1/25/200/750/2500 km",
         "Predict each validation image's location from the training images (nearest neighbour, or a cell "
         "classifier whose prediction is the top cell's mean coordinates) and score the great-circle (haversine, "
-        "R = 6371 km) error. Frozen-features protocol: SEER fine-tunes the whole trunk on YFCC cells instead "
-        "(seer_spec §5.4); reports record which ran.",
+        "R = 6371 km) error. nn and cells use frozen features; SEER fine-tunes the whole trunk on YFCC cells "
+        "(seer_spec §5.4): --method finetuned scores a `seer finetune --recipe im2gps` classifier file with its "
+        "own head. Reports record which protocol ran (frozen-features or fine-tuned).",
         {
             "train_uri": (
                 "--train",
-                "training set manifest: path,lat,lon[,cell] (cell: per-image S2 label)",
-                True,
+                "training set manifest: path,lat,lon[,cell] (cell: per-image S2 label); not with --method "
+                "finetuned",
+                False,
             ),
             "val_uri": (
                 "--val",
@@ -238,8 +244,10 @@ PROTOCOLS = {
     "fairness": _Protocol(
         "fairness",
         "per-group accuracy, disparity and harmful-label predictions",
-        "Train a classifier on frozen features of --train, then report accuracy per group of --test, the "
-        "disparity across groups (max − min, min / max) and predictions of harmful labels per group.",
+        "Train a classifier on frozen features of --train (or, --classifier finetuned, use the head of a "
+        "`seer finetune` classifier file given as --checkpoint), then report the indicator on --test: accuracy "
+        "per group, the disparity across groups (max − min, min / max) and harmful-label predictions per group, "
+        "or SEER's geographic / label-association indicators.",
         _GROUPED,
         config="FairnessConfig",
         probe=True,

@@ -10,8 +10,11 @@
   tone (test set `path,gender,age,skin_type`, no class label, e.g. `seer eval
   import-casual-conversations` output).
 
-The classifier is a linear probe (or k-NN) trained on frozen features of `--train`; SEER fine-tunes
-the whole trunk on an ImageNet-22k subset instead, and the reports record `frozen-features`.
+The classifier (`--classifier`) is a linear probe or k-NN trained on frozen features of `--train`
+(reports record `frozen-features`), or `finetuned`: the checkpoint is a classifier file fine-tuned by
+`seer finetune` (SEER fine-tunes the whole trunk on an ImageNet-22k subset, `--recipe fairness-in22k`)
+and its own head gives the top-k / top-1 over its classes; no training set is read, and the reports
+record `fine-tuned`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from seer import storage
 from seer.errors import ConfigError
 from seer.eval import fairness_indicators as fi
-from seer.eval import metrics, report
+from seer.eval import finetuned, metrics, report
 from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
 from seer.eval.features import FeatureSet
 from seer.eval.knn import knn_scores
@@ -34,6 +37,7 @@ from seer.eval.linear import LinearConfig, predict, train_probe
 from seer.eval.setup import Scored, arg, evaluate, ints, names, prepare
 
 INDICATORS = ("accuracy", "geographic", "label-association")
+CLASSIFIERS = ("linear", "knn", "finetuned")
 PROTOCOL = "frozen-features"
 # indicator → test-set columns besides `path` (read from the manifest as they are)
 TEST_COLUMNS = {
@@ -109,14 +113,21 @@ class FairnessConfig:
         default=(), metadata=arg("comma-separated class names counted as harmful predictions", parse=names)
     )
     classifier: str = field(
-        default="linear", metadata=arg("classifier on the features", choices=("linear", "knn"))
+        default="linear",
+        metadata=arg(
+            "linear or knn on frozen features of --train; finetuned: the checkpoint's own head (a `seer "
+            "finetune` classifier file, no --train)",
+            choices=CLASSIFIERS,
+        ),
     )
     k: int = field(default=20, metadata=arg("neighbours (knn classifier)"))
     temperature: float = field(default=0.07, metadata=arg("τ of the k-NN vote weight (knn classifier)"))
 
     def validate(self) -> None:
-        if self.classifier not in ("linear", "knn"):
-            raise ConfigError(f"unknown classifier {self.classifier!r}; choose linear or knn")
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError(
+                f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
+            )
         if self.indicator not in INDICATORS:
             raise ConfigError(f"unknown indicator {self.indicator!r}; choose one of {', '.join(INDICATORS)}")
         if self.topk < 1:
@@ -298,23 +309,30 @@ def _classify(config: FairnessConfig, probe: LinearConfig, f: dict[str, FeatureS
     return knn_scores(train_x, train.labels, test_x, n, config.k, config.temperature)
 
 
-def run(train_uri: str, test_uri: str, checkpoint: str, **kwargs: Any) -> dict:
-    """`seer eval fairness`: train a probe (or k-NN) on `train_uri`, score the indicator on `test_uri`."""
+def run(train_uri: str | None, test_uri: str, checkpoint: str, **kwargs: Any) -> dict:
+    """`seer eval fairness`: train a probe (or k-NN) on `train_uri`, score the indicator on `test_uri`;
+    with `classifier="finetuned"` the checkpoint's own head scores instead (`train_uri` unused)."""
     probe = kwargs.pop("probe", None)
     run_settings, options, config = prepare(checkpoint, FairnessConfig, kwargs)
     probe = probe or LinearConfig()
     probe.validate()  # before loading data or extracting features, as `seer eval linear` does
-    train = run_settings.load(train_uri, "classification")
+    head = None
+    if config.classifier == "finetuned":
+        head, run_settings, options = finetuned.prepare_classifier(run_settings, options)
+        train, classes, source, protocol = None, head.classes, checkpoint, finetuned.PROTOCOL
+    elif not train_uri:
+        raise ConfigError(f"--classifier {config.classifier} needs a training set: pass --train URI")
+    else:
+        train = run_settings.load(train_uri, "classification")
+        classes, source, protocol = train.classes, train_uri, PROTOCOL
     if config.indicator == "accuracy":
-        test = run_settings.load(test_uri, "grouped", classes=train.classes)
+        test = run_settings.load(test_uri, "grouped", classes=classes)
     else:
         test = run_settings.load(test_uri, "images")
-    unknown = [h for h in config.harmful_labels if h not in train.classes]
+    unknown = [h for h in config.harmful_labels if h not in classes]
     if unknown:
-        raise ConfigError(
-            f"harmful label(s) {unknown} are not classes of {train_uri}; classes: {train.classes}"
-        )
-    label_map = load_label_map(config.label_map, train.classes) if config.label_map else None
+        raise ConfigError(f"harmful label(s) {unknown} are not classes of {source}; classes: {classes}")
+    label_map = load_label_map(config.label_map, classes) if config.label_map else None
     associations = load_associations(config.associations)
     groups: dict[str, list[str]] = {}
     truth: list[str] = []
@@ -326,17 +344,17 @@ def run(train_uri: str, test_uri: str, checkpoint: str, **kwargs: Any) -> dict:
             groups = association_groups(values, config)
 
     def score(f: dict[str, FeatureSet]) -> Scored:
-        scores = _classify(config, probe, f, train)
+        scores = head.logits(f["test"].stacked()) if head else _classify(config, probe, f, train)
+        details: dict[str, Any] = {"classes": classes, "protocol": protocol}
         if config.indicator != "accuracy":
-            r = indicator_report(scores, train.classes, config, groups, truth, label_map, associations)
+            r = indicator_report(scores, classes, config, groups, truth, label_map, associations)
             bars = _indicator_plots(r, config.indicator, associations)
-            details = {"per_group": r.per_group, "classes": train.classes, "protocol": PROTOCOL}
             return Scored(
-                r.metrics, details, lambda: {k: report.plot_bars(v, k, "rate") for k, v in bars.items()}
+                r.metrics,
+                {"per_group": r.per_group, **details},
+                lambda: {k: report.plot_bars(v, k, "rate") for k, v in bars.items()},
             )
-        r = fairness_report(
-            scores.argmax(axis=1), test.labels, test.groups, train.classes, config.harmful_labels
-        )
+        r = fairness_report(scores.argmax(axis=1), test.labels, test.groups, classes, config.harmful_labels)
         plots = {
             "accuracy per group": ({g: v["accuracy"] for g, v in r.per_group.items()}, "accuracy per group"),
             "harmful predictions per group": (
@@ -345,22 +363,23 @@ def run(train_uri: str, test_uri: str, checkpoint: str, **kwargs: Any) -> dict:
                 "rate",
             ),
         }
-        details = {"per_group": r.per_group, "classes": train.classes, "protocol": PROTOCOL}
-        return Scored(r.metrics, details, lambda: {k: report.plot_bars(*v) for k, v in plots.items()})
+        return Scored(
+            r.metrics,
+            {"per_group": r.per_group, **details},
+            lambda: {k: report.plot_bars(*v) for k, v in plots.items()},
+        )
 
-    linear = config.classifier == "linear"
+    classifier = {"linear": asdict(probe), "knn": {"k": config.k, "temperature": config.temperature}}
     record = {
-        "protocol": PROTOCOL,
+        "protocol": protocol,
         "indicator": config.indicator,
         "classifier": config.classifier,
-        **(asdict(probe) if linear else {"k": config.k, "temperature": config.temperature}),
+        **classifier.get(config.classifier, {}),
         "harmful_labels": list(config.harmful_labels),
         "baselines": list(run_settings.baselines),
     }
     if config.indicator != "accuracy":
-        record.update(
-            topk=config.topk, label_map=config.label_map, mapped_classes=len(label_map or train.classes)
-        )
+        record.update(topk=config.topk, label_map=config.label_map, mapped_classes=len(label_map or classes))
         if config.indicator == "geographic":
             record["income_edges"] = list(config.income_edges)
         else:
@@ -369,7 +388,7 @@ def run(train_uri: str, test_uri: str, checkpoint: str, **kwargs: Any) -> dict:
                 age_edges=list(config.age_edges),
                 skin_lighter_max=config.skin_lighter_max,
             )
-    sets = {"train": train, "test": test}
+    sets = {"test": test} if train is None else {"train": train, "test": test}
     lower = _lower_is_better(config, groups, associations)
     return evaluate(
         "fairness", run_settings, options, sets, score, record, seed=probe.seed, lower_is_better=lower

@@ -1,7 +1,7 @@
 """Geolocalization (seer_spec §5.4): predict a location, score by great-circle distance.
 
-Two predictors on frozen features:
-- `nn`: the location of the most similar training image (cosine);
+Three predictors:
+- `nn`: the location of the most similar training image (cosine), on frozen features;
 - `cells`: a linear probe over the cells of a partition; the prediction is the top-1 cell's mean
   coordinates (VISSL tools/geolocalization_test.py). The partition is a GeoEstimation cell CSV
   (`class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean`, after two preamble lines,
@@ -9,11 +9,15 @@ Two predictors on frozen features:
   cells sit at the mean of their training images. Training images take their cell from the
   manifest's `cell` column (a class_label or hex_id: the per-image S2 labels of GeoEstimation's
   `assign_classes.py`) when present, else the nearest cell centre by great-circle distance,
-  computed in chunks of `chunk_size` images (never one images × cells matrix).
+  computed in chunks of `chunk_size` images (never one images × cells matrix);
+- `finetuned`: the checkpoint is a cell classifier fine-tuned by `seer finetune --recipe im2gps`
+  (seer_spec §5.4, SEER's protocol); its own head scores the cells and the prediction is the top-1
+  cell's location recorded in the file (`config.classifier.locations`). No training set is read.
 Accuracy at 1 / 25 / 200 / 750 / 2500 km by haversine distance (R = 6371 km).
 
-SEER fine-tunes the whole trunk as a cell classifier (15 epochs, seer_spec §5.4); this module
-keeps the trunk frozen, and its reports say so (`protocol` in the metrics document).
+SEER fine-tunes the whole trunk as a cell classifier (15 epochs, seer_spec §5.4); `nn` and `cells`
+keep the trunk frozen, and the reports say which protocol ran (`protocol` in the metrics document:
+`frozen-features` or `fine-tuned`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,19 @@ import torch
 import torch.nn.functional as F
 
 from seer import storage
+from seer.checkpoints.consolidate import open_consolidated
 from seer.errors import ConfigError
-from seer.eval import metrics, report
+from seer.eval import finetuned, metrics, report
 from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
 from seer.eval.features import FeatureSet, TransformSpec
 from seer.eval.linear import LinearConfig, predict, train_probe
-from seer.eval.setup import FeatureOptions, Scored, arg, evaluate, prepare
+from seer.eval.setup import FeatureOptions, RunSettings, Scored, arg, evaluate, prepare
 
 PROTOCOL = "frozen-features"
 SEER_PROTOCOL = (
     "SEER fine-tunes the whole trunk on YFCC cells (seer_spec §5.4); these numbers use a frozen trunk"
 )
+METHODS = ("nn", "cells", "finetuned")
 
 
 @dataclass
@@ -47,7 +53,11 @@ class GeoConfig:
 
     method: str = field(
         default="nn",
-        metadata=arg("nn: nearest training image; cells: cell classifier", choices=("nn", "cells")),
+        metadata=arg(
+            "nn: nearest training image; cells: cell classifier on frozen features; finetuned: the "
+            "checkpoint's own cell classifier (a `seer finetune --recipe im2gps` classifier file)",
+            choices=METHODS,
+        ),
     )
     cell_deg: float = field(default=1.0, metadata=arg("grid cell size in degrees when --cells is not given"))
     chunk_size: int = field(
@@ -56,8 +66,10 @@ class GeoConfig:
     )
 
     def validate(self) -> None:
-        if self.method not in ("nn", "cells"):
-            raise ConfigError(f"unknown geolocalization method {self.method!r}; choose nn or cells")
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown geolocalization method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
         if self.chunk_size < 1:
             raise ConfigError("--chunk-size must be >= 1")
 
@@ -233,11 +245,70 @@ def score_locations(predicted: np.ndarray, truth: np.ndarray) -> GeoResult:
     return GeoResult(metrics=values, distances_km=d, predicted=predicted)
 
 
-def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
-    """`seer eval geolocalization`: predict each validation image's location; accuracy by distance."""
+def cell_locations(uri: str) -> np.ndarray:
+    """(classes, 2) lat/lon of each class of a geo fine-tune's classifier file."""
+    with open_consolidated(uri) as reader:
+        locations = ((reader.obj.get("config") or {}).get("classifier") or {}).get("locations")
+    if not locations:
+        raise DatasetError(
+            f"{uri} records no cell locations: it is not a geo fine-tune; fine-tune with "
+            "`seer finetune --recipe im2gps`, or use --method nn / cells"
+        )
+    return np.asarray(locations, dtype=np.float64)
+
+
+def _scored(predicted: np.ndarray, val: EvalDataset, protocol: str) -> Scored:
+    r = score_locations(predicted, val.coordinates)
+    accuracy = {k: v for k, v in r.metrics.items() if k.startswith("acc@")}
+    details = {"distances_km": r.distances_km, "protocol": protocol}
+    if protocol == PROTOCOL:
+        details["seer_protocol"] = SEER_PROTOCOL
+    return Scored(
+        r.metrics,
+        details,
+        lambda: {
+            "accuracy at distance": report.plot_bars(accuracy, "share within distance"),
+            "distance CDF": report.plot_distance_cdf(r.distances_km, metrics.GEO_THRESHOLDS_KM),
+        },
+    )
+
+
+def _run_finetuned(val_uri: str, run_settings: RunSettings, options: FeatureOptions) -> dict:
+    """The checkpoint's own cell classifier: top-1 cell → that cell's recorded location."""
+    classifier, run_settings, options = finetuned.prepare_classifier(run_settings, options)
+    locations = cell_locations(run_settings.checkpoint)
+    if len(locations) != len(classifier.classes):
+        raise DatasetError(
+            f"{run_settings.checkpoint}: {len(locations)} cell locations for a {len(classifier.classes)}-way "
+            "classifier; re-export it with `seer finetune`"
+        )
+    val = run_settings.load(val_uri, "geo")
+
+    def score(f: dict[str, FeatureSet]) -> Scored:
+        predicted = locations[classifier.logits(f["val"].stacked()).argmax(axis=1)]
+        return _scored(predicted, val, finetuned.PROTOCOL)
+
+    record = {
+        "protocol": finetuned.PROTOCOL,
+        "method": "finetuned",
+        "cells": len(locations),
+        "baselines": list(run_settings.baselines),
+    }
+    return evaluate(
+        "geolocalization", run_settings, options, {"val": val}, score, record, lower_is_better=["median_km"]
+    )[0]
+
+
+def run(train_uri: str | None, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
+    """`seer eval geolocalization`: predict each validation image's location; accuracy by distance.
+    `method="finetuned"` reads no training set (`train_uri` may be None) and no `cells_uri`."""
     cells_uri = kwargs.pop("cells_uri", None)
     probe = kwargs.pop("probe", None)
     run_settings, options, config = prepare(checkpoint, GeoConfig, kwargs, default_options)
+    if config.method == "finetuned":
+        return _run_finetuned(val_uri, run_settings, options)
+    if not train_uri:
+        raise ConfigError(f"--method {config.method} needs a training set: pass --train URI")
     probe = probe or LinearConfig()
     probe.validate()  # before loading data or extracting features, as `seer eval linear` does
     train = run_settings.load(train_uri, "geo")
@@ -258,16 +329,7 @@ def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
             predicted = predict_nn(train_x, train.coordinates, val_x)
         else:
             predicted = predict_cells(train_x, cells, locations, val_x, probe)
-        r = score_locations(predicted, val.coordinates)
-        accuracy = {k: v for k, v in r.metrics.items() if k.startswith("acc@")}
-        return Scored(
-            r.metrics,
-            {"distances_km": r.distances_km, "protocol": PROTOCOL, "seer_protocol": SEER_PROTOCOL},
-            lambda: {
-                "accuracy at distance": report.plot_bars(accuracy, "share within distance"),
-                "distance CDF": report.plot_distance_cdf(r.distances_km, metrics.GEO_THRESHOLDS_KM),
-            },
-        )
+        return _scored(predicted, val, PROTOCOL)
 
     if config.method == "cells":
         assignment = "per-image cell labels" if given else ("nearest centre" if partition else "grid")

@@ -1,4 +1,4 @@
-"""Launching `seer pretrain`: a PyTorchJob or TrainJob on Kubernetes, or torchrun on this machine.
+"""Launching `seer pretrain` (or `seer finetune`, `finetune_entry`): a PyTorchJob or TrainJob on Kubernetes, or torchrun on this machine.
 
 - `render_job(backend, ...)` builds the job object (no cluster needed): `pytorchjob` (Training
   Operator v1, the default) or `trainjob` (Kubeflow Trainer v2);
@@ -17,7 +17,7 @@ from seer.launch.kube import (
     TrainJobLauncher,
 )
 from seer.launch.local import run_local
-from seer.launch.pytorchjob import pretrain_args, render_pytorchjob
+from seer.launch.pytorchjob import finetune_entry, pretrain_args, render_pytorchjob, seer_args
 from seer.launch.trainjob import render_trainjob
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "LaunchError",
     "PyTorchJobLauncher",
     "TrainJobLauncher",
+    "finetune_entry",
     "job_name",
     "make_launcher",
     "pretrain_args",
@@ -35,4 +36,5 @@ __all__ = [
     "render_pytorchjob",
     "render_trainjob",
     "run_local",
+    "seer_args",
 ]

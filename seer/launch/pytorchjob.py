@@ -1,4 +1,5 @@
-"""Render a Kubeflow Training Operator v1 `PyTorchJob` (kubeflow.org/v1) that runs `seer pretrain`.
+"""Render a Kubeflow Training Operator v1 `PyTorchJob` (kubeflow.org/v1) that runs `seer pretrain`
+(or another training command of the engine, `seer finetune`: the `entry` of `render_pytorchjob`).
 
 The job has one Master replica and `nodes - 1` Worker replicas; every pod runs `torchrun`, which reads
 the `PET_*` variables the operator injects (node rank, master address, processes per node), so the
@@ -29,6 +30,8 @@ PART_OF_LABEL = ("app.kubernetes.io/part-of", "seer-kubeflow")
 GANG_SCHEDULERS = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 NETWORKS = ("tcp", "efa", "ib")
+# `seer` commands on the training engine: they resume from their newest checkpoint and save on SIGTERM.
+TRAINING_COMMANDS = ("pretrain", "finetune")
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # The operator names pods "<job>-worker-<i>" and services after them; keep room under 63 characters.
@@ -66,6 +69,36 @@ def recipe_shape(recipe: str) -> NodeShape | None:
     return RECIPE_SHAPES.get(recipe.lower().replace("_", "-")) or RECIPE_SHAPES.get(recipe.lower())
 
 
+def seer_args(
+    entry: Sequence[str],
+    output_uri: str,
+    overrides: Sequence[str] = (),
+    *,
+    data_uri: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """`entry` (a `seer` subcommand and its config argument, e.g. `["pretrain", "--recipe", "rg10b"]`)
+    followed by the arguments every training command shares: `--set` overrides, `--data`, `--output`."""
+    args = list(entry)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE; write it like train.lr=0.3")
+        args += ["--set", item]
+    if data_uri:
+        args += ["--data", data_uri]
+    return [*args, "--output", output_uri, *extra_args]
+
+
+def pretrain_entry(recipe: str) -> list[str]:
+    """`seer pretrain --recipe RECIPE`: what a training job runs unless told otherwise."""
+    return ["pretrain", "--recipe", recipe]
+
+
+def finetune_entry(recipe: str) -> list[str]:
+    """`seer finetune --recipe RECIPE` (a recipe name or YAML path, `seer.finetune.config`)."""
+    return ["finetune", "--recipe", recipe]
+
+
 def pretrain_args(
     recipe: str,
     output_uri: str,
@@ -75,14 +108,7 @@ def pretrain_args(
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The `seer pretrain ...` arguments (after `-m seer`) shared by the PyTorchJob and local runs."""
-    args = ["pretrain", "--recipe", recipe]
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE; write it like train.lr=0.3")
-        args += ["--set", item]
-    if data_uri:
-        args += ["--data", data_uri]
-    return [*args, "--output", output_uri, *extra_args]
+    return seer_args(pretrain_entry(recipe), output_uri, overrides, data_uri=data_uri, extra_args=extra_args)
 
 
 # ---- restarts --------------------------------------------------------------------------------
@@ -243,6 +269,7 @@ def render_pytorchjob(
     data_uri: str | None = None,
     overrides: Sequence[str] = (),
     extra_args: Sequence[str] = (),
+    entry: Sequence[str] | None = None,
     namespace: str = "seer",
     storage_secret: str | None = "seer-storage",
     service_account: str = "seer-trainer",
@@ -270,8 +297,12 @@ def render_pytorchjob(
 ) -> dict[str, Any]:
     """Render the PyTorchJob for `seer pretrain --recipe RECIPE [--data DATA_URI] --output OUTPUT_URI` as a dict.
 
-    `nodes`/`gpus_per_node` default to the recipe's published shape (rg10b: 62×8). `resources` sets
-    the per-pod cpu/memory requests (limits equal requests; GPUs are added as `nvidia.com/gpu`).
+    `entry` replaces `pretrain --recipe RECIPE` with another training command of the engine, e.g.
+    `finetune_entry("in1k-384-rg10b")` (`seer finetune --recipe ...`); `recipe` is then the model
+    preset it trains, which sizes the job. The shared arguments, torchrun and the restart policy are
+    the same for every entry (both resume from their newest checkpoint and exit with the resumable
+    code on SIGTERM). `nodes`/`gpus_per_node` default to the recipe's published shape (rg10b: 62×8).
+    `resources` sets the per-pod cpu/memory requests (limits equal requests; GPUs are added as `nvidia.com/gpu`).
     `gang_scheduler` ("volcano" or "scheduler-plugins") makes all pods schedule together
     (`minAvailable = nodes`). Restarts follow `restart_settings(nodes, max_faults, ...)`;
     `backoff_limit` overrides its backoffLimit. `network` picks the NCCL fabric knobs: "tcp", "efa"
@@ -282,6 +313,11 @@ def render_pytorchjob(
     `runPolicy.suspend: true`, which Kueue lifts when it admits the job.
     """
     validate_name(name)
+    if entry is not None and (not entry or entry[0] not in TRAINING_COMMANDS):
+        raise ConfigError(
+            f"entry {list(entry)!r} is not a training command; start it with one of {', '.join(TRAINING_COMMANDS)} "
+            "(e.g. finetune --recipe in1k-384)"
+        )
     shape = recipe_shape(recipe)
     if shape is None and (nodes is None or gpus_per_node is None):
         raise ConfigError(
@@ -352,8 +388,8 @@ def render_pytorchjob(
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": torchrun_command(
-            pretrain_args(
-                recipe,
+            seer_args(
+                pretrain_entry(recipe) if entry is None else entry,
                 output_uri,
                 [f"train.metrics_port={metrics_port}", *restarts.trainer_overrides(), *overrides],
                 data_uri=data_uri,
