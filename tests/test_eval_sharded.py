@@ -106,6 +106,14 @@ def test_two_rank_sharded_evaluation_equals_one_process(sliced_rg_small: str, tm
             assert read["rows"] == own, f"rank {rank} kept rows {read['rows']} of {name}, owns {own}"
             read_params += read["kept_bytes"]
         assert read_params == local * 4  # fp32: kept exactly its shard, nothing more
+    # the classifier file of a sharded probe references the trunk instead of copying it
+    from seer.checkpoints.classifier import load_classifier
+    from seer.eval import test384
+
+    classifier = load_classifier(str(out / "clf.pt"))
+    assert classifier.trunk_uri == sliced_rg_small
+    single384 = test384.run(sets["val"], str(out / "clf.pt"), shard="off", device="cpu", resolution=32)
+    assert result["test384"] == pytest.approx(single384["metrics"], abs=1e-6)
     # one (N, C) feature file per set, written by both ranks; features were never gathered (see the script)
     spilled = sorted(np.load(p, mmap_mode="r").shape[0] for p in (out / "features").glob("*.npy"))
     assert spilled == [5, 9]
@@ -196,3 +204,31 @@ def test_a_step_with_two_ranks_runs_as_torchrun_and_reports_once(
     )
     assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["metrics.json", "report.html"]
+
+
+def test_a_classifier_whose_referenced_trunk_is_gone_or_changed_says_so(tmp_path: Path) -> None:
+    from seer.checkpoints.load import CheckpointLoadError, load_trunk
+
+    trunk = tmp_path / "trunk.pt"
+    torch.save(build_trunk("rg-tiny").state_dict(), trunk)
+    head = {"clf.0.weight": torch.zeros(2, 8), "clf.0.bias": torch.zeros(2)}
+    for ref, problem in (
+        ({"uri": str(tmp_path / "gone")}, "missing"),
+        ({"uri": str(trunk), "sha256": "0" * 64}, "sha256 differs"),
+    ):
+        clf = tmp_path / "clf.pt"
+        torch.save(
+            {"format": "seer-consolidated-v1", "preset": "rg-tiny", "heads": head, "trunk_ref": ref}, clf
+        )
+        with pytest.raises(CheckpointLoadError, match=problem):
+            load_trunk(str(clf), "rg-tiny")
+    torch.save(
+        {
+            "format": "seer-consolidated-v1",
+            "preset": "rg-tiny",
+            "heads": head,
+            "trunk_ref": {"uri": str(trunk)},
+        },
+        clf,
+    )
+    assert load_trunk(str(clf), "rg-tiny").preset == "rg-tiny"

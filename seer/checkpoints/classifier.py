@@ -2,7 +2,9 @@
 
 The seer format is a consolidated file whose heads hold `clf.0.weight/bias`; `config.classifier`
 may say which `tap` / `pool` feed the Linear and the class names (defaults: avgpool / avg).
-`seer eval linear --save-classifier` writes one. `load_any_classifier` also reads, unconverted:
+`seer eval linear --save-classifier` writes one. A probe on a trunk evaluated sharded (rg10b over
+several GPUs) does not copy the trunk: its file holds `trunk_ref` (the sliced checkpoint's URI and
+sha256) instead of `trunk`, and `load_trunk` follows it. `load_any_classifier` also reads, unconverted:
 VISSL checkpoints (`finetuned_in1k`: head `0.clf.0.*` under `classy_state_dict.base_model.model.heads`,
 seer_spec §5.2), timm `regnety_*` (`head.fc.*`) and torchvision `regnet_y_*` (`fc.*`) state dicts;
 their Linear reads the average-pooled last stage. A 1000-way classifier without class names is an
@@ -61,6 +63,7 @@ class Classifier:
     pool: str
     classes: list[str]
     preset: str | None
+    trunk_uri: str | None = None  # the checkpoint holding the trunk, when the file only references it
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(features, dtype=torch.float32).flatten(1)
@@ -76,15 +79,19 @@ def save_classifier(
     pool: str,
     classes: Sequence[str],
 ) -> None:
-    """Write trunk + linear classifier as a seer consolidated file with a `clf.0` head."""
+    """Write trunk + linear classifier as a seer consolidated file with a `clf.0` head; a sharded
+    trunk (`loaded.shard_sizes`) is referenced (`trunk_ref`: its checkpoint's URI and sha256), not copied."""
     payload = {
         "format": CONSOLIDATED_FORMAT,
         "preset": loaded.preset,
         "iteration": None,
         "config": {"classifier": {"tap": tap, "pool": pool, "classes": list(classes)}},
-        "trunk": {k: v.detach().cpu() for k, v in loaded.trunk.state_dict().items()},
         "heads": {CLASSIFIER[0]: weight.detach().cpu(), CLASSIFIER[1]: bias.detach().cpu()},
     }
+    if loaded.shard_sizes is not None:
+        payload["trunk_ref"] = {"uri": loaded.uri, "sha256": loaded.sha256}
+    else:
+        payload["trunk"] = {k: v.detach().cpu() for k, v in loaded.trunk.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     storage.write_bytes(uri, buffer.getvalue())
@@ -107,10 +114,12 @@ def load_classifier(uri: str) -> Classifier:
             ((obj.get("config") or {}).get("classifier") or {}) if isinstance(obj.get("config"), dict) else {}
         )
         preset = obj.get("preset")
+        trunk_uri = (obj.get("trunk_ref") or {}).get("uri")
     classes = list(info.get("classes") or default_classes(weight.shape[0]))
     if len(classes) != weight.shape[0]:
         raise CheckpointLoadError(f"{uri}: {len(classes)} class names for a {weight.shape[0]}-way classifier")
-    return Classifier(weight, bias, info.get("tap", "avgpool"), info.get("pool", "avg"), classes, preset)
+    tap, pool = info.get("tap", "avgpool"), info.get("pool", "avg")
+    return Classifier(weight, bias, tap, pool, classes, preset, trunk_uri)
 
 
 def _state_dict(obj: object) -> dict | None:

@@ -98,6 +98,8 @@ def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.T
                 converted = os.path.join(tmp, "consolidated.pt")
                 import_vissl(uri, converted, preset)
                 return _read_archive_trunk(converted, preset)
+        if isinstance(obj.get("trunk_ref"), dict):  # a classifier of a sharded trunk: the trunk is elsewhere
+            return _read_referenced_trunk(uri, obj["trunk_ref"], preset)
         tree = obj["trunk"] if isinstance(obj.get("trunk"), dict) else obj.get("state_dict", obj)
         tensors = dict(_lazy_tensors(tree))
         if not tensors:
@@ -106,6 +108,23 @@ def _read_archive_trunk(uri: str, preset: str | None) -> tuple[dict[str, torch.T
                 "dict, or timm / torchvision / VISSL weights"
             )
         return _trunk_names({k: reader.read(t) for k, t in tensors.items()}), obj.get("preset")
+
+
+def _read_referenced_trunk(
+    uri: str, ref: dict, preset: str | None
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The trunk a `trunk_ref` points at, checked against the sha256 recorded when the file was written."""
+    target = ref.get("uri", "")
+    index = sliced_index_uri(target) if target else None
+    fix = "restore that checkpoint or re-run the evaluation that wrote this file"
+    if index is None and not (target and storage.exists(target)):
+        raise CheckpointLoadError(f"{uri} references its trunk at {target!r}, which is missing; {fix}")
+    if ref.get("sha256") and sha256_uri(index or target) != ref["sha256"]:
+        raise CheckpointLoadError(
+            f"{uri} references its trunk at {target!r}, which is not the checkpoint it was written with "
+            f"(sha256 differs); {fix}"
+        )
+    return _read_sliced_trunk(target) if index else _read_archive_trunk(target, preset)
 
 
 def _read_sliced_trunk(uri: str) -> tuple[dict[str, torch.Tensor], str | None]:

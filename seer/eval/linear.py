@@ -343,7 +343,10 @@ def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
             streamed=streamed,
             spill_dir=spill,
         )
-    if save_classifier_uri and is_main_rank():
-        weight, bias = main.result.head.folded()
-        save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
+    if save_classifier_uri:
+        if is_main_rank():
+            weight, bias = main.result.head.folded()
+            save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
+        if torch.distributed.is_initialized():  # no rank goes on to read the file before it exists
+            torch.distributed.barrier()
     return doc

@@ -21,6 +21,7 @@ from seer.eval.setup import (
     arg,
     classification_scored,
     evaluate,
+    load_model,
     prepare,
     resolve_device,
 )
@@ -39,7 +40,15 @@ def run(val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     run_settings, options, config = prepare(checkpoint, Test384Config, kwargs)
     classifier = load_any_classifier(checkpoint, run_settings.preset)
     val = run_settings.load(val_uri, "classification", classes=classifier.classes)
-    loaded = load_trunk(checkpoint, classifier.preset, resolve_device(run_settings.device))
+    # the trunk: in the classifier file, or the sharded checkpoint it references (loaded sharded again)
+    trunk_settings = replace(
+        run_settings, checkpoint=classifier.trunk_uri or checkpoint, preset=classifier.preset
+    )
+    loaded = (
+        load_model(trunk_settings)
+        if classifier.trunk_uri
+        else load_trunk(checkpoint, classifier.preset, resolve_device(run_settings.device))
+    )
     size = config.resolution
     options = replace(
         options,

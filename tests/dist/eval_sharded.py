@@ -16,7 +16,7 @@ import numpy as np
 import torch.distributed as dist
 
 from seer.checkpoints import load_sliced
-from seer.eval import knn, linear, sharded
+from seer.eval import knn, linear, sharded, test384
 from seer.eval.datasets import load_dataset
 from seer.eval.features import extract, parse_transform
 from seer.eval.setup import FeatureOptions, RunSettings, load_model
@@ -47,8 +47,12 @@ def load(sliced: str, train: str, val: str, out: Path) -> None:
         "shard_sizes": loaded.shard_sizes,
         "reads": reads,
         "knn": knn.run(train, val, **common)["metrics"],
-        "linear": linear.run(train, val, config=linear.LinearConfig.for_epochs(3), **common)["metrics"],
+        "linear": linear.run(
+            train, val, config=linear.LinearConfig.for_epochs(3), save_classifier_uri=str(out / "clf.pt"), **common
+        )["metrics"],
     }
+    # the probe's classifier references the sharded trunk; test384 loads that trunk sharded again
+    result["test384"] = test384.run(val, str(out / "clf.pt"), shard="on", device="cpu", resolution=32)["metrics"]
     # the fast protocol's features: every rank writes its rows into one memory-mapped file, no gather
     real_gather, dist.all_gather_object = dist.all_gather_object, None
     fast = linear.LinearProtocol("fast", feature_dir=str(out / "features"))
