@@ -173,6 +173,7 @@ def test_copy_detection_requires_a_whitening_set(tmp_path, capsys) -> None:
     with pytest.raises(ConfigError, match="copy_whitening"):
         components.eval_datasets.python_func(
             datasets=Dataset(name="d", uri=str(tmp_path / "d"), metadata={}),
+            data_root=str(tmp_path / "data"),
             sources={"copy_queries": made["queries"], "copy_database": made["database"]},
         )
 
