@@ -4,13 +4,14 @@ Builds the demo's inputs once (the generated corpus → shards, the generated co
 benchmarks), then for each recipe (a list of `--set` overrides of the rg-tiny preset) trains with
 `seer pretrain` (one process), consolidates, and runs the demo's linear probe, kNN and copy detection
 with exactly the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS, components/evaluate.py).
-The random-init baseline (same seed as the demo's) is evaluated once per work folder. Each recipe is
+The random-init baseline (same seed as the demo's) is evaluated once per work folder. Without
+`--recipe`, the rg-tiny preset as the demo trains it (`preset`, batch 32) is the one recipe. Each recipe is
 trained with `--seeds` training seeds (`train.seed`); prints one row per run, then per recipe the mean
 and range over seeds and whether every seed beat random-init on all three metrics; appends rows to
 bench/results/demo_quality.json. One process with batch 32 stands in for the demo's 2 ranks x 16.
 
+    OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3   # the preset
     OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3 \
-        --recipe preset="train.batch_per_gpu=32" \
         --recipe soft-codes="train.batch_per_gpu=32 swav.epsilon=0.05"
 """
 
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "demo_quality.json"
+DEMO_RECIPE = "preset=train.batch_per_gpu=32"  # the demo's 2 ranks x 16 as one process
 
 
 def prepare(work: Path, images: int, max_size: int) -> tuple[str, dict[str, str]]:
@@ -118,7 +120,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME=OVERRIDES",
-        help="a recipe: name=space-separated --set overrides of rg-tiny (repeatable)",
+        help=f"a recipe: name=space-separated --set overrides of rg-tiny (repeatable; default {DEMO_RECIPE})",
     )
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per recipe")
     parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
@@ -144,7 +146,7 @@ def main() -> int:
         baseline = json.loads(cached.read_text())
         print(json.dumps({"name": "random-init", **baseline}), flush=True)
     new_rows = []
-    for spec in args.recipe:
+    for spec in args.recipe or [DEMO_RECIPE]:
         name, _, text = spec.partition("=")
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             overrides = [*shlex.split(text), f"train.seed={seed}"]

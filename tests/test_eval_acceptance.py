@@ -1,98 +1,43 @@
-"""Acceptance: a self-supervised-pretrained rg-tiny beats a random one on the generated benchmarks.
+"""Acceptance: a SwAV-pretrained rg-tiny beats a random one on the generated benchmarks.
 
-The model is pretrained here, on the unlabelled training images of the generated sets, for a few
-hundred SGD steps on two augmented views per image, then evaluated with the same code users run.
-Objective: InfoNCE (SimCLR-style, τ 0.2) on the preset's SwAV projection-head embedding, because SwAV
-does not give an assertable margin at this scale. With the old rg-tiny recipe SwAV collapsed (loss at
-log K, embedding spread 0.15 → ~0.02 within 20–50 steps). With the current preset (frozen prototypes +
-queue), measured through the real trainer (`seer pretrain` → consolidate → this probe) on 7 runs: the
-linear probe beat random-init (0.450) on 2 of 7 runs, by at most 0.075, while copy-detection mAP was
-0.64–0.73 against 0.03 for random features on every run. The trainer's own SwAV path is covered by
-tests/test_swav_training.py, tests/test_train_engine.py and the kfp.local pipeline test.
+The model is pretrained by the real trainer (`seer.train.engine.run_pretraining`: shards, multi-crop
+loader, SwAV + Sinkhorn, LARC, schedule, DCP checkpoint) with the rg-tiny preset's recipe, on the
+unlabelled training images of the generated sets, then consolidated and evaluated with the same code
+users run. Only the run length, the batch (one process instead of the demo's 2 ranks) and the seed are
+overridden. CI runs seed 0; `SEER_ACCEPT_SEED=N` runs another (the recipe was checked on seeds 0-4).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from seer import storage
+from seer.checkpoints.consolidate import consolidate
+from seer.checkpoints.load import load_trunk
+from seer.config import load_config
+from seer.data.shard import ShardSettings, shard
 from seer.data.synthetic_benchmarks import make_copy_detection_set, make_counting_set
 from seer.eval import copy_detection, linear
 from seer.eval.datasets import load_dataset, read_image
-from seer.eval.features import IMAGENET_MEAN, IMAGENET_STD, parse_transform
+from seer.eval.features import extract, normalize, parse_transform
 from seer.eval.setup import FeatureOptions
-from seer.models import build_swav_model
+from seer.ssl.collapse import COSINE_WARN, ENTROPY_WARN
+from seer.train.engine import Trainer, run_pretraining
+from seer.train.parallel import init_distributed
 
 pytestmark = pytest.mark.slow
 
-
-def _views(x: torch.Tensor, size: int, min_scale: float, gen: torch.Generator) -> torch.Tensor:
-    """One augmented view per image: random resized crop + flip (one affine resample), colour jitter,
-    channel shuffle (a cheap hue change) and random greyscale; ImageNet-normalised."""
-    b = len(x)
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(b, generator=gen)
-
-    scale = uniform(min_scale, 1.0).sqrt()
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = scale * torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    theta[:, 1, 1] = scale
-    theta[:, 0, 2] = uniform(-1, 1) * (1 - scale)
-    theta[:, 1, 2] = uniform(-1, 1) * (1 - scale)
-    x = F.grid_sample(x, F.affine_grid(theta, [b, 3, size, size], align_corners=False), align_corners=False)
-    jitter = x * uniform(0.6, 1.4).view(b, 1, 1, 1)
-    mean = jitter.mean(dim=(1, 2, 3), keepdim=True)
-    jitter = (jitter - mean) * uniform(0.6, 1.4).view(b, 1, 1, 1) + mean
-    grey = (0.299 * jitter[:, :1] + 0.587 * jitter[:, 1:2] + 0.114 * jitter[:, 2:]).expand_as(jitter)
-    jitter = grey + (jitter - grey) * uniform(0.4, 1.6).view(b, 1, 1, 1)
-    order = torch.stack([torch.randperm(3, generator=gen) for _ in range(b)]).view(b, 3, 1, 1)
-    jitter = jitter.gather(1, order.expand_as(jitter))
-    x = torch.where((torch.rand(b, 1, 1, 1, generator=gen) < 0.8), jitter, x)
-    grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand_as(x)
-    x = torch.where((torch.rand(b, 1, 1, 1, generator=gen) < 0.2), grey, x).clamp(0, 1)
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def info_nce(embedding: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """Contrastive loss over crop-major (2·B)×D embeddings: each view's positive is its other view."""
-    z = F.normalize(embedding, dim=1)
-    n = len(z) // 2
-    logits = (z @ z.T / temperature).fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    return F.cross_entropy(logits, targets)
-
-
-def pretrain(
-    images: torch.Tensor, steps: int, batch: int, size: int, lr: float, min_scale: float = 0.4, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Pretrain rg-tiny (trunk + projection head) on (N, 3, H, W) images in [0, 1]; trunk state dict."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_swav_model("rg-tiny", device="cpu", seed=seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    for _ in range(steps):
-        x = images[torch.randint(len(images), (batch,), generator=gen)]
-        embedding, _ = model([_views(x, size, min_scale, gen), _views(x, size, min_scale, gen)])
-        loss = info_nce(embedding)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return {k.removeprefix("trunk."): v for k, v in model.state_dict().items() if k.startswith("trunk.")}
-
-
-def _pixels(uri: str, task: str = "images") -> torch.Tensor:
-    dataset = load_dataset(uri, task)
-    return torch.stack([TF.pil_to_tensor(read_image(s)) for s in dataset.samples]).float() / 255
+T = TypeVar("T")
+SEED = int(os.environ.get("SEER_ACCEPT_SEED", "0"))
+ITERATIONS, BATCH = 250, 48
+MARGIN = 0.15  # linear top-1 over random-init
 
 
 @pytest.fixture(scope="module")
@@ -107,40 +52,54 @@ def benchmarks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
 
 
 @pytest.fixture(scope="module")
-def pretrained(benchmarks: dict, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Consolidated-format rg-tiny checkpoint pretrained on the sets' unlabelled training images."""
-    images = torch.cat(
-        [_pixels(benchmarks["counting"]["train"], "classification"), _pixels(benchmarks["copy"]["train"])]
-    )
-    # One thread: on a loaded 2-core machine OpenMP's spinning threads make a step 10-20x slower.
+def shards(benchmarks: dict, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sets' unlabelled training images (counting train + copy-detection whitening set) as shards."""
+    folders = [os.path.dirname(benchmarks["counting"]["train"]), os.path.dirname(benchmarks["copy"]["train"])]
+    out = str(tmp_path_factory.mktemp("shards"))
+    shard([os.path.join(f, "train") for f in folders], out, ShardSettings(), workers=1)
+    return out
+
+
+def _one_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """On a loaded 2-core machine OpenMP's spinning threads make a step 10-20x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        trunk = pretrain(images, steps=250, batch=48, size=32, lr=0.3)
+        return fn(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
-    uri = str(tmp_path_factory.mktemp("ckpt") / "rg-tiny-ssl.pt")
-    torch.save(
-        {
-            "format": "seer-consolidated-v1",
-            "preset": "rg-tiny",
-            "iteration": 250,
-            "trunk": trunk,
-            "heads": {},
-        },
-        uri,
-    )
-    return uri
+
+
+@pytest.fixture(scope="module")
+def pretrained(shards: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """(consolidated rg-tiny checkpoint, run summary) of `seer pretrain` with the rg-tiny recipe."""
+    overrides = [f"train.iterations={ITERATIONS}", f"train.batch_per_gpu={BATCH}", f"train.seed={SEED}"]
+    cfg = load_config("rg-tiny", [*overrides, f"train.checkpoint_every={ITERATIONS}"])
+    out = str(tmp_path_factory.mktemp("pretrain"))
+    summary = _one_torch_thread(run_pretraining, cfg, out, shards)
+    assert summary["iterations"] == ITERATIONS
+    uri = storage.join(out, "consolidated")
+    consolidate(summary["checkpoints"][-1], uri)
+    return uri, summary
+
+
+def test_pretraining_does_not_collapse(pretrained: tuple[str, dict]) -> None:
+    """The trainer's own collapse statistics at the end of the run (seer.ssl.collapse)."""
+    summary = pretrained[1]
+    print(f"seed {SEED}: final loss {summary['final_loss']:.3f}, embedding cosine "
+          f"{summary['final_embedding_cosine']:.3f}, code entropy {summary['final_code_entropy']:.3f}")  # fmt: skip
+    assert summary["final_embedding_cosine"] < COSINE_WARN - 0.1
+    assert summary["final_code_entropy"] < ENTROPY_WARN - 0.2
 
 
 def test_pretrained_rg_tiny_linear_probe_beats_random_init_on_counting(
-    benchmarks: dict, pretrained: str, tmp_path
+    benchmarks: dict, pretrained: tuple[str, dict], tmp_path
 ) -> None:
     out = str(tmp_path / "linear")
     doc = linear.run(
         benchmarks["counting"]["train"],
         benchmarks["counting"]["val"],
-        pretrained,
+        pretrained[0],
         options=FeatureOptions(tap="avgpool", pool="avg", transform=parse_transform("square:64")),
         config=linear.LinearConfig(epochs=40, milestones=(25, 35), batch_size=32, base_lr=0.5),
         protocol="fast",  # one feature pass reused: what this acceptance bar was set on
@@ -150,9 +109,9 @@ def test_pretrained_rg_tiny_linear_probe_beats_random_init_on_counting(
     )
     trained, random_init = doc["metrics"]["top1"], doc["baselines"]["random-init"]["top1"]
     print(
-        f"counting linear probe top-1: pretrained rg-tiny {trained:.3f} vs random-init rg-tiny {random_init:.3f}"
+        f"seed {SEED}: counting linear probe top-1: SwAV rg-tiny {trained:.3f} vs random-init {random_init:.3f}"
     )
-    assert trained >= random_init + 0.15
+    assert trained >= random_init + MARGIN
     written = json.loads(storage.read_text(f"{out}/metrics.json"))
     assert (
         written["metrics"]["top1"] == trained and written["baselines"]["random-init"]["top1"] == random_init
@@ -161,10 +120,14 @@ def test_pretrained_rg_tiny_linear_probe_beats_random_init_on_counting(
     assert "random-init" in html and f"{trained:.4f}" in html
 
 
-def test_pretrained_rg_tiny_copy_detection_beats_random_features(benchmarks: dict, pretrained: str) -> None:
+def test_pretrained_rg_tiny_copy_detection_beats_random_features(
+    benchmarks: dict, pretrained: tuple[str, dict]
+) -> None:
+    """Against chance only: the recipe's channel shuffle gives up hue, which these copies keep, so a
+    random-init trunk is about as good here (seed 0: 0.66 vs 0.68; see the rg-tiny preset)."""
     doc = copy_detection.run(
         benchmarks["copy"]["queries"],
-        pretrained,
+        pretrained[0],
         database_uri=benchmarks["copy"]["database"],
         whitening_uri=benchmarks["copy"]["train"],
         options=FeatureOptions(tap="res4", pool="rmac:3", transform=parse_transform("longer:64")),
@@ -173,7 +136,35 @@ def test_pretrained_rg_tiny_copy_detection_beats_random_features(benchmarks: dic
         device="cpu",
     )
     trained, chance = doc["metrics"]["mAP"], doc["baselines"]["random-features"]["mAP"]
-    print(f"copy detection mAP: pretrained rg-tiny {trained:.3f} vs random features {chance:.3f}")
+    print(f"seed {SEED}: copy detection mAP: SwAV rg-tiny {trained:.3f} vs random features {chance:.3f}")
     assert trained >= chance + 0.3
     assert set(doc["details"]["per_split"]) == {"strong", "jpeg", "crops"}
     assert np.isfinite(doc["metrics"]["uAP"])
+
+
+def test_seer_eval_loads_exactly_what_the_trainer_trained(
+    shards: str, benchmarks: dict, tmp_path, single_process_group: None
+) -> None:
+    """Train a few steps through the real Trainer, consolidate its last checkpoint and load it with the
+    evaluations' loader: its features equal those of the trainer's own (FSDP-wrapped) trunk in eval
+    mode, batch-norm running statistics included."""
+    cfg = load_config(
+        "rg-tiny",
+        ["train.iterations=4", "train.checkpoint_every=4", "train.batch_per_gpu=8", "optim.warmup_iters=2"],
+    )
+    trainer = Trainer(cfg, str(tmp_path / "run"), shards, init_distributed())
+    summary = _one_torch_thread(trainer.run)
+    consolidate(summary["checkpoints"][-1], str(tmp_path / "consolidated"))
+    dataset = load_dataset(benchmarks["counting"]["val"], "classification")
+    options = FeatureOptions(tap="avgpool", pool="avg", transform=parse_transform("square:64"), num_workers=0)
+    loaded = load_trunk(str(tmp_path / "consolidated"))
+    assert loaded.preset == "rg-tiny"
+    evaluated = extract(loaded, dataset, options).stacked()[:16]
+    images = torch.stack(
+        [options.transform(read_image(s, min_size=options.transform.resize)) for s in dataset.samples[:16]]
+    )
+    trunk = trainer.model.trunk.eval()
+    with torch.inference_mode():
+        own = trunk(normalize(images, torch.device("cpu")), taps=["avgpool"])["avgpool"].flatten(1)
+    assert trunk.training is False and np.abs(own.numpy()).max() > 0
+    np.testing.assert_allclose(evaluated, own.numpy(), rtol=0, atol=1e-5)

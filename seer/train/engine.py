@@ -69,7 +69,11 @@ def manifest_uri(data_uri: str) -> str:
 def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
     """This rank's loader: deterministic order (seed, epoch) and crops (seed, epoch, sample key)."""
     transform = MultiCropTransform(
-        cfg.data.crops, seed=cfg.train.seed, jitter_strength=cfg.data.jitter_strength, blur_p=cfg.data.blur_p
+        cfg.data.crops,
+        seed=cfg.train.seed,
+        jitter_strength=cfg.data.jitter_strength,
+        blur_p=cfg.data.blur_p,
+        channel_shuffle_p=cfg.data.channel_shuffle_p,
     )
     stream = ShardStream(
         manifest_uri(data_uri),
