@@ -35,6 +35,7 @@ from pathlib import Path
 
 from seer import storage
 from seer.data.images import has_image_extension
+from seer.data.parallel_listing import LIST_WORKERS, list_parallel
 from seer.errors import ConfigError, NotFoundError
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -167,9 +168,10 @@ def _walk_sorted(root: Path, uri: str) -> Iterator[tuple[str, str]]:
             yield f"{uri}/{entry.name}", object_version(storage._local._info("", entry.stat()))
 
 
-def iter_objects(prefix: str) -> Iterator[tuple[str, str]]:
-    """(URI, version) of the objects under ``prefix`` in byte order, streamed (S3: one listing page
-    at a time; size and ETag come with the page)."""
+def iter_objects(prefix: str, workers: int = LIST_WORKERS) -> Iterator[tuple[str, str]]:
+    """(URI, version) of the objects under ``prefix`` in byte order, streamed. S3: size and ETag come
+    with the listing pages; ``workers`` concurrent listings of disjoint key ranges
+    (`seer.data.parallel_listing`), yielded in the order one listing would give."""
     loc = storage.parse(prefix)
     base = prefix.rstrip("/")
     if loc.is_local:
@@ -179,10 +181,26 @@ def iter_objects(prefix: str) -> Iterator[tuple[str, str]]:
         return
     key = loc.key.strip("/")
     client = storage._s3_store().client
-    for obj in client.list_objects(bucket_name=loc.bucket, prefix=f"{key}/" if key else None, recursive=True):
-        name = obj.object_name or ""
-        if not name.endswith("/"):  # zero-byte "folder" markers made by consoles
-            yield f"{loc.scheme}://{loc.bucket}/{name}", f"{obj.size}:{(obj.etag or '').strip(chr(34))}"
+
+    def version(obj: object) -> str:
+        return f"{obj.size}:{(obj.etag or '').strip(chr(34))}"
+
+    def recursive(sub: str) -> Iterator[tuple[str, str]]:
+        for obj in client.list_objects(bucket_name=loc.bucket, prefix=sub or None, recursive=True):
+            name = obj.object_name or ""
+            if not name.endswith("/"):  # zero-byte "folder" markers made by consoles
+                yield name, version(obj)
+
+    def level(sub: str) -> Iterator[tuple[str, str | None]]:
+        for obj in client.list_objects(bucket_name=loc.bucket, prefix=sub or None, recursive=False):
+            name = obj.object_name or ""
+            if obj.is_dir:
+                yield name, None
+            elif not name.endswith("/"):
+                yield name, version(obj)
+
+    for name, ver in list_parallel(f"{key}/" if key else "", recursive, level, workers=workers):
+        yield f"{loc.scheme}://{loc.bucket}/{name}", ver
 
 
 def iter_inputs(inputs: Sequence[str]) -> Iterator[InputRef | Ignored]:

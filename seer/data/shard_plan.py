@@ -2,8 +2,9 @@
 
 The model is throughput = pods × cores × per-core rate (images per CPU-second, as `bench/shard.py`
 measures it on JPEG inputs with full validation). Sharding is embarrassingly parallel across
-partitions, so wall time = images / throughput, plus the listing (one pod streaming the object
-listing; S3 returns 1000 keys per page) and the merge (a streaming k-way merge of the partitions'
+partitions, so wall time = images / throughput, plus the listing (one pod: `LIST_WORKERS` concurrent
+S3 listings of key ranges, 1000 keys per page, written into the partitions' list files by one
+process, whichever is slower) and the merge (a streaming k-way merge of the partitions'
 sorted sample files). A partition holds its own sample hashes in memory (~``BYTES_PER_SAMPLE``
 each) to deduplicate and to sort its samples file, which bounds how few partitions are sensible.
 """
@@ -13,12 +14,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from seer.data.parallel_listing import LIST_WORKERS
 from seer.errors import ConfigError
 
 # Per-core rate from `bench/shard.py` (JPEG inputs, 256-1024 px, full validation, --max-short-side
 # none/256), rounded down; measure your own images with the bench and pass --rate.
 DEFAULT_RATE = 120.0
-LIST_RATE = 5_000.0  # objects/s one pod streams from an S3 listing (1000-key pages, ~0.2 s each)
+LIST_RATE = 5_000.0  # objects/s of one S3 listing stream (1000-key pages, ~0.2 s each)
+LIST_WRITE_RATE = (
+    30_000.0  # listed entries/s written into the partitions' gzip list files (one core, measured)
+)
 MERGE_RATE = 300_000.0  # samples/s of the k-way merge (gzip JSON lines, one core)
 BYTES_PER_SAMPLE = 400  # partition memory per kept sample (dedup map, part records, sort)
 
@@ -51,7 +56,7 @@ def plan_sharding(
         )
     images = int(images)
     shard_hours = images / (pods * cores * rate) / 3600
-    list_hours = images / LIST_RATE / 3600
+    list_hours = images / min(LIST_RATE * LIST_WORKERS, LIST_WRITE_RATE) / 3600
     merge_hours = images / MERGE_RATE / 3600
     shard_budget = target_hours - list_hours - merge_hours
     pods_for_target = (
@@ -80,7 +85,7 @@ def print_plan(plan: ShardPlan) -> None:
         ("images", f"{plan.images:,}"),
         ("pods x cores", f"{plan.pods} x {plan.cores} = {plan.pods * plan.cores} cores"),
         ("per-core rate", f"{plan.rate:g} images/s"),
-        ("listing (1 pod)", f"{plan.list_hours:.1f} h"),
+        (f"listing (1 pod, {LIST_WORKERS} streams)", f"{plan.list_hours:.1f} h"),
         ("sharding", f"{plan.shard_hours:.1f} h"),
         ("merge (1 pod)", f"{plan.merge_hours:.1f} h"),
         ("total wall time", f"{plan.total_hours:.1f} h ({plan.total_hours / 24:.1f} days)"),

@@ -346,7 +346,9 @@ def run(train_uri: str, val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     if save_classifier_uri:
         if is_main_rank():
             weight, bias = main.result.head.folded()
-            save_classifier(save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes)
+            save_classifier(
+                save_classifier_uri, loaded, weight, bias, options.tap, options.pool, train.classes
+            )
         if torch.distributed.is_initialized():  # no rank goes on to read the file before it exists
             torch.distributed.barrier()
     return doc
