@@ -5,12 +5,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from kfp import dsl
-from kfp.dsl import Model
 
-from components import compare_metrics, eval_datasets, register_model, resolve_model
+from components import compare_metrics, register_model
 from components.placement import StepSettings, apply
-from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
-from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID
+from pipelines import RUN_ID
+from pipelines.evaluations import datasets_step, evaluation_steps, results_of, with_evaluation_parameters
+from pipelines.model_source import registered_model
+from pipelines.pretrain import DEFAULT_STEP_SETTINGS
 from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
 
 PIPELINE_NAME = "seer-evaluate"
@@ -55,19 +56,8 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
             fail_on_regression: Fail the run (and register nothing) when a metric regressed.
             data_root: Folder or s3:// / minio:// prefix for generated evaluation sets.
         """
-        resolved = resolve_model(
-            registry=registry, name=model_name, version=model_version, checkpoint_uri=checkpoint_uri
-        )
-        apply(resolved, settings["resolve-model"]).set_caching_options(False)
-        model = dsl.importer(artifact_uri=resolved.outputs["uri"], artifact_class=Model, reimport=True)
-        datasets = apply(
-            eval_datasets(
-                sources=evaluation["eval_sources"],
-                benchmark_sizes=evaluation["benchmark_sizes"],
-                data_root=data_root,
-            ),
-            settings["eval-datasets"],
-        )
+        resolved, model = registered_model(registry, model_name, model_version, checkpoint_uri, settings)
+        datasets = datasets_step(evaluation, data_root, settings)
         evals = evaluation_steps(model.output, datasets.outputs["datasets"], settings, evaluation)
         for task in evals.values():
             task.set_caching_options(False)
