@@ -34,7 +34,7 @@ from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
 from seer.eval.features import FeatureSet
 from seer.eval.knn import knn_scores
 from seer.eval.linear import LinearConfig, predict, train_probe
-from seer.eval.setup import Scored, arg, evaluate, ints, names, prepare
+from seer.eval.setup import Scored, arg, check_choices, evaluate, ints, names, prepare
 
 INDICATORS = ("accuracy", "geographic", "label-association")
 CLASSIFIERS = ("linear", "knn", "finetuned")
@@ -124,12 +124,7 @@ class FairnessConfig:
     temperature: float = field(default=0.07, metadata=arg("τ of the k-NN vote weight (knn classifier)"))
 
     def validate(self) -> None:
-        if self.classifier not in CLASSIFIERS:
-            raise ConfigError(
-                f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
-            )
-        if self.indicator not in INDICATORS:
-            raise ConfigError(f"unknown indicator {self.indicator!r}; choose one of {', '.join(INDICATORS)}")
+        check_choices(self)
         if self.topk < 1:
             raise ConfigError("--topk must be >= 1")
         for name, edges in (("--income-edges", self.income_edges), ("--age-edges", self.age_edges)):

@@ -38,7 +38,7 @@ from seer.eval import finetuned, metrics, report
 from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
 from seer.eval.features import FeatureSet, TransformSpec
 from seer.eval.linear import LinearConfig, predict, train_probe
-from seer.eval.setup import FeatureOptions, RunSettings, Scored, arg, evaluate, prepare
+from seer.eval.setup import FeatureOptions, RunSettings, Scored, arg, check_choices, evaluate, prepare
 
 PROTOCOL = "frozen-features"
 SEER_PROTOCOL = (
@@ -66,10 +66,7 @@ class GeoConfig:
     )
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"unknown geolocalization method {self.method!r}; choose one of {', '.join(METHODS)}"
-            )
+        check_choices(self)
         if self.chunk_size < 1:
             raise ConfigError("--chunk-size must be >= 1")
 

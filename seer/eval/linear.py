@@ -30,6 +30,7 @@ from seer.eval.setup import (
     Scored,
     Streamed,
     arg,
+    check_choices,
     classification_scored,
     evaluate,
     ints,
@@ -68,8 +69,7 @@ class LinearProtocol:
     )
 
     def validate(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown linear protocol {self.protocol!r}; use vissl (SEER's) or fast")
+        check_choices(self)
         if self.train_crop < 8:
             raise ConfigError(f"--train-crop {self.train_crop} is too small; use the model input size (224)")
 

@@ -128,17 +128,23 @@ class FeatureOptions:
         }
 
     def validate(self) -> None:
-        if self.tap not in (*TAPS, PUBLISHED):
-            raise ConfigError(f"unknown tap {self.tap!r}; choose one of {', '.join((*TAPS, PUBLISHED))}")
+        check_choices(self)
         parse_pool(self.pool)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ConfigError("batch size must be >= 1 and workers >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataclass fields as CLI flags and KFP parameters
+
+
+def check_choices(config: Any) -> None:
+    """Reject a field value outside the `choices` of its metadata, naming the field and the choices."""
+    for f in dataclasses.fields(config):
+        value, choices = getattr(config, f.name), f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            what = f.name.replace("_", " ")
+            raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def flag_name(f: dataclasses.Field) -> str:
