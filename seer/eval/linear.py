@@ -31,6 +31,7 @@ from seer.eval.setup import (
     Streamed,
     arg,
     check_choices,
+    choice,
     classification_scored,
     evaluate,
     ints,
@@ -40,23 +41,19 @@ from seer.eval.setup import (
     shared_tempdir,
 )
 
-PROTOCOLS = ("vissl", "fast")
+PROTOCOLS = {
+    "vissl": "every epoch fresh RandomResizedCrop + flip crops through the frozen trunk, streamed (VISSL's "
+    "linear benchmark protocol, seer_spec §5.1)",
+    "fast": "one test-transform pass whose features are memory-mapped and reused every epoch (no "
+    "augmentation, ~epochs× less trunk compute; not SEER's protocol)",
+}
 
 
 @dataclass
 class LinearProtocol:
     """How the probe's training features are made (the `seer eval linear` protocol flags)."""
 
-    protocol: str = field(
-        default="vissl",
-        metadata=arg(
-            "vissl: every epoch fresh RandomResizedCrop + flip crops through the frozen trunk, streamed (VISSL's "
-            "linear benchmark protocol, seer_spec §5.1); fast: one test-transform pass whose features are "
-            "memory-mapped and reused every epoch (no augmentation, ~epochs× less trunk compute; not SEER's "
-            "protocol)",
-            choices=PROTOCOLS,
-        ),
-    )
+    protocol: str = choice("vissl", PROTOCOLS)
     train_crop: int = field(
         default=224, metadata=arg("vissl protocol: RandomResizedCrop size of the training crops")
     )
