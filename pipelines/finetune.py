@@ -20,9 +20,9 @@ from components import finetune, register_finetuned_model
 from components.placement import StepSettings, apply
 from pipelines import RUN_ID
 from pipelines.evaluations import datasets_step, evaluation_steps, results_of, with_evaluation_parameters
-from pipelines.model_source import registered_model
+from pipelines.model_source import registered_model, with_model_source_parameters
 from pipelines.pretrain import DEFAULT_STEP_SETTINGS
-from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
+from pipelines.storage_defaults import DEFAULT_DATA_ROOT
 from pipelines.training import training_exit_handler, training_step_arguments, with_training_parameters
 
 PIPELINE_NAME = "seer-finetune"
@@ -62,27 +62,21 @@ def build_finetune_pipeline(
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     @partial(with_evaluation_parameters, defaults=FINETUNE_EVAL_DEFAULTS)
     @with_training_parameters
+    @with_model_source_parameters
     def seer_finetune(
-        registry: str = DEFAULT_REGISTRY,
-        model_name: str = "seer",
-        model_version: str = "latest",
-        checkpoint_uri: str = "",
         recipe: str = "in1k-384",
         overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
         train_uri: str = "",
         train_role: str = "",
         finetuned_name: str = "seer-finetuned",
         data_root: str = DEFAULT_DATA_ROOT,
+        source: dict | None = None,
         training: dict | None = None,
         evaluation: dict | None = None,
     ):
         """Fine-tuning: resolve model → fine-tune → evaluations of the classifier → register with lineage.
 
         Args:
-            registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address.
-            model_name: Registered pretrained model to fine-tune.
-            model_version: Its version, or latest.
-            checkpoint_uri: Fine-tune this checkpoint (any format seer reads) instead of a registered version.
             recipe: Fine-tuning recipe: in1k-384, in1k-384-rg10b, im2gps, fairness-in22k (or a YAML path in the trainer image).
             overrides: Fine-tuning config overrides, e.g. ["optim.epochs=3", "data.crop_size=224"].
             train_uri: Labelled training set (path,label or, for im2gps, path,lat,lon); empty: a set of the evaluation datasets.
@@ -98,7 +92,7 @@ def build_finetune_pipeline(
             model_version=VERSION,
             enabled=exit_handler,
         ):
-            resolved, model = registered_model(registry, model_name, model_version, checkpoint_uri, settings)
+            resolved, model = registered_model(source, settings)
             datasets = datasets_step(evaluation, data_root, settings)
             tuned = finetune(
                 model=model.output,
@@ -119,10 +113,10 @@ def build_finetune_pipeline(
             )
             register = register_finetuned_model(
                 classifier=classifier,
-                registry=registry,
+                registry=source["registry"],
                 name=finetuned_name,
                 version=VERSION,
-                parent_name=model_name,
+                parent_name=source["model_name"],
                 parent_version=resolved.outputs["version"],
                 **results_of(evals),
             )
