@@ -1,5 +1,6 @@
-"""The exit-handler step of seer-pretrain: runs after the DAG whatever happened, records how the run
-ended and tidies up its training job (seer.launch.finish: a succeeded job is never deleted)."""
+"""The exit-handler step of seer-pretrain and seer-finetune (pipelines.training): runs after the DAG
+whatever happened, records how the run ended and tidies up its training job (seer.launch.finish: a
+succeeded job is never deleted)."""
 
 from kfp.dsl import PipelineTaskFinalStatus
 
@@ -26,8 +27,8 @@ def record_failure_and_cleanup(
             SUCCEEDED/FAILED/CANCELLED on Vertex AI).
         run_id: Pipeline run id; the training job is named by seer.launch.job_name(run_id, job_name).
         status_uri: Folder (local, s3:// or minio://) for `<run_id>.json` and the logs ('' skips both).
-        backend: The pretrain backend: local, pytorchjob or trainjob (local has no job).
-        job_name: The job name if the pretrain step was given one.
+        backend: The training step's backend: local, pytorchjob or trainjob (local has no job).
+        job_name: The job name if the training step (pretrain or finetune) was given one.
         namespace: Namespace of the job.
         model_name: Registered model name, recorded when the run succeeded.
         model_version: The version the run registers, recorded when the run succeeded.

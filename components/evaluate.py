@@ -41,6 +41,20 @@ def _skip(name: str, results_path: str, report) -> None:
     print(f"{name}: skipped (enabled=false)")
 
 
+def _evaluate(
+    name: str, enabled: bool, checkpoint: str, datasets, results, metrics, report, confusion=None, **params
+) -> None:
+    """Run evaluation `name` of `checkpoint` with the step's `params` (seer.eval.steps.run_step) and
+    publish it, or record it as skipped when the run turned it off."""
+    from seer.eval.steps import run_step
+
+    if not enabled:
+        _skip(name, results.path, report)
+        return
+    doc = run_step(name, checkpoint, datasets.uri, results.path, **params)
+    _publish(doc, results.path, metrics, report, confusion)
+
+
 _COMMON_ARGS = {
     "model": "Checkpoint to evaluate (sliced or consolidated).",
     "datasets": "The eval_datasets folder (datasets.json).",
@@ -67,7 +81,7 @@ def _documented(func):
 
 def _eval_step(func):
     """A lightweight component with the shared helpers and the shared parameter descriptions."""
-    return seer_component(additional_funcs=[_publish, _skip])(_documented(func))
+    return seer_component(additional_funcs=[_publish, _skip, _evaluate])(_documented(func))
 
 
 # fmt: off
@@ -93,17 +107,11 @@ def linear_eval(
         pool: avg, adaptive:HxW, none, or published.
         seed: Seed of the probe and of the baselines.
     """
-    from seer.eval.steps import run_step
-
     if not enabled:
-        _skip("linear", results.path, report)
         _skip("linear", classifier.path, report)
-        return
-    doc = run_step("linear", model.uri, datasets.uri, results.path, epochs=epochs, seed=seed,
-                   protocol=protocol, tap=tap, pool=pool, save_classifier_uri=classifier.path,
-                   transform=transform, batch_size=batch_size, workers=workers, device=device,
-                   baselines=baselines)
-    _publish(doc, results.path, metrics, report, confusion)
+    _evaluate("linear", enabled, model.uri, datasets, results, metrics, report, confusion, epochs=epochs, seed=seed,
+              protocol=protocol, tap=tap, pool=pool, save_classifier_uri=classifier.path, transform=transform,
+              batch_size=batch_size, workers=workers, device=device, baselines=baselines)
 
 
 @_eval_step
@@ -122,15 +130,9 @@ def knn_eval(
         temperature: τ of the exp(similarity / τ) vote weight.
         seed: Seed of the baselines.
     """
-    from seer.eval.steps import run_step
-
-    if not enabled:
-        _skip("knn", results.path, report)
-        return
-    doc = run_step("knn", model.uri, datasets.uri, results.path, k=k, temperature=temperature, seed=seed,
-                   transform=transform, batch_size=batch_size, workers=workers, device=device,
-                   baselines=baselines)
-    _publish(doc, results.path, metrics, report, confusion)
+    _evaluate("knn", enabled, model.uri, datasets, results, metrics, report, confusion, k=k, temperature=temperature,
+              seed=seed, transform=transform, batch_size=batch_size, workers=workers, device=device,
+              baselines=baselines)
 
 
 @_eval_step
@@ -150,15 +152,9 @@ def copy_detection_eval(
         precision: fp32 (SEER's copy-detection features) or bf16 / auto.
         seed: Seed of the baselines.
     """
-    from seer.eval.steps import run_step
-
-    if not enabled:
-        _skip("copy-detection", results.path, report)
-        return
-    doc = run_step("copy-detection", model.uri, datasets.uri, results.path, pca_dims=pca_dims, seed=seed,
-                   max_distractors=max_distractors, transform=transform, precision=precision,
-                   batch_size=batch_size, workers=workers, device=device, baselines=baselines)
-    _publish(doc, results.path, metrics, report)
+    _evaluate("copy-detection", enabled, model.uri, datasets, results, metrics, report, pca_dims=pca_dims, seed=seed,
+              max_distractors=max_distractors, transform=transform, precision=precision, batch_size=batch_size,
+              workers=workers, device=device, baselines=baselines)
 
 
 @_eval_step
@@ -178,15 +174,9 @@ def geolocalization_eval(
         cell_deg: Grid cell size in degrees when geo_cells is not given.
         chunk_size: Training images per block when assigning them to the nearest cell centre.
     """
-    from seer.eval.steps import run_step
-
-    if not enabled:
-        _skip("geolocalization", results.path, report)
-        return
-    doc = run_step("geolocalization", model.uri, datasets.uri, results.path, method=method, cell_deg=cell_deg,
-                   chunk_size=chunk_size, transform=transform, batch_size=batch_size, workers=workers,
-                   device=device, baselines=baselines)
-    _publish(doc, results.path, metrics, report)
+    _evaluate("geolocalization", enabled, model.uri, datasets, results, metrics, report, method=method,
+              cell_deg=cell_deg, chunk_size=chunk_size, transform=transform, batch_size=batch_size, workers=workers,
+              device=device, baselines=baselines)
 
 
 @_eval_step
@@ -210,16 +200,10 @@ def fairness_eval(
         harmful_labels: Class names counted as harmful predictions (accuracy indicator).
         classifier: linear or knn (on frozen features), or finetuned (model is a `seer finetune` classifier).
     """
-    from seer.eval.steps import run_step
-
-    if not enabled:
-        _skip("fairness", results.path, report)
-        return
-    doc = run_step("fairness", model.uri, datasets.uri, results.path, indicator=indicator, topk=topk,
-                   label_map=label_map or None, associations=associations or None, harmful_labels=harmful_labels,
-                   classifier=classifier, transform=transform, batch_size=batch_size, workers=workers,
-                   device=device, baselines=baselines)
-    _publish(doc, results.path, metrics, report)
+    _evaluate("fairness", enabled, model.uri, datasets, results, metrics, report, indicator=indicator, topk=topk,
+              label_map=label_map or None, associations=associations or None, harmful_labels=harmful_labels,
+              classifier=classifier, transform=transform, batch_size=batch_size, workers=workers, device=device,
+              baselines=baselines)
 
 
 @_eval_step
@@ -238,13 +222,6 @@ def test384_eval(
         metrics: top1/top5 at the test resolution.
         resolution: Test resolution (resize shorter side, centre crop).
     """
-    from seer.eval.steps import run_step
-
-    if not enabled:
-        _skip("test384", results.path, report)
-        return
-    doc = run_step("test384", classifier_uri or classifier.uri, datasets.uri, results.path,
-                   resolution=resolution, preset=preset or None, batch_size=batch_size, workers=workers,
-                   device=device)
-    _publish(doc, results.path, metrics, report)
+    _evaluate("test384", enabled, classifier_uri or classifier.uri, datasets, results, metrics, report,
+              resolution=resolution, preset=preset or None, batch_size=batch_size, workers=workers, device=device)
 # fmt: on

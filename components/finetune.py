@@ -79,28 +79,27 @@ def finetune(
     from seer.artifacts import data_location, metadata, write_descriptor
     from seer.finetune.step import run_finetune_step
     from seer.launch import job_name as make_job_name
+    from seer.launch.step import step_job_options
     from seer.registry import flatten_metrics
 
     prefix = data_location(data_root, "runs", run_id)
     output_uri = storage.join(prefix, "finetune")
-    job = dict(
+    job = step_job_options(
+        backend,
+        run_id,
         image=trainer_image,
-        nodes=nodes or None,
-        gpus_per_node=None if gpus_per_node < 0 else gpus_per_node,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        storage_secret=storage_secret,
+        gang_scheduler=gang_scheduler,
+        kueue_queue=kueue_queue,
+        trainjob_runtime=trainjob_runtime,
         namespace=namespace,
-        storage_secret=storage_secret or None,
         service_account=service_account,
-        gang_scheduler=gang_scheduler or None,
-        kueue_queue=kueue_queue or None,
         node_selector=node_selector,
         tolerations=tolerations,
         network=network,
         network_devices=network_devices,
-        labels={"pipelines.kubeflow.org/run-id": run_id[:63]},
-        **({"runtime": trainjob_runtime} if backend == "trainjob" else {}),
-    )
-    watch = dict(
-        timeout_s=timeout_s or None, pending_timeout_s=pending_timeout_s, poll_interval_s=poll_interval_s
     )
     result = run_finetune_step(
         model.uri,
@@ -115,7 +114,7 @@ def finetune(
         nproc_per_node=nproc_per_node,
         job_name=make_job_name(run_id, job_name),
         job_options=job,
-        watch=watch,
+        watch=dict(timeout_s=timeout_s, pending_timeout_s=pending_timeout_s, poll_interval_s=poll_interval_s),
     )
     for name, value in flatten_metrics(result["summary"]).items():
         metrics.log_metric(name, value)

@@ -70,52 +70,44 @@ def pretrain(
     """
     from seer import storage
     from seer.artifacts import data_location, metadata, resolve, write_descriptor
-    from seer.errors import ConfigError
-    from seer.launch import BACKENDS, LaunchError, pretrain_args, run_local
+    from seer.launch import job_name as make_job_name
+    from seer.launch import pretrain_entry
+    from seer.launch.step import run_training, step_job_options
     from seer.registry import flatten_metrics
 
     data_uri, run_prefix = resolve(shards.uri), data_location(data_root, "runs", run_id)
     output_uri = storage.join(run_prefix, "pretrain")
-    job_info = {}
-    if backend == "local":
-        args = pretrain_args(recipe, output_uri, overrides, data_uri=data_uri)
-        if run_local(args, nproc_per_node=nproc_per_node):
-            raise LaunchError(f"local pretraining of {recipe} failed; see the rank logs above")
-    elif backend in BACKENDS:
-        from seer.launch import job_name as make_job_name
-        from seer.launch import make_launcher, render_job
-        from seer.launch.kube import load_api_client
-
-        runtime = {"runtime": trainjob_runtime} if backend == "trainjob" else {}
-        job = render_job(
-            backend,
-            make_job_name(run_id, job_name),
-            recipe,
-            image=trainer_image,
-            output_uri=output_uri,
-            nodes=nodes or None,
-            gpus_per_node=None if gpus_per_node < 0 else gpus_per_node,
-            overrides=overrides,
-            data_uri=data_uri,
-            namespace=namespace,
-            storage_secret=storage_secret or None,
-            service_account=service_account,
-            gang_scheduler=gang_scheduler or None,
-            kueue_queue=kueue_queue or None,
-            node_selector=node_selector,
-            tolerations=tolerations,
-            network=network,
-            network_devices=network_devices,
-            labels={"pipelines.kubeflow.org/run-id": run_id[:63]},
-            **runtime,
-        )
-        result = make_launcher(backend, load_api_client(), poll_interval_s=poll_interval_s).run(
-            job, timeout_s=timeout_s or None, pending_timeout_s=pending_timeout_s
-        )
-        job_info = {"job": f"{result.namespace}/{result.name}", "restarts": result.restarts}
-    else:
-        raise ConfigError(f"backend {backend!r} is unknown; use local, {' or '.join(BACKENDS)}")
-
+    job = step_job_options(
+        backend,
+        run_id,
+        image=trainer_image,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        storage_secret=storage_secret,
+        gang_scheduler=gang_scheduler,
+        kueue_queue=kueue_queue,
+        trainjob_runtime=trainjob_runtime,
+        namespace=namespace,
+        service_account=service_account,
+        node_selector=node_selector,
+        tolerations=tolerations,
+        network=network,
+        network_devices=network_devices,
+    )
+    job_info = run_training(
+        backend,
+        pretrain_entry(recipe),
+        recipe,
+        output_uri=output_uri,
+        data_uri=data_uri,
+        overrides=overrides,
+        nproc_per_node=nproc_per_node,
+        job_name=make_job_name(run_id, job_name),
+        job_options=job,
+        timeout_s=timeout_s,
+        pending_timeout_s=pending_timeout_s,
+        poll_interval_s=poll_interval_s,
+    )
     summary = storage.read_json(storage.join(output_uri, "summary.json"))
     for name, value in flatten_metrics(summary).items():
         metrics.log_metric(name, value)

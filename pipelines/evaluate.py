@@ -5,13 +5,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from kfp import dsl
-from kfp.dsl import Model
 
-from components import compare_metrics, eval_datasets, register_model, resolve_model
+from components import compare_metrics, register_model
 from components.placement import StepSettings, apply
-from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
-from pipelines.pretrain import DEFAULT_STEP_SETTINGS, RUN_ID
-from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
+from pipelines import RUN_ID
+from pipelines.evaluations import datasets_step, evaluation_steps, results_of, with_evaluation_parameters
+from pipelines.model_source import registered_model, with_model_source_parameters
+from pipelines.pretrain import DEFAULT_STEP_SETTINGS
+from pipelines.storage_defaults import DEFAULT_DATA_ROOT
 
 PIPELINE_NAME = "seer-evaluate"
 DESCRIPTION = (
@@ -34,40 +35,24 @@ def build_evaluate_pipeline(*, step_settings: Mapping[str, StepSettings] | None 
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     @with_evaluation_parameters
+    @with_model_source_parameters
     def seer_evaluate(
-        registry: str = DEFAULT_REGISTRY,
-        model_name: str = "seer",
-        model_version: str = "latest",
-        checkpoint_uri: str = "",
         regression_threshold: float = 0.01,
         fail_on_regression: bool = False,
         data_root: str = DEFAULT_DATA_ROOT,
+        source: dict | None = None,
         evaluation: dict | None = None,
     ):
         """Re-evaluation: resolve model → evaluations → compare with the last registered metrics → register.
 
         Args:
-            registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address.
-            model_name: Registered model to evaluate, and under which the new metrics are registered.
-            model_version: Registered version to evaluate, or latest.
-            checkpoint_uri: Evaluate this checkpoint (sliced or consolidated) instead of a registered version.
             regression_threshold: A metric regressed when it moved the bad way by more than this (0.01 = 1 point).
             fail_on_regression: Fail the run (and register nothing) when a metric regressed.
             data_root: Folder or s3:// / minio:// prefix for generated evaluation sets.
         """
-        resolved = resolve_model(
-            registry=registry, name=model_name, version=model_version, checkpoint_uri=checkpoint_uri
-        )
-        apply(resolved, settings["resolve-model"]).set_caching_options(False)
-        model = dsl.importer(artifact_uri=resolved.outputs["uri"], artifact_class=Model, reimport=True)
-        datasets = apply(
-            eval_datasets(
-                sources=evaluation["eval_sources"],
-                benchmark_sizes=evaluation["benchmark_sizes"],
-                data_root=data_root,
-            ),
-            settings["eval-datasets"],
-        )
+        resolved, model = registered_model(source, settings)
+        registry, model_name = source["registry"], source["model_name"]
+        datasets = datasets_step(evaluation, data_root, settings)
         evals = evaluation_steps(model.output, datasets.outputs["datasets"], settings, evaluation)
         for task in evals.values():
             task.set_caching_options(False)

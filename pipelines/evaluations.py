@@ -1,14 +1,16 @@
-"""The evaluation fan-out shared by `seer-pretrain` and `seer-evaluate`: its pipeline parameters
-(declared once here, added to both pipelines' signatures by `with_evaluation_parameters`) and
-`evaluation_steps`, which wires the six evaluation steps onto a model and the eval_datasets output."""
+"""The evaluation fan-out shared by `seer-pretrain`, `seer-evaluate` and `seer-finetune`: its pipeline
+parameters (declared once here, added to the pipelines' signatures by `with_evaluation_parameters`),
+`datasets_step` (the evaluation sets) and `evaluation_steps`, which wires the six evaluation steps onto
+a model and the eval_datasets output."""
 
-import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from components import eval_datasets
 from components import evaluate as steps
 from components.placement import StepSettings, apply
+from pipelines.parameter_blocks import ParameterBlock, with_parameter_block
 
 
 def _step_default(step: Any, name: str) -> Any:
@@ -16,8 +18,7 @@ def _step_default(step: Any, name: str) -> Any:
     return inspect.signature(step.python_func).parameters[name].default
 
 
-# name → (type, default, UI description); KFP parameter defaults must be literals
-EVALUATION_PARAMETERS: dict[str, tuple[type, Any, str]] = {
+EVALUATION_PARAMETERS: ParameterBlock = {
     "eval_sources": (dict, {}, "Your evaluation sets by role (linear_train, linear_val, copy_queries, copy_database, "
                      "copy_distractors, copy_whitening, geo_train, geo_val, geo_cells, fairness_train, fairness_test, "
                      "test384_val); missing ones are generated (never copy_distractors or test384_val)."),
@@ -84,45 +85,19 @@ _STEP_PARAMETERS = {
 }
 
 
-def _args_indent(doc: str) -> int:
-    """Indentation of the entries under the docstring's `Args:` line."""
-    for line in doc.splitlines():
-        if line.strip() == "Args:":
-            return len(line) - len(line.lstrip(" ")) + 4
-    raise ValueError("the pipeline docstring needs an Args: section")
-
-
 def with_evaluation_parameters(func: Callable, *, defaults: Mapping[str, Any] | None = None) -> Callable:
     """Give a pipeline function the evaluation parameters after its own (signature and docstring
     `Args:`); the function receives them as one mapping, `evaluation`. `defaults` replaces some
     parameters' defaults for this pipeline (e.g. seer-finetune runs test384 by default)."""
-    unknown = set(defaults or {}) - set(EVALUATION_PARAMETERS)
-    if unknown:
-        raise ValueError(f"not evaluation parameters: {sorted(unknown)}")
-    own = [p for p in inspect.signature(func).parameters.values() if p.name != "evaluation"]
-    added = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=(defaults or {}).get(name, default),
-            annotation=kind,
-        )
-        for name, (kind, default, _) in EVALUATION_PARAMETERS.items()
-    ]
-    names = [p.name for p in own + added]
+    return with_parameter_block(EVALUATION_PARAMETERS, "evaluation", func, defaults=defaults)
 
-    @functools.wraps(func)
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        values = {**dict(zip(names, args, strict=False)), **kwargs}
-        evaluation = {name: values.pop(name) for name in EVALUATION_PARAMETERS}
-        return func(**values, evaluation=evaluation)
 
-    pipeline.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
-    doc = func.__doc__ or ""
-    indent = " " * _args_indent(doc)
-    docs = "".join(f"\n{indent}{name}: {text}" for name, (_, _, text) in EVALUATION_PARAMETERS.items())
-    pipeline.__doc__ = doc.rstrip() + docs + "\n"
-    return pipeline
+def datasets_step(evaluation: Mapping[str, Any], data_root: Any, settings: Mapping[str, StepSettings]) -> Any:
+    """The eval_datasets task: the user's sets by role, the missing ones generated under `data_root`."""
+    task = eval_datasets(
+        sources=evaluation["eval_sources"], benchmark_sizes=evaluation["benchmark_sizes"], data_root=data_root
+    )
+    return apply(task, settings["eval-datasets"])
 
 
 def evaluation_steps(

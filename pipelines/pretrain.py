@@ -18,27 +18,25 @@ from typing import Any
 from kfp import dsl
 
 from components import (
-    SEER_TRAINER_IMAGE,
     consolidate_slice,
-    eval_datasets,
     generate_corpus,
     list_images,
     merge_shards,
     pretrain,
-    record_failure_and_cleanup,
     register_model,
     shard_partition,
 )
 from components.placement import StepSettings, apply
-from pipelines.evaluations import evaluation_steps, results_of, with_evaluation_parameters
-from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY, DEFAULT_STATUS_URI
+from pipelines import RUN_ID
+from pipelines.evaluations import datasets_step, evaluation_steps, results_of, with_evaluation_parameters
+from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
+from pipelines.training import training_exit_handler, training_step_arguments, with_training_parameters
 
 PIPELINE_NAME = "seer-pretrain"
 DESCRIPTION = (
     "SEER self-supervised pretraining (SwAV on RegNetY): list → shard (fan-out) → merge → pretrain → slice → "
     "evaluate → register."
 )
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 VERSION = f"run-{RUN_ID}"  # the registered model version of a run
 
 # Pod settings per step (override with a YAML file: pipelines/compile.py --step-settings).
@@ -93,6 +91,7 @@ def build_pretrain_pipeline(
 
     @dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)
     @with_evaluation_parameters
+    @with_training_parameters
     def seer_pretrain(
         images_uri: str = "",
         synth_images: int = 256,
@@ -100,25 +99,9 @@ def build_pretrain_pipeline(
         shard_parallelism: int = 1,
         recipe: str = "rg-tiny",
         overrides: list = [],  # noqa: B006 - KFP parameter defaults must be literals
-        backend: str = "local",
-        nproc_per_node: int = 2,
-        nodes: int = 0,
-        gpus_per_node: int = -1,
-        trainer_image: str = SEER_TRAINER_IMAGE,
-        job_name: str = "",
-        namespace: str = "seer",
-        storage_secret: str = "seer-storage",
-        gang_scheduler: str = "",
-        kueue_queue: str = "",
-        node_selector: dict = {},  # noqa: B006
-        tolerations: list = [],  # noqa: B006
-        network: str = "tcp",
-        network_devices: int = 0,
-        train_timeout_s: float = 0.0,
-        pending_timeout_s: float = 1800.0,
         registry: str = DEFAULT_REGISTRY,
         model_name: str = "seer",
-        status_uri: str = DEFAULT_STATUS_URI,
+        training: dict | None = None,
         evaluation: dict | None = None,
     ):
         """SEER pretraining: list → shard (fan-out) → merge → pretrain → consolidate + slice → evaluations → register.
@@ -130,28 +113,17 @@ def build_pretrain_pipeline(
             shard_parallelism: Shard steps run in parallel (partitions of the listing), e.g. 125 for 1B images at 8 cores each (seer shard --plan).
             recipe: Pretraining recipe: rg-tiny, rg-small, rg32gf, rg64gf, rg128gf, rg256gf, rg10b, seer2021, or a config path.
             overrides: Config overrides, e.g. ["train.iterations=1000", "optim.base_lr=0.3"].
-            backend: Where training runs: local (torchrun inside the step's pod), pytorchjob (a Kubeflow PyTorchJob) or trainjob (a Kubeflow Trainer v2 TrainJob).
-            nproc_per_node: Ranks of a local run.
-            nodes: PyTorchJob pods (0: the recipe's, rg10b: 62).
-            gpus_per_node: GPUs per PyTorchJob pod (-1: the recipe's, 8 for the large recipes).
-            trainer_image: Trainer image (images/trainer) with a pinned tag.
-            job_name: PyTorchJob name (default: seer-<run id>).
-            namespace: Namespace of the PyTorchJob.
-            storage_secret: Secret with the object-storage credentials and SEER_S3_ENDPOINT for the training pods.
-            gang_scheduler: Gang scheduling of the training pods: '' (none), volcano or scheduler-plugins.
-            kueue_queue: Kueue LocalQueue the training job waits in until admitted ('' for none).
-            node_selector: Node selector of the training pods, e.g. {"nvidia.com/gpu.present": "true"}.
-            tolerations: Tolerations of the training pods (Kubernetes objects).
-            network: NCCL fabric of the training pods: tcp, efa or ib.
-            network_devices: EFA adapters or RDMA devices per training pod.
-            train_timeout_s: Delete the training job after this many seconds (0: no limit).
-            pending_timeout_s: Delete the training job when no pod runs within this many seconds.
             registry: Model registry: a storage URI or a Kubeflow Model Registry http(s) address. The default (mlpipeline/shared/...) is writable in standalone and multi-user KFP; a profile-private one is minio://mlpipeline/private-artifacts/<namespace>/...
             model_name: Registered model name.
-            status_uri: Folder the exit handler writes each run's final state and failed pods' logs to ('' skips it); under mlpipeline/shared/ or private-artifacts/<namespace>/ on multi-user KFP.
         """
-
-        def steps() -> None:
+        with training_exit_handler(
+            training,
+            settings["record-failure-and-cleanup"],
+            name="train-evaluate-register",
+            model_name=model_name,
+            model_version=VERSION,
+            enabled=exit_handler,
+        ):
             corpus = apply(
                 generate_corpus(count=synth_images, source_uri=images_uri, data_root=data_root),
                 settings["generate-corpus"],
@@ -163,33 +135,11 @@ def build_pretrain_pipeline(
                 data_root=data_root,
                 recipe=recipe,
                 overrides=overrides,
-                backend=backend,
-                nproc_per_node=nproc_per_node,
-                job_name=job_name,
-                trainer_image=trainer_image,
-                nodes=nodes,
-                gpus_per_node=gpus_per_node,
-                namespace=namespace,
-                storage_secret=storage_secret,
-                gang_scheduler=gang_scheduler,
-                kueue_queue=kueue_queue,
-                node_selector=node_selector,
-                tolerations=tolerations,
-                network=network,
-                network_devices=network_devices,
-                timeout_s=train_timeout_s,
-                pending_timeout_s=pending_timeout_s,
+                **training_step_arguments(training),
             )
             apply(train, settings["pretrain"]).set_caching_options(False)
             ckpt = apply(consolidate_slice(run=train.outputs["run"]), settings["consolidate-slice"])
-            datasets = apply(
-                eval_datasets(
-                    sources=evaluation["eval_sources"],
-                    benchmark_sizes=evaluation["benchmark_sizes"],
-                    data_root=data_root,
-                ),
-                settings["eval-datasets"],
-            )
+            datasets = datasets_step(evaluation, data_root, settings)
             evals = evaluation_steps(
                 ckpt.outputs["sliced"], datasets.outputs["datasets"], settings, evaluation
             )
@@ -203,23 +153,6 @@ def build_pretrain_pipeline(
                 **results_of(evals),
             )
             apply(register, settings["register-model"]).set_caching_options(False)
-
-        if not exit_handler:
-            steps()
-            return
-        # KFP refuses pipeline outputs from inside an ExitHandler; the run's record names the version.
-        cleanup = record_failure_and_cleanup(
-            run_id=RUN_ID,
-            status_uri=status_uri,
-            backend=backend,
-            job_name=job_name,
-            namespace=namespace,
-            model_name=model_name,
-            model_version=VERSION,
-        )
-        apply(cleanup, settings["record-failure-and-cleanup"]).set_caching_options(False)
-        with dsl.ExitHandler(cleanup, name="train-evaluate-register"):
-            steps()
 
     return seer_pretrain
 

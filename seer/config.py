@@ -269,9 +269,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 # Recipes and overrides
 
 
-def list_recipes() -> list[str]:
-    """Names of the bundled pretraining recipes."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+def list_recipes(directory: Path = RECIPE_DIR) -> list[str]:
+    """Names of the bundled recipes in `directory` (default: the pretraining recipes)."""
+    return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -284,13 +284,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _recipe_dict(recipe_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def recipe_dict(
+    recipe_or_path: str, directory: Path = RECIPE_DIR, kind: str = "", seen: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The settings of a recipe of `directory` (`kind` names them in errors, e.g. "fine-tuning") or
+    of a YAML file, with the recipes it `inherit`s merged below it."""
     path = Path(recipe_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        path = RECIPE_DIR / f"{recipe_or_path}.yaml"
+        path = directory / f"{recipe_or_path}.yaml"
         if not path.exists():
             raise ConfigError(
-                f"unknown recipe {recipe_or_path!r}; use one of {', '.join(list_recipes())} or a path to a YAML file"
+                f"unknown {kind + ' ' if kind else ''}recipe {recipe_or_path!r}; use one of "
+                f"{', '.join(list_recipes(directory))} or a path to a YAML file"
             )
     if str(path) in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join([*seen, str(path)])}")
@@ -298,7 +303,7 @@ def _recipe_dict(recipe_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, A
     parent = data.pop("inherit", None)
     if parent is None:
         return data
-    return _merge(_recipe_dict(str(parent), (*seen, str(path))), data)
+    return _merge(recipe_dict(str(parent), directory, kind, (*seen, str(path))), data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -332,7 +337,7 @@ def load_config(
     recipe_or_path: str = "rg-tiny", overrides: list[str] | None = None, world_size: int | None = None
 ) -> SeerConfig:
     """Build and validate a config from a recipe name or YAML path plus ``key=value`` overrides."""
-    data = apply_overrides(_recipe_dict(recipe_or_path), overrides or [])
+    data = apply_overrides(recipe_dict(recipe_or_path), overrides or [])
     cfg = _build(SeerConfig, data)
     validate(cfg, world_size=world_size)
     return cfg
@@ -349,7 +354,8 @@ def from_dict(data: dict[str, Any], world_size: int | None = None) -> SeerConfig
 # Validation of values
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(`message`) unless `ok`."""
     if not ok:
         raise ConfigError(message)
 
@@ -358,60 +364,56 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
     """Reject impossible values, naming the key and what is allowed."""
     from seer.models import PRESETS
 
-    _require(
+    require(
         cfg.model.preset in PRESETS,
         f"model.preset: unknown preset {cfg.model.preset!r}; use one of {', '.join(PRESETS)}",
     )
     if cfg.model.num_prototypes is not None:
-        _require(
+        require(
             len(cfg.model.num_prototypes) > 0 and all(k > 0 for k in cfg.model.num_prototypes),
             f"model.num_prototypes: {cfg.model.num_prototypes} must be a non-empty list of positive counts",
         )
 
     crops = cfg.data.crops
-    _require(len(crops) > 0, "data.crops: the crops list is empty; give at least one {size, count, scale}")
+    require(len(crops) > 0, "data.crops: the crops list is empty; give at least one {size, count, scale}")
     for i, crop in enumerate(crops):
         key = f"data.crops[{i}]"
-        _require(crop.size > 0, f"{key}.size: must be a positive pixel size, got {crop.size}")
-        _require(crop.count > 0, f"{key}.count: must be >= 1, got {crop.count}")
+        require(crop.size > 0, f"{key}.size: must be a positive pixel size, got {crop.size}")
+        require(crop.count > 0, f"{key}.count: must be >= 1, got {crop.count}")
         lo_hi = crop.scale
-        _require(
+        require(
             len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1,
             f"{key}.scale: must be [low, high] with 0 < low <= high <= 1, got {lo_hi}",
         )
-    _require(
+    require(
         cfg.data.jitter_strength >= 0, f"data.jitter_strength: must be >= 0, got {cfg.data.jitter_strength}"
     )
-    _require(
-        0 <= cfg.data.blur_p <= 1, f"data.blur_p: must be a probability in [0, 1], got {cfg.data.blur_p}"
-    )
-    _require(
+    require(0 <= cfg.data.blur_p <= 1, f"data.blur_p: must be a probability in [0, 1], got {cfg.data.blur_p}")
+    require(
         0 <= cfg.data.channel_shuffle_p <= 1,
         f"data.channel_shuffle_p: must be a probability in [0, 1], got {cfg.data.channel_shuffle_p}",
     )
-    _require(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
-    _require(
-        cfg.data.shuffle_buffer >= 0, f"data.shuffle_buffer: must be >= 0, got {cfg.data.shuffle_buffer}"
-    )
+    require(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    require(cfg.data.shuffle_buffer >= 0, f"data.shuffle_buffer: must be >= 0, got {cfg.data.shuffle_buffer}")
 
     n_crops = sum(c.count for c in crops)
     swav = cfg.swav
-    _require(swav.epsilon > 0, f"swav.epsilon: must be > 0 (SEER uses 0.05, 10B 0.03), got {swav.epsilon}")
-    _require(
+    require(swav.epsilon > 0, f"swav.epsilon: must be > 0 (SEER uses 0.05, 10B 0.03), got {swav.epsilon}")
+    require(
         swav.sinkhorn_iterations >= 1,
         f"swav.sinkhorn_iterations: must be >= 1, got {swav.sinkhorn_iterations}",
     )
-    _require(swav.temperature > 0, f"swav.temperature: must be > 0 (SEER uses 0.1), got {swav.temperature}")
-    _require(len(swav.crops_for_assign) > 0, "swav.crops_for_assign: empty; SEER assigns from crops [0, 1]")
-    _require(
+    require(swav.temperature > 0, f"swav.temperature: must be > 0 (SEER uses 0.1), got {swav.temperature}")
+    require(len(swav.crops_for_assign) > 0, "swav.crops_for_assign: empty; SEER assigns from crops [0, 1]")
+    require(
         all(0 <= c < n_crops for c in swav.crops_for_assign),
         f"swav.crops_for_assign: {swav.crops_for_assign} must be crop indices in 0..{n_crops - 1} "
         f"(data.crops makes {n_crops} crops)",
     )
-    _require(n_crops >= 2, f"data.crops: SwAV needs at least 2 crops per image, got {n_crops}")
-    _require(swav.queue_length >= 0, f"swav.queue_length: must be >= 0, got {swav.queue_length}")
-    _require(swav.freeze_prototypes_iters >= 0, "swav.freeze_prototypes_iters: must be >= 0")
-    _require(swav.hard_codes_iters >= 0, f"swav.hard_codes_iters: must be >= 0, got {swav.hard_codes_iters}")
+    require(n_crops >= 2, f"data.crops: SwAV needs at least 2 crops per image, got {n_crops}")
+    require(swav.queue_length >= 0, f"swav.queue_length: must be >= 0, got {swav.queue_length}")
+    require(swav.freeze_prototypes_iters >= 0, "swav.freeze_prototypes_iters: must be >= 0")
+    require(swav.hard_codes_iters >= 0, f"swav.hard_codes_iters: must be >= 0, got {swav.hard_codes_iters}")
 
     opt = cfg.optim
     for name in (
@@ -423,53 +425,53 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
         "larc_eps",
     ):
         value = getattr(opt, name)
-        _require(value >= 0, f"optim.{name}: must be >= 0, got {value}")
+        require(value >= 0, f"optim.{name}: must be >= 0, got {value}")
     if opt.start_lr is not None:
-        _require(opt.start_lr >= 0, f"optim.start_lr: must be >= 0 or null, got {opt.start_lr}")
-    _require(opt.base_lr > 0, f"optim.base_lr: must be > 0 (SEER uses 0.3 per 256 images), got {opt.base_lr}")
-    _require(opt.base_batch > 0, f"optim.base_batch: must be > 0, got {opt.base_batch}")
-    _require(opt.momentum < 1, f"optim.momentum: must be in [0, 1), got {opt.momentum}")
-    _require(
+        require(opt.start_lr >= 0, f"optim.start_lr: must be >= 0 or null, got {opt.start_lr}")
+    require(opt.base_lr > 0, f"optim.base_lr: must be > 0 (SEER uses 0.3 per 256 images), got {opt.base_lr}")
+    require(opt.base_batch > 0, f"optim.base_batch: must be > 0, got {opt.base_batch}")
+    require(opt.momentum < 1, f"optim.momentum: must be in [0, 1), got {opt.momentum}")
+    require(
         0 <= opt.warmup_fraction < 1, f"optim.warmup_fraction: must be in [0, 1), got {opt.warmup_fraction}"
     )
     if opt.warmup_iters is not None:
-        _require(opt.warmup_iters >= 0, f"optim.warmup_iters: must be >= 0 or null, got {opt.warmup_iters}")
+        require(opt.warmup_iters >= 0, f"optim.warmup_iters: must be >= 0 or null, got {opt.warmup_iters}")
 
     tr = cfg.train
-    _require(tr.batch_per_gpu > 0, f"train.batch_per_gpu: must be >= 1, got {tr.batch_per_gpu}")
-    _require(tr.iterations > 0, f"train.iterations: must be >= 1, got {tr.iterations}")
-    _require(tr.checkpoint_every > 0, f"train.checkpoint_every: must be >= 1, got {tr.checkpoint_every}")
-    _require(tr.keep_last >= 1, f"train.keep_last: must keep at least 1 checkpoint, got {tr.keep_last}")
-    _require(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
-    _require(
+    require(tr.batch_per_gpu > 0, f"train.batch_per_gpu: must be >= 1, got {tr.batch_per_gpu}")
+    require(tr.iterations > 0, f"train.iterations: must be >= 1, got {tr.iterations}")
+    require(tr.checkpoint_every > 0, f"train.checkpoint_every: must be >= 1, got {tr.checkpoint_every}")
+    require(tr.keep_last >= 1, f"train.keep_last: must keep at least 1 checkpoint, got {tr.keep_last}")
+    require(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
+    require(
         tr.sync_bn_group >= 0, f"train.sync_bn_group: must be >= 0 (0 = all ranks), got {tr.sync_bn_group}"
     )
-    _require(tr.max_faults >= 0, f"train.max_faults: must be >= 0, got {tr.max_faults}")
-    _require(tr.grace_seconds > 0, f"train.grace_seconds: must be > 0 seconds, got {tr.grace_seconds}")
-    _require(
+    require(tr.max_faults >= 0, f"train.max_faults: must be >= 0, got {tr.max_faults}")
+    require(tr.grace_seconds > 0, f"train.grace_seconds: must be > 0 seconds, got {tr.grace_seconds}")
+    require(
         tr.save_retry_seconds >= 0,
         f"train.save_retry_seconds: must be >= 0 seconds (0 = no retry), got {tr.save_retry_seconds}",
     )
-    _require(
+    require(
         0 <= tr.metrics_port < 65536,
         f"train.metrics_port: must be 0 (off) or a TCP port, got {tr.metrics_port}",
     )
     if world_size is not None:
-        _require(world_size >= 1, f"world size must be >= 1, got {world_size}")
+        require(world_size >= 1, f"world size must be >= 1, got {world_size}")
         if tr.global_batch is not None:
-            _require(
+            require(
                 tr.global_batch % world_size == 0,
                 f"train.global_batch: {tr.global_batch} is not divisible by the world size {world_size}; "
                 f"use a multiple of {world_size} (e.g. {world_size * tr.batch_per_gpu})",
             )
-            _require(
+            require(
                 tr.global_batch // world_size == tr.batch_per_gpu,
                 f"train.global_batch: {tr.global_batch} over {world_size} ranks is "
                 f"{tr.global_batch // world_size} per rank, but train.batch_per_gpu is {tr.batch_per_gpu}; "
                 "set one consistently with the other",
             )
         if tr.sync_bn_group > 1:
-            _require(
+            require(
                 world_size % tr.sync_bn_group == 0 or world_size < tr.sync_bn_group,
                 f"train.sync_bn_group: {tr.sync_bn_group} does not divide the world size {world_size}; "
                 "use a divisor of the world size, 0 (all ranks) or 1 (no sync)",

@@ -10,12 +10,19 @@ import yaml
 from seer.config import config_to_dict, list_recipes, load_config
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: str = "rg-tiny") -> None:
-    """The `--recipe` / `--set` pair shared by every command that takes a pretraining config."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    default: str = "rg-tiny",
+    kind: str = "pretraining",
+    recipes: list[str] | None = None,
+) -> None:
+    """The `--recipe` / `--set` pair shared by every command that takes a config: a `kind` recipe
+    (`recipes`, default the pretraining ones) or a YAML path, then `section.key=value` overrides."""
+    names = ", ".join(list_recipes() if recipes is None else recipes)
     parser.add_argument(
         "--recipe",
         default=default,
-        help=f"pretraining recipe name ({', '.join(list_recipes())}) or a YAML file path (default: {default})",
+        help=f"{kind} recipe name ({names}) or a YAML file path (default: {default})",
     )
     parser.add_argument(
         "--set",

@@ -61,6 +61,25 @@ def test_bad_options_are_config_errors() -> None:
     assert parse_transform("shorter:384:384:bicubic") == TransformSpec("shorter", 384, 384, "bicubic")
 
 
+def test_a_value_outside_a_fields_choices_names_the_choices() -> None:
+    """What the CLI's argparse `choices` refuses is refused the same way when the config comes from a
+    pipeline step or Python (seer.eval.setup.check_choices)."""
+    from seer.eval.fairness import FairnessConfig
+    from seer.eval.geolocalization import GeoConfig
+    from seer.eval.linear import LinearProtocol
+
+    cases = [
+        (GeoConfig(method="knn"), "unknown method 'knn'; choose one of nn, cells, finetuned"),
+        (FairnessConfig(classifier="svm"), "unknown classifier 'svm'; choose one of linear, knn"),
+        (FairnessConfig(indicator="x"), "unknown indicator 'x'; choose one of accuracy, geographic"),
+        (LinearProtocol(protocol="x"), "unknown protocol 'x'; choose one of vissl, fast"),
+        (_options(precision="fp8"), "unknown precision 'fp8'; choose one of auto, fp32, bf16"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            config.validate()
+
+
 def test_second_extraction_hits_the_storage_cache(images: str, storage_root: str, monkeypatch) -> None:
     dataset = load_dataset(images)
     trunk = load_trunk("random", "rg-tiny")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.finetune import seer_finetune
+from pipelines.finetune import build_finetune_pipeline
 from pipelines.run.local_run import _init_local
 from seer import artifacts, storage
 from seer.checkpoints.classifier import load_classifier
@@ -30,7 +30,7 @@ def test_finetune_pipeline_trains_tests_and_registers_with_lineage(tmp_path: Pat
     registry = str(tmp_path / "registry")
     parent = StorageRegistry(registry).register("seer-tiny", "pretrain-1", str(trunk), preset="rg-tiny")
     _init_local(tmp_path)
-    seer_finetune(
+    build_finetune_pipeline(exit_handler=False)(
         registry=registry,
         model_name="seer-tiny",
         finetuned_name="seer-tiny-count",

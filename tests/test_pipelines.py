@@ -10,6 +10,7 @@ from kfp import compiler
 from kfp import components as kfp_components
 
 from pipelines.compile import compile_all
+from pipelines.finetune import build_finetune_pipeline
 from pipelines.pretrain import build_pretrain_pipeline, seer_pretrain
 
 EVALS = [
@@ -51,17 +52,26 @@ def _deps(dag: dict) -> dict[str, set[str]]:
     return {name: set(task.get("dependentTasks", [])) for name, task in dag["tasks"].items()}
 
 
-def test_pretrain_dag_runs_inside_an_exit_handler(compiled) -> None:
-    spec, _ = compiled["seer-pretrain"]
+def _exit_handler_dag(spec: dict) -> dict:
+    """The DAG inside the pipeline's exit handler, after checking that the cleanup step runs after it
+    whatever happened and is told how it ended, the run id and the training job's backend/name/namespace
+    (the pipeline parameters), so it finds the job the training step made."""
     root = spec["root"]["dag"]["tasks"]
     assert set(root) == {"exit-handler-1", "record-failure-and-cleanup"}
     cleanup = root["record-failure-and-cleanup"]
     assert cleanup["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
-    assert cleanup["inputs"]["parameters"]["status"] == {
-        "taskFinalStatus": {"producerTask": "exit-handler-1"}
-    }
-    assert cleanup["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
-    dag = spec["components"]["comp-exit-handler-1"]["dag"]
+    params = cleanup["inputs"]["parameters"]
+    assert params["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    for name in ("backend", "job_name", "namespace", "status_uri"):
+        assert params[name]["componentInputParameter"] == name
+    assert cleanup["cachingOptions"] == {}
+    return spec["components"]["comp-exit-handler-1"]["dag"]
+
+
+def test_pretrain_dag_runs_inside_an_exit_handler(compiled) -> None:
+    spec, _ = compiled["seer-pretrain"]
+    dag = _exit_handler_dag(spec)
     deps = _deps(dag)
     assert deps["list-images"] == {"generate-corpus"}
     assert (
@@ -136,7 +146,7 @@ def test_finetune_dag_resolves_finetunes_evaluates_the_classifier_then_registers
     """registered model → fine-tune → the evaluations read the fine-tuned classifier (test384 directly,
     not the linear probe's) → register with the pretrained parent's name and resolved version."""
     spec, platform = compiled["seer-finetune"]
-    dag = spec["root"]["dag"]
+    dag = spec["components"]["comp-exit-handler-1"]["dag"]
     deps = _deps(dag)
     assert deps["importer"] == {"resolve-model"}
     assert deps["finetune"] == {"importer", "eval-datasets", "resolve-model"}
@@ -153,7 +163,8 @@ def test_finetune_dag_resolves_finetunes_evaluates_the_classifier_then_registers
         "outputParameterKey": "version",
         "producerTask": "resolve-model",
     }
-    assert register["parent_name"]["componentInputParameter"] == "model_name"
+    # inside the exit handler's DAG, pipeline parameters arrive as pipelinechannel--<name>
+    assert register["parent_name"]["componentInputParameter"] == "pipelinechannel--model_name"
     assert (
         dag["tasks"]["finetune"]["inputs"]["parameters"]["preset"]["taskOutputParameter"]["producerTask"]
         == "resolve-model"
@@ -172,6 +183,24 @@ def test_finetune_dag_resolves_finetunes_evaluates_the_classifier_then_registers
     assert pretrain["run_test384"]["defaultValue"] is False and pretrain["geo_method"]["defaultValue"] == "nn"
     assert platform["exec-finetune"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert platform["exec-test384-eval"]["nodeSelector"]["labels"] == {"pool": "gpu"}
+
+
+def test_finetune_runs_inside_the_same_exit_handler(compiled) -> None:
+    """A cancelled or failed seer-finetune deletes the PyTorchJob/TrainJob it left behind: the same
+    record_failure_and_cleanup step as seer-pretrain (pipelines.training), recording the fine-tuned
+    classifier's version (the one register-finetuned-model writes), with a deadline."""
+    spec, platform = compiled["seer-finetune"]
+    dag = _exit_handler_dag(spec)
+    assert {"resolve-model", "finetune", "register-finetuned-model", *EVALS} <= set(dag["tasks"])
+    cleanup = spec["root"]["dag"]["tasks"]["record-failure-and-cleanup"]["inputs"]["parameters"]
+    assert cleanup["model_name"]["componentInputParameter"] == "finetuned_name"
+    register = dag["tasks"]["register-finetuned-model"]["inputs"]["parameters"]
+    assert cleanup["model_version"] == register["version"]
+    assert platform["exec-record-failure-and-cleanup"]["activeDeadlineSeconds"] == "1800"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["status_uri"]["defaultValue"] == "minio://mlpipeline/shared/seer/runs"
+    local = build_finetune_pipeline(exit_handler=False)
+    assert "status_uri" in inspect.signature(local.pipeline_func).parameters
 
 
 def test_step_settings_reach_the_pods(compiled) -> None:

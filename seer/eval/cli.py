@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -308,6 +309,12 @@ def _print(doc: dict, output: str | None) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    """deltas between two runs' metrics.json; flag regressions
+
+    Compare the metrics of the current run with a previous run of the same evaluation (the scheduled
+    re-evaluation). Prints per-metric deltas and flags moves in the bad direction beyond --threshold;
+    warns when the datasets or configs differ.
+    """
     from seer import storage
     from seer.eval import report
 
@@ -325,6 +332,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _make_benchmark(args: argparse.Namespace) -> int:
+    """write a generated benchmark set (counting, copy-detection, geo, fairness)
+
+    Generate a small deterministic benchmark set (images + manifests) for demos and tests.
+    """
     from seer.data.synthetic_benchmarks import BENCHMARKS
 
     sizes = {"size": args.size} if args.size else {}
@@ -334,90 +345,68 @@ def _make_benchmark(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from seer.eval import importers
-
-    func = getattr(importers, args.importer)
-    params = {k: getattr(args, k) for k in args.import_params}
-    print(func(**params).summary())
+    params = {name: getattr(args, name) for name in inspect.signature(args.importer).parameters}
+    print(args.importer(**params).summary())
     return 0
 
 
-# subcommand → (importer function, help, description, [(flag, dest, help, required, type)])
-_IMPORTERS = {
-    "import-imagenet-val": (
-        "import_imagenet_val",
-        "ILSVRC2012 val + LOC_val_solution.csv → ImageFolder by wnid",
-        "Copy the flat ILSVRC2012 validation images into OUTPUT/<wnid>/<image> using Kaggle's "
-        "LOC_val_solution.csv (ImageId,PredictionString; the wnid is PredictionString's first token); "
-        "OUTPUT/import.json is written last.",
-        [
-            ("--images", "images", "folder holding ILSVRC2012_val_*.JPEG", True, str),
-            ("--solution", "solution", "LOC_val_solution.csv", True, str),
-            ("--output", "output", "folder to write OUTPUT/<wnid>/<image> into", True, str),
-        ],
-    ),
-    "import-im2gps": (
-        "import_im2gps",
-        "Im2GPS / Im2GPS3k / MP-16 meta CSV → path,lat,lon[,cell] manifest",
-        "Join GeoEstimation's meta CSV (IMG_ID,...,LAT,LON, e.g. im2gps_places365.csv, im2gps3k_places365.csv, "
-        "mp16_places365.csv) with the image folder; with --cell-labels (assign_classes.py JSON) add each image's "
-        "cell class for `seer eval geolocalization --method cells`.",
-        [
-            ("--meta", "meta", "GeoEstimation meta CSV with IMG_ID, LAT, LON columns", True, str),
-            ("--images", "images", "folder the images were extracted into", True, str),
-            ("--output", "output", "manifest CSV to write", True, str),
-            (
-                "--cell-labels",
-                "cell_labels",
-                "assign_classes.py output {img_path: [class per partitioning]}",
-                False,
-                str,
-            ),
-            (
-                "--partitioning",
-                "partitioning",
-                "which entry of --cell-labels to use (0 = first partitioning)",
-                False,
-                int,
-            ),
-        ],
-    ),
-    "import-dollar-street": (
-        "import_dollar_street",
-        "Dollar Street metadata → path,label,income,region,country manifest",
-        "Join VISSL's metadata_full_dollar_street.json (_id, label, country, region, income) with images stored "
-        "as IMAGES/<label>/<_id>.<ext>, for `seer eval fairness --indicator geographic`.",
-        [
-            ("--metadata", "metadata", "metadata_full_dollar_street.json", True, str),
-            ("--images", "images", "folder with <label>/<_id>.<ext> images", True, str),
-            ("--output", "output", "manifest CSV to write", True, str),
-        ],
-    ),
-    "import-casual-conversations": (
-        "import_casual_conversations",
-        "Casual Conversations metadata → path,gender,age,skin_type manifest",
-        "Join the parsed Casual Conversations JSON of VISSL's fairness indicators (a list of {age, gender, "
-        "img_path, skin-type, subject_id}) with the extracted frames, for `seer eval fairness --indicator "
-        "label-association` (the test set has no class label).",
-        [
-            ("--metadata", "metadata", "parsed Casual Conversations JSON list", True, str),
-            ("--images", "images", "folder the frames (face crops) were extracted into", True, str),
-            ("--output", "output", "manifest CSV to write", True, str),
-        ],
-    ),
-}
+def _docstring_help(func: Any) -> tuple[str, str, dict[str, str]]:
+    """(summary line, description, {argument: text}) of a docstring with an `Args:` section."""
+    summary, _, rest = inspect.getdoc(func).partition("\n\n")
+    description, _, args = rest.partition("Args:")
+    texts: dict[str, str] = {}
+    for line in args.splitlines():
+        name, sep, text = line.strip().partition(": ")
+        if sep and line.startswith("    ") and not line.startswith("        "):
+            texts[name] = text
+        elif texts and line.strip():
+            texts[list(texts)[-1]] += " " + line.strip()
+    return summary, " ".join(description.split()), texts
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, handler: Any, **defaults: Any
+) -> argparse.ArgumentParser:
+    """Subcommand `name` run by `handler`; its help and description are the docstring of `handler`
+    (or of `defaults["importer"]`, the function an import command wraps)."""
+    summary, description, _ = _docstring_help(defaults.get("importer", handler))
+    p = sub.add_parser(name, formatter_class=_Formatter, help=summary, description=description)
+    p.set_defaults(func=handler, **defaults)
+    return p
 
 
 def _add_importers(sub: argparse._SubParsersAction) -> None:
-    for name, (func, help_text, description, flags) in _IMPORTERS.items():
-        p = sub.add_parser(name, formatter_class=_Formatter, help=help_text, description=description)
-        for flag, dest, flag_help, required, kind in flags:
-            default = None if required or kind is str else 0
-            p.add_argument(flag, dest=dest, required=required, type=kind, default=default, help=flag_help)
-        p.set_defaults(func=_import, importer=func, import_params=[dest for _, dest, *_ in flags])
+    """`seer eval import-*`: one subcommand per importer, its flags and help from the function."""
+    from seer.eval import importers
+
+    for func in (
+        importers.import_imagenet_val,
+        importers.import_im2gps,
+        importers.import_dollar_street,
+        importers.import_casual_conversations,
+    ):
+        p = _command(sub, func.__name__.replace("_", "-"), _import, importer=func)
+        texts = _docstring_help(func)[2]
+        for param in inspect.signature(func).parameters.values():
+            required = param.default is inspect.Parameter.empty
+            kind = int if isinstance(param.default, int) else str
+            p.add_argument(
+                "--" + param.name.replace("_", "-"),
+                dest=param.name,
+                required=required,
+                type=kind,
+                default=None if required else param.default,
+                help=texts[param.name],
+            )
 
 
 def _plan(args: argparse.Namespace) -> int:
+    """per-GPU memory of evaluating a model, sharded over N GPUs or whole on one
+
+    Print the per-GPU memory (parameter shards, gathered FSDP units, activations) of frozen-trunk
+    evaluation at each resolution, and whether it fits: e.g. rg10b on 8 x 40 GB sharded (`--shard on`
+    under torchrun) or whole on one 80/141 GB GPU.
+    """
     from seer.eval.plan import eval_memory, format_eval_plan
 
     rows = [
@@ -439,6 +428,12 @@ def _gpu_setup(text: str) -> tuple[int, float]:
 
 
 def _import_copydays(args: argparse.Namespace) -> int:
+    """Copydays folders (+ distractor and whitening lists) → copy-detection manifests
+
+    Read INRIA Copydays as distributed (ROOT/original, strong, jpegqual/Q, crops/P) and write
+    queries.csv (query,reference,split; splits original, strong, jpegqual_Q, crops_P), database.csv,
+    distractors.csv and whitening.csv for `seer eval copy-detection` (seer_spec §5.3).
+    """
     from seer.eval.copydays import import_copydays
 
     print(
@@ -451,14 +446,7 @@ def _import_copydays(args: argparse.Namespace) -> int:
 
 
 def _add_import_copydays(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "import-copydays",
-        formatter_class=_Formatter,
-        help="Copydays folders (+ distractor and whitening lists) → copy-detection manifests",
-        description="Read INRIA Copydays as distributed (ROOT/original, strong, jpegqual/Q, crops/P) and write "
-        "queries.csv (query,reference,split; splits original, strong, jpegqual_Q, crops_P), database.csv, "
-        "distractors.csv and whitening.csv for `seer eval copy-detection` (seer_spec §5.3).",
-    )
+    p = _command(sub, "import-copydays", _import_copydays)
     p.add_argument("root", help="the Copydays folder holding original/, strong/, jpegqual/, crops/")
     p.add_argument("--output", required=True, help="folder URI for the manifests")
     p.add_argument(
@@ -474,7 +462,6 @@ def _add_import_copydays(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-distractors", type=int, default=10000, help="distractors kept (the first N of the list)"
     )
-    p.set_defaults(func=_import_copydays)
 
 
 def _add_protocol(sub: argparse._SubParsersAction, name: str, protocol: _Protocol) -> None:
@@ -526,14 +513,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         _add_protocol(sub, name, protocol)
     _add_import_copydays(sub)
 
-    p = sub.add_parser(
-        "compare",
-        formatter_class=_Formatter,
-        help="deltas between two runs' metrics.json; flag regressions",
-        description="Compare the metrics of the current run with a previous run of the same evaluation (the "
-        "scheduled re-evaluation). Prints per-metric deltas and flags moves in the bad direction beyond "
-        "--threshold; warns when the datasets or configs differ.",
-    )
+    p = _command(sub, "compare", _compare)
     p.add_argument("current", help="metrics.json of the new run")
     p.add_argument("previous", help="metrics.json of the run to compare against")
     p.add_argument(
@@ -546,16 +526,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fail-on-regression", action="store_true", help="exit with status 1 when any metric regressed"
     )
     p.add_argument("--output", default=None, help="write the comparison as JSON to this URI")
-    p.set_defaults(func=_compare)
 
-    p = sub.add_parser(
-        "plan",
-        formatter_class=_Formatter,
-        help="per-GPU memory of evaluating a model, sharded over N GPUs or whole on one",
-        description="Print the per-GPU memory (parameter shards, gathered FSDP units, activations) of frozen-trunk "
-        "evaluation at each resolution, and whether it fits: e.g. rg10b on 8 x 40 GB sharded (`--shard on` "
-        "under torchrun) or whole on one 80/141 GB GPU.",
-    )
+    p = _command(sub, "plan", _plan)
     p.add_argument("--preset", default="rg10b", help="model preset (architecture)")
     p.add_argument(
         "--gpus",
@@ -565,17 +537,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resolution", type=int, nargs="+", default=[224, 384], help="image side(s) in px")
     p.add_argument("--batch", type=int, default=32, help="images per forward per GPU")
-    p.set_defaults(func=_plan)
 
-    p = sub.add_parser(
-        "make-benchmark",
-        formatter_class=_Formatter,
-        help="write a generated benchmark set (counting, copy-detection, geo, fairness)",
-        description="Generate a small deterministic benchmark set (images + manifests) for demos and tests.",
-    )
+    p = _command(sub, "make-benchmark", _make_benchmark)
     p.add_argument("kind", choices=("counting", "copy-detection", "geo", "fairness"), help="which benchmark")
     p.add_argument("--output", required=True, help="folder URI to write images and manifests to")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--size", type=int, default=None, help="image side in px (default: the benchmark's own)")
-    p.set_defaults(func=_make_benchmark)
     _add_importers(sub)

@@ -34,10 +34,18 @@ from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
 from seer.eval.features import FeatureSet
 from seer.eval.knn import knn_scores
 from seer.eval.linear import LinearConfig, predict, train_probe
-from seer.eval.setup import Scored, arg, evaluate, ints, names, prepare
+from seer.eval.setup import Scored, arg, check_choices, choice, evaluate, ints, names, prepare
 
-INDICATORS = ("accuracy", "geographic", "label-association")
-CLASSIFIERS = ("linear", "knn", "finetuned")
+INDICATORS = {
+    "accuracy": "per-group accuracy on path,label,group",
+    "geographic": "Dollar Street top-k hit rate by income/region/country",
+    "label-association": "Casual Conversations top-k label categories by gender/age/skin tone",
+}
+CLASSIFIERS = {
+    "linear": "linear probe on frozen features of --train",
+    "knn": "k-NN on frozen features of --train",
+    "finetuned": "the checkpoint's own head (a `seer finetune` classifier file, no --train)",
+}
 PROTOCOL = "frozen-features"
 # indicator → test-set columns besides `path` (read from the manifest as they are)
 TEST_COLUMNS = {
@@ -64,15 +72,7 @@ def floats(text: str) -> tuple[float, ...]:
 class FairnessConfig:
     """Which indicator, which classifier runs on the features, and the indicators' label maps and buckets."""
 
-    indicator: str = field(
-        default="accuracy",
-        metadata=arg(
-            "accuracy (per-group accuracy on path,label,group), geographic (Dollar Street top-k hit rate by "
-            "income/region/country) or label-association (Casual Conversations top-k label categories by "
-            "gender/age/skin tone)",
-            choices=INDICATORS,
-        ),
-    )
+    indicator: str = choice("accuracy", INDICATORS)
     topk: int = field(default=5, metadata=arg("predictions per image the SEER indicators look at (VISSL: 5)"))
     label_map: str | None = field(
         default=None,
@@ -112,24 +112,12 @@ class FairnessConfig:
     harmful_labels: tuple[str, ...] = field(
         default=(), metadata=arg("comma-separated class names counted as harmful predictions", parse=names)
     )
-    classifier: str = field(
-        default="linear",
-        metadata=arg(
-            "linear or knn on frozen features of --train; finetuned: the checkpoint's own head (a `seer "
-            "finetune` classifier file, no --train)",
-            choices=CLASSIFIERS,
-        ),
-    )
+    classifier: str = choice("linear", CLASSIFIERS)
     k: int = field(default=20, metadata=arg("neighbours (knn classifier)"))
     temperature: float = field(default=0.07, metadata=arg("τ of the k-NN vote weight (knn classifier)"))
 
     def validate(self) -> None:
-        if self.classifier not in CLASSIFIERS:
-            raise ConfigError(
-                f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
-            )
-        if self.indicator not in INDICATORS:
-            raise ConfigError(f"unknown indicator {self.indicator!r}; choose one of {', '.join(INDICATORS)}")
+        check_choices(self)
         if self.topk < 1:
             raise ConfigError("--topk must be >= 1")
         for name, edges in (("--income-edges", self.income_edges), ("--age-edges", self.age_edges)):

@@ -38,27 +38,24 @@ from seer.eval import finetuned, metrics, report
 from seer.eval.datasets import DatasetError, EvalDataset, read_manifest_rows
 from seer.eval.features import FeatureSet, TransformSpec
 from seer.eval.linear import LinearConfig, predict, train_probe
-from seer.eval.setup import FeatureOptions, RunSettings, Scored, arg, evaluate, prepare
+from seer.eval.setup import FeatureOptions, RunSettings, Scored, arg, check_choices, choice, evaluate, prepare
 
 PROTOCOL = "frozen-features"
 SEER_PROTOCOL = (
     "SEER fine-tunes the whole trunk on YFCC cells (seer_spec §5.4); these numbers use a frozen trunk"
 )
-METHODS = ("nn", "cells", "finetuned")
+METHODS = {
+    "nn": "nearest training image",
+    "cells": "cell classifier on frozen features",
+    "finetuned": "the checkpoint's own cell classifier (a `seer finetune --recipe im2gps` classifier file)",
+}
 
 
 @dataclass
 class GeoConfig:
     """How locations are predicted: nearest training image, or a cell classifier."""
 
-    method: str = field(
-        default="nn",
-        metadata=arg(
-            "nn: nearest training image; cells: cell classifier on frozen features; finetuned: the "
-            "checkpoint's own cell classifier (a `seer finetune --recipe im2gps` classifier file)",
-            choices=METHODS,
-        ),
-    )
+    method: str = choice("nn", METHODS)
     cell_deg: float = field(default=1.0, metadata=arg("grid cell size in degrees when --cells is not given"))
     chunk_size: int = field(
         default=2048,
@@ -66,10 +63,7 @@ class GeoConfig:
     )
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"unknown geolocalization method {self.method!r}; choose one of {', '.join(METHODS)}"
-            )
+        check_choices(self)
         if self.chunk_size < 1:
             raise ConfigError("--chunk-size must be >= 1")
 

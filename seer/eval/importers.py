@@ -14,6 +14,7 @@
   indicators read (a list of `{age, gender, img_path, skin-type, subject_id}`) →
   `path,gender,age,skin_type,subject_id`.
 
+Each importer's docstring is also its `seer eval import-*` help (summary line, description, `Args:`).
 Manifests are written in one atomic write (`seer.storage`); rows whose image is absent are
 skipped and counted. The ImageNet folder gets `import.json` last, so an interrupted import never
 looks complete.
@@ -90,7 +91,17 @@ def _csv_rows(uri: str, needed: Sequence[str]) -> list[dict[str, str]]:
 
 
 def import_imagenet_val(images: str, solution: str, output: str) -> ImportResult:
-    """ILSVRC2012 val images + LOC_val_solution.csv → `output/<wnid>/<image>`, then `import.json`."""
+    """ILSVRC2012 val + LOC_val_solution.csv → ImageFolder by wnid
+
+    Copy the flat ILSVRC2012 validation images into OUTPUT/<wnid>/<image> using Kaggle's
+    LOC_val_solution.csv (ImageId,PredictionString; the wnid is PredictionString's first token);
+    OUTPUT/import.json is written last.
+
+    Args:
+        images: folder holding ILSVRC2012_val_*.JPEG
+        solution: LOC_val_solution.csv
+        output: folder to write OUTPUT/<wnid>/<image> into
+    """
     files = {posixpath.splitext(posixpath.basename(rel))[0]: uri for rel, uri in _files(images).items()}
     missing, count = [], 0
     for row in _csv_rows(solution, ("ImageId", "PredictionString")):
@@ -120,10 +131,20 @@ def import_im2gps(
     cell_labels: str | None = None,
     partitioning: int = 0,
 ) -> ImportResult:
-    """GeoEstimation meta CSV (IMG_ID, LAT, LON) + images → `path,lat,lon[,cell]` manifest.
+    """Im2GPS / Im2GPS3k / MP-16 meta CSV → path,lat,lon[,cell] manifest
 
-    `cell_labels`: assign_classes.py output `{img_path: [class per partitioning]}`; `partitioning`
-    picks the entry (its order is the config's `partitionings.files`)."""
+    Join GeoEstimation's meta CSV (IMG_ID,...,LAT,LON, e.g. im2gps_places365.csv, im2gps3k_places365.csv,
+    mp16_places365.csv) with the image folder; with --cell-labels (assign_classes.py JSON) add each image's
+    cell class for `seer eval geolocalization --method cells`.
+
+    Args:
+        meta: GeoEstimation meta CSV with IMG_ID, LAT, LON columns
+        images: folder the images were extracted into
+        output: manifest CSV to write
+        cell_labels: assign_classes.py output {img_path: [class per partitioning]}
+        partitioning: which entry of --cell-labels to use (0 = first partitioning; the order of the
+            config's partitionings.files)
+    """
     files = _files(images)
     labels = storage.read_json(cell_labels) if cell_labels else None
     if labels is not None and not isinstance(labels, dict):
@@ -156,7 +177,16 @@ def _load_list(uri: str, what: str) -> list[dict]:
 
 
 def import_dollar_street(metadata: str, images: str, output: str) -> ImportResult:
-    """VISSL's metadata_full_dollar_street.json + `images/<label>/<_id>.<ext>` → `path,label,income,region,country`."""
+    """Dollar Street metadata → path,label,income,region,country manifest
+
+    Join VISSL's metadata_full_dollar_street.json (_id, label, country, region, income) with images stored
+    as IMAGES/<label>/<_id>.<ext>, for `seer eval fairness --indicator geographic`.
+
+    Args:
+        metadata: metadata_full_dollar_street.json
+        images: folder with <label>/<_id>.<ext> images
+        output: manifest CSV to write
+    """
     by_stem = {posixpath.splitext(rel)[0]: uri for rel, uri in _files(images).items()}
     missing, rows = [], []
     for entry in _load_list(metadata, "metadata_full_dollar_street.json"):
@@ -176,10 +206,18 @@ def import_dollar_street(metadata: str, images: str, output: str) -> ImportResul
 
 
 def import_casual_conversations(metadata: str, images: str, output: str) -> ImportResult:
-    """VISSL's parsed Casual Conversations JSON + images → `path,gender,age,skin_type,subject_id`.
+    """Casual Conversations metadata → path,gender,age,skin_type manifest
 
-    `img_path` is matched below `images` by its last components (the folder the frames were
-    extracted into may differ from the one recorded)."""
+    Join the parsed Casual Conversations JSON of VISSL's fairness indicators (a list of {age, gender,
+    img_path, skin-type, subject_id}) with the extracted frames, for `seer eval fairness --indicator
+    label-association` (the test set has no class label). An img_path is matched below IMAGES by its
+    last components (the folder the frames were extracted into may differ from the one recorded).
+
+    Args:
+        metadata: parsed Casual Conversations JSON list
+        images: folder the frames (face crops) were extracted into
+        output: manifest CSV to write
+    """
     files = _files(images)
     suffixes = {}
     for rel, uri in files.items():

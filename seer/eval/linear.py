@@ -30,6 +30,8 @@ from seer.eval.setup import (
     Scored,
     Streamed,
     arg,
+    check_choices,
+    choice,
     classification_scored,
     evaluate,
     ints,
@@ -39,23 +41,19 @@ from seer.eval.setup import (
     shared_tempdir,
 )
 
-PROTOCOLS = ("vissl", "fast")
+PROTOCOLS = {
+    "vissl": "every epoch fresh RandomResizedCrop + flip crops through the frozen trunk, streamed (VISSL's "
+    "linear benchmark protocol, seer_spec §5.1)",
+    "fast": "one test-transform pass whose features are memory-mapped and reused every epoch (no "
+    "augmentation, ~epochs× less trunk compute; not SEER's protocol)",
+}
 
 
 @dataclass
 class LinearProtocol:
     """How the probe's training features are made (the `seer eval linear` protocol flags)."""
 
-    protocol: str = field(
-        default="vissl",
-        metadata=arg(
-            "vissl: every epoch fresh RandomResizedCrop + flip crops through the frozen trunk, streamed (VISSL's "
-            "linear benchmark protocol, seer_spec §5.1); fast: one test-transform pass whose features are "
-            "memory-mapped and reused every epoch (no augmentation, ~epochs× less trunk compute; not SEER's "
-            "protocol)",
-            choices=PROTOCOLS,
-        ),
-    )
+    protocol: str = choice("vissl", PROTOCOLS)
     train_crop: int = field(
         default=224, metadata=arg("vissl protocol: RandomResizedCrop size of the training crops")
     )
@@ -68,8 +66,7 @@ class LinearProtocol:
     )
 
     def validate(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown linear protocol {self.protocol!r}; use vissl (SEER's) or fast")
+        check_choices(self)
         if self.train_crop < 8:
             raise ConfigError(f"--train-crop {self.train_crop} is too small; use the model input size (224)")
 

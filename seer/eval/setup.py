@@ -44,6 +44,16 @@ def arg(help_text: str, **extra: Any) -> dict[str, Any]:
     return {"help": help_text, **extra}
 
 
+def choice(default: str, choices: Mapping[str, str] | Sequence[str], help_text: str = "") -> Any:
+    """A config field holding one of `choices`: the CLI flag's choices, and `check_choices` refuses
+    any other value given from Python or a pipeline step. A mapping {choice: meaning} is the help."""
+    if default not in choices:
+        raise ValueError(f"default {default!r} is not one of {tuple(choices)}")
+    if isinstance(choices, Mapping):
+        help_text = "; ".join([*filter(None, [help_text]), *(f"{k}: {v}" for k, v in choices.items())])
+    return field(default=default, metadata=arg(help_text, choices=tuple(choices)))
+
+
 def ints(text: str) -> tuple[int, ...]:
     """`8,16,24` → (8, 16, 24)."""
     try:
@@ -80,12 +90,10 @@ class FeatureOptions:
     """What to extract and how; every field except the runtime ones (batch size, workers, device)
     goes into the cache key."""
 
-    tap: str = field(
-        default="avgpool",
-        metadata=arg(
-            "trunk output to use; published = the model's published linear-probe feature (seer_spec §5.1)",
-            choices=(*TAPS, PUBLISHED),
-        ),
+    tap: str = choice(
+        "avgpool",
+        (*TAPS, PUBLISHED),
+        "trunk output to use; published = the model's published linear-probe feature (seer_spec §5.1)",
     )
     pool: str = field(
         default="avg",
@@ -102,10 +110,7 @@ class FeatureOptions:
             parse=parse_transform,
         ),
     )
-    precision: str = field(
-        default="auto",
-        metadata=arg("auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16")),
-    )
+    precision: str = choice("auto", ("auto", "fp32", "bf16"), "auto = bf16 autocast on CUDA, fp32 on CPU")
     batch_size: int = field(default=64, metadata=arg("images per forward pass during extraction"))
     num_workers: int = field(
         default=4, metadata=arg("image-decoding worker processes (0 = in the main process)", flag="--workers")
@@ -128,17 +133,23 @@ class FeatureOptions:
         }
 
     def validate(self) -> None:
-        if self.tap not in (*TAPS, PUBLISHED):
-            raise ConfigError(f"unknown tap {self.tap!r}; choose one of {', '.join((*TAPS, PUBLISHED))}")
+        check_choices(self)
         parse_pool(self.pool)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32 or bf16")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ConfigError("batch size must be >= 1 and workers >= 0")
 
 
 # ---------------------------------------------------------------------------------------------
 # Dataclass fields as CLI flags and KFP parameters
+
+
+def check_choices(config: Any) -> None:
+    """Reject a field value outside the `choices` of its metadata, naming the field and the choices."""
+    for f in dataclasses.fields(config):
+        value, choices = getattr(config, f.name), f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            what = f.name.replace("_", " ")
+            raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def flag_name(f: dataclasses.Field) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from seer.config_cli import add_config_arguments
 from seer.finetune.config import list_recipes, load_finetune_config
 
 
@@ -22,19 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "<output>/finetune.json."
         ),
     )
-    p.add_argument(
-        "--recipe",
-        default="in1k-384",
-        help=f"fine-tuning recipe ({', '.join(list_recipes())}) or a YAML path (default: in1k-384)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set model.checkpoint=s3://b/seer.pt --set optim.epochs=3 (repeatable)",
-    )
+    add_config_arguments(p, "in1k-384", "fine-tuning", list_recipes())
     p.add_argument("--data", metavar="URI", help="labelled training set (default: the config's data.train)")
     p.add_argument(
         "--output", metavar="URI", help="where checkpoints, logs and the classifier go (required to train)"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from seer.config import TrainConfig, _build, _merge, _read_yaml, apply_overrides
-from seer.errors import ConfigError
+from seer.config import TrainConfig, _build, apply_overrides, recipe_dict, require
+from seer.config import list_recipes as list_config_recipes
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "finetune"
 
@@ -86,35 +86,17 @@ class FinetuneConfig:
 
 
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
-
-
-def _recipe_dict(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(
-                f"unknown fine-tuning recipe {name_or_path!r}; use one of {', '.join(list_recipes())} "
-                "or a path to a YAML file"
-            )
-    if str(path) in seen:
-        raise ConfigError(f"recipe inheritance loops: {' -> '.join([*seen, str(path)])}")
-    data = _read_yaml(path)
-    parent = data.pop("inherit", None)
-    return data if parent is None else _merge(_recipe_dict(str(parent), (*seen, str(path))), data)
+    """Names of the bundled fine-tuning recipes."""
+    return list_config_recipes(RECIPE_DIR)
 
 
 def load_finetune_config(recipe: str = "in1k-384", overrides: list[str] | None = None) -> FinetuneConfig:
     """Build and validate a fine-tuning config from a recipe name or YAML path plus overrides."""
-    cfg = _build(FinetuneConfig, apply_overrides(_recipe_dict(recipe), overrides or []))
+    cfg = _build(
+        FinetuneConfig, apply_overrides(recipe_dict(recipe, RECIPE_DIR, "fine-tuning"), overrides or [])
+    )
     validate(cfg)
     return cfg
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 def validate(cfg: FinetuneConfig, world_size: int | None = None) -> None:
@@ -123,30 +105,30 @@ def validate(cfg: FinetuneConfig, world_size: int | None = None) -> None:
     from seer.config import validate as validate_train
     from seer.models import PRESETS
 
-    _require(
+    require(
         cfg.model.preset in PRESETS,
         f"model.preset: unknown preset {cfg.model.preset!r}; use one of {', '.join(PRESETS)}",
     )
     d, o = cfg.data, cfg.optim
-    _require(d.crop_size >= 16, f"data.crop_size: must be >= 16 px, got {d.crop_size}")
+    require(d.crop_size >= 16, f"data.crop_size: must be >= 16 px, got {d.crop_size}")
     lo_hi = d.crop_scale
-    _require(
+    require(
         len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1,
         f"data.crop_scale: must be [low, high] with 0 < low <= high <= 1, got {lo_hi}",
     )
     for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
         value = getattr(d, name)
-        _require(0 <= value <= 1, f"data.{name}: must be a probability in [0, 1], got {value}")
-    _require(o.base_lr > 0, f"optim.base_lr: must be > 0 (VISSL fulltune: 0.1 per 256), got {o.base_lr}")
-    _require(o.base_batch > 0, f"optim.base_batch: must be > 0, got {o.base_batch}")
-    _require(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")
-    _require(
+        require(0 <= value <= 1, f"data.{name}: must be a probability in [0, 1], got {value}")
+    require(o.base_lr > 0, f"optim.base_lr: must be > 0 (VISSL fulltune: 0.1 per 256), got {o.base_lr}")
+    require(o.base_batch > 0, f"optim.base_batch: must be > 0, got {o.base_batch}")
+    require(o.epochs >= 1, f"optim.epochs: must be >= 1, got {o.epochs}")
+    require(
         o.milestones == sorted(set(o.milestones)) and all(0 < m < o.epochs for m in o.milestones),
         f"optim.milestones: {o.milestones} must be increasing epochs inside 1..{o.epochs - 1}",
     )
-    _require(0 < o.gamma <= 1, f"optim.gamma: must be in (0, 1], got {o.gamma}")
-    _require(0 <= o.momentum < 1, f"optim.momentum: must be in [0, 1), got {o.momentum}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
-    _require(0 <= o.label_smoothing < 1, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
+    require(0 < o.gamma <= 1, f"optim.gamma: must be in (0, 1], got {o.gamma}")
+    require(0 <= o.momentum < 1, f"optim.momentum: must be in [0, 1), got {o.momentum}")
+    require(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    require(0 <= o.label_smoothing < 1, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
     # The shared train section is checked by the pretraining rules.
     validate_train(SeerConfig(train=cfg.train), world_size=world_size)

@@ -66,9 +66,10 @@ def run_finetune_step(
 
     `preset`: the checkpoint's model preset ('' keeps the recipe's). `backend`: local (torchrun with
     `nproc_per_node` ranks here) or a `seer.launch` backend, with `job_options` for `render_job` and
-    `watch` for the launcher's `run` (timeout_s, pending_timeout_s). Returns
+    `watch` the job's timeouts and poll interval (`seer.launch.step.run_training`). Returns
     {"export": finetune.json, "summary": summary.json, "job": ..., "restarts": ...}."""
-    from seer.launch import BACKENDS, LaunchError, finetune_entry, run_local, seer_args
+    from seer.launch import finetune_entry
+    from seer.launch.step import run_training
 
     checkpoint = artifacts.resolve(checkpoint)
     cells = None
@@ -79,32 +80,18 @@ def run_finetune_step(
         train_uri, cells = training_set(datasets_uri, train_role or DEFAULT_ROLES[task])
     sets = finetune_overrides(checkpoint, recipe, preset, overrides, cells)
     cfg = load_finetune_config(recipe, sets)  # fail here, not in the pods
-    entry = finetune_entry(recipe)
-    info: dict[str, Any] = {}
-    if backend == "local":
-        if run_local(seer_args(entry, output_uri, sets, data_uri=train_uri), nproc_per_node=nproc_per_node):
-            raise LaunchError(f"local fine-tuning with {recipe} failed; see the rank logs above")
-    elif backend in BACKENDS:
-        from seer.launch import make_launcher, render_job
-        from seer.launch.kube import load_api_client
-
-        options = dict(job_options or {})
-        watching = dict(watch or {})
-        poll = watching.pop("poll_interval_s", 5.0)
-        job = render_job(
-            backend,
-            job_name,
-            cfg.model.preset,
-            entry=entry,
-            output_uri=output_uri,
-            data_uri=train_uri,
-            overrides=sets,
-            **options,
-        )
-        result = make_launcher(backend, load_api_client(), poll_interval_s=poll).run(job, **watching)
-        info = {"job": f"{result.namespace}/{result.name}", "restarts": result.restarts}
-    else:
-        raise ConfigError(f"backend {backend!r} is unknown; use local, {' or '.join(BACKENDS)}")
+    info = run_training(
+        backend,
+        finetune_entry(recipe),
+        cfg.model.preset,
+        output_uri=output_uri,
+        data_uri=train_uri,
+        overrides=sets,
+        nproc_per_node=nproc_per_node,
+        job_name=job_name,
+        job_options=job_options or {},
+        **(watch or {}),
+    )
     export = storage.read_json(storage.join(output_uri, RESULT_NAME))
     summary = storage.read_json(storage.join(output_uri, "summary.json"))
     return {"export": export, "summary": summary, "data": train_uri, **info}

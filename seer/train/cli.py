@@ -44,19 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "run cannot fit in --gpu-mem-gb."
         ),
     )
-    plan.add_argument(
-        "--recipe",
-        default="rg10b",
-        help="pretraining recipe (model, crops, optimizer, batch); see `seer config list` (default: rg10b)",
-    )
-    plan.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set train.activation_checkpointing=false (repeatable)",
-    )
+    add_config_arguments(plan, default="rg10b")
     plan.add_argument("--nodes", type=int, default=1, help="number of nodes (default: 1)")
     plan.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default: 8)")
     plan.add_argument(
