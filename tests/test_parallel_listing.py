@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from seer.data.listing import iter_objects
-from seer.data.parallel_listing import key_ranges, list_parallel
+from seer.data.parallel_listing import Split, key_ranges, list_parallel
 
 # Names whose byte order is easy to get wrong: "a.jpg" < "a/…" < "a0.jpg" ('.' 0x2e, '/' 0x2f, '0' 0x30),
 # a deep tree, a flat folder, upper case before lower case, and non-ASCII.
@@ -73,7 +73,7 @@ def test_parallel_listing_equals_one_listing(workers: int, max_level_objects: in
     bucket = FakeBucket(KEYS)
     got = list(
         list_parallel(
-            "", bucket.recursive, bucket.level, workers=workers, max_level_objects=max_level_objects
+            "", bucket.recursive, bucket.level, Split(workers=workers, max_level_objects=max_level_objects)
         )
     )
     assert got == list(bucket.recursive(""))
@@ -82,7 +82,7 @@ def test_parallel_listing_equals_one_listing(workers: int, max_level_objects: in
 
 def test_ranges_split_folders_keep_flat_ones_whole_and_cover_everything_in_order() -> None:
     bucket = FakeBucket(KEYS)
-    ranges = key_ranges("", bucket.level, want=16, max_level_objects=4)
+    ranges = key_ranges("", bucket.level, Split(workers=4, ranges_per_worker=4, max_level_objects=4))
     names = [r.name for r in ranges]
     assert names == sorted(names, key=str.encode)
     assert "flat/" in names  # 60 direct objects > 4: listed as one range, not expanded
@@ -96,7 +96,7 @@ def test_ranges_split_folders_keep_flat_ones_whole_and_cover_everything_in_order
 def test_ranges_are_listed_concurrently() -> None:
     bucket = FakeBucket(KEYS)
     assert len(
-        list(list_parallel("", bucket.recursive, bucket.level, workers=8, max_level_objects=4))
+        list(list_parallel("", bucket.recursive, bucket.level, Split(workers=8, max_level_objects=4)))
     ) == len(KEYS)
     assert len(bucket.threads) > 1
 

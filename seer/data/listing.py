@@ -35,7 +35,7 @@ from pathlib import Path
 
 from seer import storage
 from seer.data.images import has_image_extension
-from seer.data.parallel_listing import LIST_WORKERS, list_parallel
+from seer.data.parallel_listing import LIST_WORKERS, Split, list_parallel
 from seer.errors import ConfigError, NotFoundError
 
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -199,7 +199,7 @@ def iter_objects(prefix: str, workers: int = LIST_WORKERS) -> Iterator[tuple[str
             elif not name.endswith("/"):
                 yield name, version(obj)
 
-    for name, ver in list_parallel(f"{key}/" if key else "", recursive, level, workers=workers):
+    for name, ver in list_parallel(f"{key}/" if key else "", recursive, level, Split(workers=workers)):
         yield f"{loc.scheme}://{loc.bucket}/{name}", ver
 
 

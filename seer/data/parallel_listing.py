@@ -57,23 +57,31 @@ def _expand(prefix: str, list_level: LevelLister, max_level_objects: int) -> lis
     return sorted(found, key=lambda r: r.name.encode())
 
 
-def key_ranges(
-    prefix: str,
-    list_level: LevelLister,
-    *,
-    want: int,
-    max_depth: int = MAX_DEPTH,
-    max_level_objects: int = MAX_LEVEL_OBJECTS,
-) -> list[_Range]:
+@dataclass(frozen=True)
+class Split:
+    """How a prefix is split into ranges and how many streams list them (see the module doc)."""
+
+    workers: int = LIST_WORKERS
+    ranges_per_worker: int = RANGES_PER_WORKER
+    max_depth: int = MAX_DEPTH
+    max_level_objects: int = MAX_LEVEL_OBJECTS
+
+    @property
+    def want(self) -> int:
+        """Sub-prefix ranges to aim for before expanding stops."""
+        return self.workers * self.ranges_per_worker
+
+
+def key_ranges(prefix: str, list_level: LevelLister, split: Split = Split()) -> list[_Range]:
     """Disjoint ranges covering every key under ``prefix``, in byte order (see the module doc)."""
     ranges = [_Range(prefix)]
-    for _ in range(max_depth):
-        if sum(r.is_prefix for r in ranges) >= want:
+    for _ in range(split.max_depth):
+        if sum(r.is_prefix for r in ranges) >= split.want:
             break
         expanded: list[_Range] = []
         changed = False
         for r in ranges:
-            below = _expand(r.name, list_level, max_level_objects) if r.is_prefix else None
+            below = _expand(r.name, list_level, split.max_level_objects) if r.is_prefix else None
             if below is None:
                 expanded.append(r)
             else:
@@ -86,26 +94,14 @@ def key_ranges(
 
 
 def list_parallel(
-    prefix: str,
-    list_recursive: RecursiveLister,
-    list_level: LevelLister,
-    *,
-    workers: int = LIST_WORKERS,
-    ranges_per_worker: int = RANGES_PER_WORKER,
-    max_depth: int = MAX_DEPTH,
-    max_level_objects: int = MAX_LEVEL_OBJECTS,
+    prefix: str, list_recursive: RecursiveLister, list_level: LevelLister, split: Split = Split()
 ) -> Iterator[Entry]:
-    """Every (key, version) under ``prefix`` in byte order, listed by ``workers`` concurrent streams."""
+    """Every (key, version) under ``prefix`` in byte order, listed by ``split.workers`` concurrent streams."""
+    workers = split.workers
     if workers <= 1:
         yield from list_recursive(prefix)
         return
-    ranges = key_ranges(
-        prefix,
-        list_level,
-        want=workers * ranges_per_worker,
-        max_depth=max_depth,
-        max_level_objects=max_level_objects,
-    )
+    ranges = key_ranges(prefix, list_level, split)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seer-list") as pool:
         window: deque[tuple[_Range, Future | None]] = deque()
         pending = iter(ranges)
