@@ -22,6 +22,12 @@ Torch:
   the count; use it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
 - `single_process_group` (function): a 1-process gloo group for FSDP/DCP in this process (reuses
   one that already exists; destroys only the one it created).
+
+Kubernetes:
+
+- `kube` (function): a `tests.fake_kube.FakeKube` reached the way the launcher finds a real
+  cluster, through a kubeconfig (KUBECONFIG points at one naming the fake's URL; in-cluster
+  detection is off). Modules that hand the launcher an api client directly define their own `kube`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
+
+from tests.fake_kube import FakeKube
 
 if TYPE_CHECKING:  # imported lazily: moto takes over a second to import
     from minio import Minio
@@ -155,3 +164,20 @@ def single_process_group() -> Iterator[None]:
     yield
     if own:
         dist.destroy_process_group()
+
+
+@pytest.fixture
+def kube(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    with FakeKube() as fake:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            "current-context": "fake",
+        }
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield fake

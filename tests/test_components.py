@@ -247,23 +247,6 @@ def _status(state: str) -> PipelineTaskFinalStatus:
     )
 
 
-@pytest.fixture
-def kube(tmp_path: Path, monkeypatch):
-    with FakeKube() as fake:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-            "current-context": "fake",
-        }
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        yield fake
-
-
 def test_pretrain_on_a_cluster_submits_and_watches_the_pytorchjob(kube: FakeKube, tmp_path: Path) -> None:
     run_dir = tmp_path / "data" / "runs" / "abc123" / "pretrain"
     storage.write_json(
@@ -303,15 +286,23 @@ def test_pretrain_on_a_cluster_submits_and_watches_the_pytorchjob(kube: FakeKube
     assert run.metadata["job"] == "seer/seer-abc123" and run.metadata["backend"] == "pytorchjob"
 
 
+def _pretrain(tmp_path: Path, run_id: str = "x", **parameters) -> None:
+    """The pretrain step with throwaway shards, run and metrics artifacts under `tmp_path`."""
+    components.pretrain.python_func(
+        shards=_shards(tmp_path, str(tmp_path / "s")),
+        run=_out(Model, tmp_path / "r"),
+        metrics=_out(Metrics, tmp_path / "m"),
+        run_id=run_id,
+        data_root=str(tmp_path / "data"),
+        **parameters,
+    )
+
+
 def test_pretrain_fails_the_step_with_the_operators_reason(kube: FakeKube, tmp_path: Path) -> None:
     kube.script("seer-bad", [Step("Failed", "PyTorchJobFailed", "master exited 1")])
     with pytest.raises(Exception, match="master exited 1"):
-        components.pretrain.python_func(
-            shards=_shards(tmp_path, str(tmp_path / "s")),
-            run=_out(Model, tmp_path / "r"),
-            metrics=_out(Metrics, tmp_path / "m"),
-            run_id="x",
-            data_root=str(tmp_path / "data"),
+        _pretrain(
+            tmp_path,
             job_name="seer-bad",
             recipe="rg-small",
             backend="pytorchjob",
@@ -319,12 +310,8 @@ def test_pretrain_fails_the_step_with_the_operators_reason(kube: FakeKube, tmp_p
             poll_interval_s=0.01,
         )
     with pytest.raises(Exception, match="backend 'ray' is unknown"):
-        components.pretrain.python_func(
-            shards=_shards(tmp_path, str(tmp_path / "s")),
-            run=_out(Model, tmp_path / "r"),
-            metrics=_out(Metrics, tmp_path / "m"),
-            run_id="x",
-            data_root=str(tmp_path / "data"),
+        _pretrain(
+            tmp_path,
             backend="ray",
         )
 
@@ -440,12 +427,9 @@ def test_pretrain_and_cleanup_name_the_job_alike(kube: FakeKube, tmp_path: Path)
     run_id = "Run_7.ABC"
     kube.script(job_name(run_id), [running(n_workers=0)])
     with pytest.raises(Exception, match="still Running"):
-        components.pretrain.python_func(
-            shards=_shards(tmp_path, str(tmp_path / "s")),
-            run=_out(Model, tmp_path / "r"),
-            metrics=_out(Metrics, tmp_path / "m"),
+        _pretrain(
+            tmp_path,
             run_id=run_id,
-            data_root=str(tmp_path / "data"),
             recipe="rg-small",
             backend="trainjob",
             trainer_image="reg.test/t:1",

@@ -3,11 +3,10 @@ fake Kubernetes API (tests/fake_kube.py) through a kubeconfig, as a user's would
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
 from seer.cli import main
-from tests.fake_kube import FakeKube, Pod, Step, running
+from tests.fake_kube import Pod, Step, running
 
 JOB_ARGS = [
     "--recipe",
@@ -17,23 +16,6 @@ JOB_ARGS = [
     "--output",
     "s3://seer/runs/cli",
 ]
-
-
-@pytest.fixture
-def kube(tmp_path, monkeypatch):
-    with FakeKube() as fake:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-            "current-context": "fake",
-        }
-        (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-        yield fake
 
 
 def test_render_prints_the_job_yaml(capsys) -> None:
