@@ -37,6 +37,25 @@ def parse_toleration(text: str) -> dict[str, Any]:
     return {"key": key, "operator": "Exists", "effect": effect}
 
 
+# flags whose values go to render_job unchanged, under the same name
+_AS_GIVEN = (
+    "nodes",
+    "gpus_per_node",
+    "namespace",
+    "service_account",
+    "gang_scheduler",
+    "queue",
+    "kueue_queue",
+    "network",
+    "network_devices",
+    "ib_hca",
+    "nccl_debug",
+    "metrics_port",
+    "max_faults",
+    "backoff_limit",
+)
+
+
 def _job(args: argparse.Namespace) -> dict[str, Any]:
     resources = {k: v for k, v in (("cpu", args.cpu), ("memory", args.memory)) if v}
     runtime = (
@@ -49,27 +68,14 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
         image=args.image,
         output_uri=args.output,
         data_uri=args.data,
-        nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node,
         overrides=args.set or [],
-        namespace=args.namespace,
         storage_secret=args.storage_secret or None,
-        service_account=args.service_account,
-        gang_scheduler=args.gang_scheduler,
-        queue=args.queue,
-        kueue_queue=args.kueue_queue,
         node_selector=_pairs(args.node_selector, "--node-selector"),
         tolerations=[parse_toleration(t) for t in args.toleration or []],
         resources=resources,
         env=_pairs(args.env, "--env"),
-        network=args.network,
-        network_devices=args.network_devices,
-        ib_hca=args.ib_hca,
-        nccl_debug=args.nccl_debug,
-        metrics_port=args.metrics_port,
-        max_faults=args.max_faults,
-        backoff_limit=args.backoff_limit,
         image_pull_secrets=args.image_pull_secret or [],
+        **{name: getattr(args, name) for name in _AS_GIVEN},
         **runtime,
     )
 
