@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.run.env_flags import env_option
 from seer.errors import SeerError
 
 
@@ -29,23 +29,12 @@ class SubmitError(SeerError):
 def add_kfp_flags(p: argparse.ArgumentParser) -> None:
     """Where and as whom a run is started: --kfp-host, --kfp-namespace, --experiment, --service-account
     (defaults from KFP_HOST, KFP_NAMESPACE, KFP_EXPERIMENT, KFP_SERVICE_ACCOUNT)."""
-    env = os.environ.get
-    p.add_argument(
-        "--kfp-host",
-        default=env("KFP_HOST", ""),
-        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (KFP_HOST)",
+    env_option(
+        p, "--kfp-host", "KFP_HOST", "", "KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"
     )
-    p.add_argument(
-        "--kfp-namespace", default=env("KFP_NAMESPACE", "seer"), help="KFP profile namespace (KFP_NAMESPACE)"
-    )
-    p.add_argument(
-        "--experiment", default=env("KFP_EXPERIMENT", "seer"), help="KFP experiment (KFP_EXPERIMENT)"
-    )
-    p.add_argument(
-        "--service-account",
-        default=env("KFP_SERVICE_ACCOUNT", ""),
-        help="the run's service account (KFP_SERVICE_ACCOUNT)",
-    )
+    env_option(p, "--kfp-namespace", "KFP_NAMESPACE", "seer", "KFP profile namespace")
+    env_option(p, "--experiment", "KFP_EXPERIMENT", "seer", "KFP experiment")
+    env_option(p, "--service-account", "KFP_SERVICE_ACCOUNT", "", "the run's service account")
 
 
 def dag_tasks(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

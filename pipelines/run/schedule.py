@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.run.env_flags import env_option, env_switch
 from pipelines.run.kfp_api import SubmitError, add_kfp_flags, reaching_kfp, set_caching
 from pipelines.storage_defaults import DEFAULT_REGISTRY
 
@@ -51,26 +52,14 @@ def recurring_run_request(a: argparse.Namespace, package: Path) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m pipelines.run.schedule", description=__doc__.splitlines()[0])
     add_kfp_flags(p)
-    p.add_argument("--cron", default=env("CRON", "0 0 3 * * *"), help="6-field cron, seconds first (CRON)")
-    p.add_argument(
-        "--name", default=env("SCHEDULE_NAME", "seer-reeval"), help="recurring run name (SCHEDULE_NAME)"
-    )
-    p.add_argument("--registry", default=env("REGISTRY", DEFAULT_REGISTRY), help="registry (REGISTRY)")
-    p.add_argument(
-        "--model-name", default=env("MODEL_NAME", "seer-rg10b"), help="registered model (MODEL_NAME)"
-    )
-    p.add_argument(
-        "--model-version", default=env("MODEL_VERSION", "latest"), help="version to evaluate (MODEL_VERSION)"
-    )
-    p.add_argument(
-        "--fail-on-regression",
-        action="store_true",
-        default=env("FAIL_ON_REGRESSION", "0") not in ("", "0", "false"),
-        help="fail the run when a metric regressed (FAIL_ON_REGRESSION=1)",
-    )
+    env_option(p, "--cron", "CRON", "0 0 3 * * *", "6-field cron, seconds first")
+    env_option(p, "--name", "SCHEDULE_NAME", "seer-reeval", "recurring run name")
+    env_option(p, "--registry", "REGISTRY", DEFAULT_REGISTRY, "registry")
+    env_option(p, "--model-name", "MODEL_NAME", "seer-rg10b", "registered model")
+    env_option(p, "--model-version", "MODEL_VERSION", "latest", "version to evaluate")
+    env_switch(p, "--fail-on-regression", "FAIL_ON_REGRESSION", "fail the run when a metric regressed")
     a = p.parse_args(argv)
     try:
         check_cron(a.cron)
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with reaching_kfp(a.kfp_host, "make schedule-reeval"):
             client = kfp.Client(
-                host=a.kfp_host, namespace=a.kfp_namespace, existing_token=env("KFP_TOKEN") or None
+                host=a.kfp_host, namespace=a.kfp_namespace, existing_token=os.environ.get("KFP_TOKEN") or None
             )
             experiment = client.create_experiment(a.experiment, namespace=a.kfp_namespace)
             job = client.create_recurring_run(

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.run.env_flags import env_option, env_switch
 from pipelines.run.kfp_api import SubmitError, add_kfp_flags, reaching_kfp, set_caching
 from pipelines.storage_defaults import DEFAULT_DATA_ROOT, DEFAULT_REGISTRY
 
@@ -38,88 +39,45 @@ def _env(name: str, default: str = "") -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.run.submit", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--mode",
-        default=_env("MODE", "kfp"),
-        choices=("kfp", "job"),
-        help="kfp run or bare PyTorchJob (MODE)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        default=_env("DRY_RUN", "0") not in ("", "0", "false"),
-        help="print the plan and rendered objects only (DRY_RUN=1)",
-    )
+    env_option(p, "--mode", "MODE", "kfp", "kfp run or bare PyTorchJob", choices=("kfp", "job"))
+    env_switch(p, "--dry-run", "DRY_RUN", "print the plan and rendered objects only")
     add_kfp_flags(p)
-    p.add_argument("--recipe", default=_env("RECIPE", "rg10b"), help="pretraining recipe (RECIPE)")
-    p.add_argument("--nodes", type=int, default=int(_env("NODES", "62")), help="nodes (NODES)")
-    p.add_argument(
-        "--gpus-per-node",
-        type=int,
-        default=int(_env("GPUS_PER_NODE", "8")),
-        help="GPUs per node (GPUS_PER_NODE)",
-    )
-    p.add_argument(
-        "--gpu-mem-gb",
-        type=float,
-        default=float(_env("GPU_MEM_GB", "40")),
-        help="GiB per GPU for the plan (GPU_MEM_GB)",
-    )
-    p.add_argument(
-        "--images",
-        type=float,
-        default=float(_env("TRAIN_IMAGES", "1e9")),
-        help="images to train on, for the plan (TRAIN_IMAGES)",
-    )
-    p.add_argument("--images-uri", default=_env("IMAGES_URI"), help="corpus the KFP run shards (IMAGES_URI)")
-    p.add_argument("--data-uri", default=_env("DATA_URI"), help="existing shards for MODE=job (DATA_URI)")
-    p.add_argument(
+    env_option(p, "--recipe", "RECIPE", "rg10b", "pretraining recipe")
+    env_option(p, "--nodes", "NODES", "62", "nodes", type=int)
+    env_option(p, "--gpus-per-node", "GPUS_PER_NODE", "8", "GPUs per node", type=int)
+    env_option(p, "--gpu-mem-gb", "GPU_MEM_GB", "40", "GiB per GPU for the plan", type=float)
+    env_option(p, "--images", "TRAIN_IMAGES", "1e9", "images to train on, for the plan", type=float)
+    env_option(p, "--images-uri", "IMAGES_URI", "", "corpus the KFP run shards")
+    env_option(p, "--data-uri", "DATA_URI", "", "existing shards for MODE=job")
+    env_option(
+        p,
         "--data-root",
-        default=_env("DATA_ROOT", DEFAULT_DATA_ROOT),
-        help="prefix for the run's shards, checkpoints and evaluation data (DATA_ROOT)",
+        "DATA_ROOT",
+        DEFAULT_DATA_ROOT,
+        "prefix for the run's shards, checkpoints and evaluation data",
     )
     p.add_argument(
         "--shard-parallelism",
         type=int,
-        default=int(_env("SHARD_PARALLELISM", "100")),
+        default=_env("SHARD_PARALLELISM", "100"),
         help="shard pods the KFP run fans out to (SHARD_PARALLELISM; `seer shard --plan` sizes it: "
         "1B images on 100 pods x 8 cores)",
     )
-    p.add_argument(
-        "--output-uri", default=_env("OUTPUT_URI"), help="run output for MODE=job, s3://… (OUTPUT_URI)"
-    )
-    p.add_argument(
+    env_option(p, "--output-uri", "OUTPUT_URI", "", "run output for MODE=job, s3://…")
+    env_option(
+        p,
         "--backend",
-        default=_env("BACKEND", "pytorchjob"),
+        "BACKEND",
+        "pytorchjob",
+        "training job kind: pytorchjob (Training Operator v1) or trainjob (Trainer v2)",
         choices=("pytorchjob", "trainjob"),
-        help="training job kind: pytorchjob (Training Operator v1) or trainjob (Trainer v2) (BACKEND)",
     )
-    p.add_argument("--job-name", default=_env("JOB_NAME", "seer-rg10b"), help="training job name (JOB_NAME)")
-    p.add_argument(
-        "--namespace", default=_env("JOB_NAMESPACE", "seer"), help="training job namespace (JOB_NAMESPACE)"
-    )
-    p.add_argument(
-        "--kueue-queue",
-        default=_env("KUEUE_QUEUE"),
-        help="Kueue LocalQueue for the job, '' for none (KUEUE_QUEUE)",
-    )
-    p.add_argument(
-        "--registry",
-        default=_env("REGISTRY", DEFAULT_REGISTRY),
-        help="model registry (REGISTRY)",
-    )
-    p.add_argument(
-        "--network",
-        default=_env("NETWORK", "efa"),
-        choices=("tcp", "efa", "ib"),
-        help="NCCL fabric (NETWORK)",
-    )
-    p.add_argument(
-        "--network-devices",
-        type=int,
-        default=int(_env("NETWORK_DEVICES", "4")),
-        help="EFA/RDMA devices per pod (NETWORK_DEVICES)",
-    )
+    env_option(p, "--job-name", "JOB_NAME", "seer-rg10b", "training job name")
+    env_option(p, "--namespace", "JOB_NAMESPACE", "seer", "training job namespace")
+    env_option(p, "--kueue-queue", "KUEUE_QUEUE", "", "Kueue LocalQueue for the job, '' for none")
+    env_option(p, "--registry", "REGISTRY", DEFAULT_REGISTRY, "model registry")
+    env_option(p, "--network", "NETWORK", "efa", "NCCL fabric", choices=("tcp", "efa", "ib"))
+    env_option(p, "--network-devices", "NETWORK_DEVICES", "4", "EFA/RDMA devices per pod", type=int)
     p.add_argument(
         "--gang-scheduler",
         default=os.environ.get("GANG_SCHEDULER"),
