@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +24,16 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def result_header(bench: str, unit: str) -> dict[str, Any]:
+    """The first fields of a CPU bench's results file: what was measured, in what, on which machine."""
+    return {
+        "bench": bench,
+        "unit": unit,
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def add_run_flags(parser: argparse.ArgumentParser, results: Path, *internal: str) -> None:

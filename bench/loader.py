@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import add_run_flags, peak_rss_mib, print_table, reset_peak_rss, vissl_crop_chains, write_results
+from _common import (
+    add_run_flags,
+    peak_rss_mib,
+    print_table,
+    reset_peak_rss,
+    result_header,
+    vissl_crop_chains,
+    write_results,
+)
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
 
@@ -152,10 +159,7 @@ def main() -> None:
                          for name, r in zip(results, rows, strict=True)))  # fmt: skip
     print("ratio = images per CPU-second relative to ImageFolder + PIL + v1")
     result = {
-        "bench": "loader",
-        "unit": "images per CPU-second (loader process + workers), 1 torch thread",
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        **result_header("loader", "images per CPU-second (loader process + workers), 1 torch thread"),
         "preset": args.preset,
         "images": args.images,
         "batch_size": args.batch_size,

@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import add_run_flags, peak_rss_mib, print_table, reset_peak_rss, write_results
+from _common import add_run_flags, peak_rss_mib, print_table, reset_peak_rss, result_header, write_results
 from PIL import Image
 
 from seer.data.shard import ShardSettings, shard
@@ -188,10 +187,7 @@ def main() -> None:
             f"{r['scenario']:<22} {r['processes']:>9} {r['efficiency_per_cpu_s']:>21.2f} {r['wall_speedup']:>14.2f}"
         )
     result = {
-        "bench": "shard",
-        "unit": "images per CPU-second (process + workers)",
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        **result_header("shard", "images per CPU-second (process + workers)"),
         "images": args.images,
         "source_mib": source_mib,
         "rows": rows,
