@@ -169,10 +169,7 @@ def merge_shards(shards: Output[Dataset], prefix: str, digest: str, partitions: 
         sha256=hashlib.sha256(storage.read_bytes(manifest_uri)).hexdigest(),
         digest=digest,
         count=totals["samples"],
-        bytes=totals["bytes"],
-        shards=totals["shards"],
-        rejected=totals["rejected"],
-        duplicates=totals["duplicates"],
+        **{k: totals[k] for k in ("bytes", "shards", "rejected", "duplicates")},
     )
     shards.metadata.update(metadata(doc))
     print(f"{totals['samples']} samples in {totals['shards']} shards under {prefix}")

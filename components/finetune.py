@@ -125,15 +125,10 @@ def finetune(
         export["classifier"],
         prefix=prefix,
         run=output_uri,
-        preset=export["preset"],
-        sha256=export["sha256"],
-        iteration=export["iteration"],
-        classes=export["classes"],
-        pretrained=export["pretrained"],
-        sliced=export["sliced"],
         recipe=recipe,
         backend=backend,
         data=result["data"],
+        **{k: export[k] for k in ("preset", "sha256", "iteration", "classes", "pretrained", "sliced")},
         **{k: result[k] for k in ("job", "restarts") if k in result},
     )
     classifier.metadata.update(metadata(doc))
