@@ -3,6 +3,7 @@ fake Kubernetes API (tests/fake_kube.py) through a kubeconfig, as a user's would
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from seer.cli import main
@@ -43,6 +44,26 @@ def test_render_prints_the_job_yaml(capsys) -> None:
     pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["nodeSelector"] == {"pool": "gpu"} and "train.lr=0.2" in pod["containers"][0]["command"]
+
+
+def test_render_a_finetune_job_sized_by_its_model_preset(capsys) -> None:
+    """`--finetune RECIPE` renders the same job shape around `seer finetune`: in1k-384-rg10b fine-tunes
+    rg10b, so the job is rg10b's 62 x 8, and passes the checks every training job passes."""
+    from test_manifests import check_pytorchjob
+
+    ckpt = "model.checkpoint=s3://seer/runs/rg10b/sliced"
+    argv = ["launch", "render", "seer-ft", "--finetune", "in1k-384-rg10b", *JOB_ARGS[2:], "--set", ckpt]
+    assert main(argv) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    check_pytorchjob(job)
+    assert (
+        job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 61 and job["spec"]["nprocPerNode"] == "8"
+    )
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    seer = command[command.index("seer") :]
+    assert seer[:3] == ["seer", "finetune", "--recipe"] and seer[3] == "in1k-384-rg10b" and ckpt in seer
+    with pytest.raises(SystemExit):  # argparse: "--recipe: not allowed with argument --finetune"
+        main(["launch", "render", "seer-ft", "--finetune", "x", "--recipe", "rg10b", *JOB_ARGS[2:]])
 
 
 def test_render_bad_flag_is_a_one_line_error(capsys) -> None:

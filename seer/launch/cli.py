@@ -9,7 +9,14 @@ from typing import Any
 
 from seer.errors import ConfigError
 from seer.launch.backends import BACKENDS, render_job
-from seer.launch.pytorchjob import GANG_SCHEDULERS, METRICS_PORT, NETWORKS, pretrain_args
+from seer.launch.pytorchjob import (
+    GANG_SCHEDULERS,
+    METRICS_PORT,
+    NETWORKS,
+    finetune_entry,
+    pretrain_args,
+    pretrain_entry,
+)
 from seer.launch.trainjob import DEFAULT_RUNTIME, RUNTIME_KINDS
 
 
@@ -56,15 +63,27 @@ _AS_GIVEN = (
 )
 
 
+def _training_command(args: argparse.Namespace) -> tuple[list[str], str]:
+    """(the `seer` command the job runs, what sizes the job): `pretrain --recipe R` sized by R, or
+    `finetune --recipe F` sized by the model preset F fine-tunes (its recipe's `model.preset`)."""
+    if args.finetune is None:
+        return pretrain_entry(args.recipe), args.recipe
+    from seer.finetune.config import load_finetune_config
+
+    return finetune_entry(args.finetune), load_finetune_config(args.finetune, args.set or []).model.preset
+
+
 def _job(args: argparse.Namespace) -> dict[str, Any]:
     resources = {k: v for k, v in (("cpu", args.cpu), ("memory", args.memory)) if v}
     runtime = (
         {"runtime": args.runtime, "runtime_kind": args.runtime_kind} if args.backend == "trainjob" else {}
     )
+    entry, sized_by = _training_command(args)
     return render_job(
         args.backend,
         args.name,
-        args.recipe,
+        sized_by,
+        entry=entry,
         image=args.image,
         output_uri=args.output,
         data_uri=args.data,
@@ -156,7 +175,16 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
         "--runtime-kind", choices=RUNTIME_KINDS, default="TrainingRuntime", help="trainjob: kind of --runtime"
     )
     p.add_argument("--kueue-queue", help="Kueue LocalQueue: the job waits suspended until Kueue admits it")
-    p.add_argument("--recipe", required=True, help="pretraining recipe (rg-tiny … rg10b) or config path")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--recipe", help="pretraining recipe (rg-tiny … rg10b) or config path: the job runs seer pretrain"
+    )
+    what.add_argument(
+        "--finetune",
+        metavar="RECIPE",
+        help="fine-tuning recipe (in1k-384, in1k-384-rg10b, im2gps, …) or config path: the job runs seer finetune, "
+        "sized by the recipe's model preset (pass the pretrained weights as --set model.checkpoint=URI)",
+    )
     p.add_argument("--image", required=True, help="trainer image with a pinned tag (images/trainer)")
     p.add_argument(
         "--output", required=True, help="run output URI (s3://bucket/prefix) for checkpoints and logs"
