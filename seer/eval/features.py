@@ -421,10 +421,12 @@ def _idle_batch(transform: TransformSpec) -> torch.Tensor:
 
 
 class _MemmapSink:
-    """Writes each batch's rows into `DIR/<key>.npy` (created at the first batch, when the shape is known)."""
+    """Writes each batch's rows into the (N, ...) .npy file at `path`: created at the first batch, when
+    the shape is known, or (`opened`) the file another rank created, opened for writing."""
 
-    def __init__(self, path: str, count: int) -> None:
-        self.path, self.count, self.matrix = path, count, None
+    def __init__(self, path: str, count: int, opened: bool = False) -> None:
+        self.path, self.count = path, count
+        self.matrix = np.load(path, mmap_mode="r+") if opened else None
 
     def __call__(self, indices: list[int], arrays: list[np.ndarray]) -> None:
         if self.matrix is None:
@@ -455,30 +457,33 @@ def _feature_shape(loaded: LoadedTrunk, options: FeatureOptions) -> tuple[int, .
     return _pool_batch(fmap, options.pool)[0].shape
 
 
-def _spill_shared(
+def _spill(
     loaded: LoadedTrunk,
     dataset: EvalDataset,
     indices: list[int],
     options: FeatureOptions,
     path: str,
     rank: int,
+    world: int,
 ) -> np.ndarray:
-    """Every rank writes its rows into one memory-mapped (N, ...) .npy file in a folder the node's ranks
-    share; returns it opened read-only. Nothing is gathered: ranks read the rows through the page cache."""
-    shape = _feature_shape(loaded, options)
+    """Write this rank's rows into one memory-mapped (N, ...) .npy file at `path` and return it opened
+    read-only. One process creates it at its first batch; torchrun ranks share one file in a folder of
+    their node (rank 0 creates it from the shape of one forward), and nothing is gathered: ranks read
+    the rows through the page cache."""
     if rank == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), *shape)).flush()
-    dist.barrier()
-    matrix = np.load(path, mmap_mode="r+")
-
-    def sink(rows: list[int], arrays: list[np.ndarray]) -> None:
-        for i, a in zip(rows, arrays, strict=True):
-            matrix[i] = a
-
+    if world == 1:
+        sink = _MemmapSink(path, len(dataset))
+    else:
+        shape = _feature_shape(loaded, options)
+        if rank == 0:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), *shape)).flush()
+        dist.barrier()
+        sink = _MemmapSink(path, len(dataset), opened=True)
     _run_trunk(loaded, dataset, indices, options, rank == 0, sink)
-    matrix.flush()
-    dist.barrier()
+    sink.matrix.flush()
+    if world > 1:
+        dist.barrier()
     return np.load(path, mmap_mode="r")
 
 
@@ -511,22 +516,14 @@ def extract(
         return _load_cache(cache_uri)
     rank, world = join_process_group()
     indices = list(range(rank, len(dataset), world))
-    if spill_dir and world == 1 and len(dataset):
-        os.makedirs(spill_dir, exist_ok=True)
-        sink = _MemmapSink(os.path.join(spill_dir, f"{key}.npy"), len(dataset))
-        _run_trunk(loaded, dataset, indices, options, True, sink)
-        sink.matrix.flush()
-        matrix = np.load(sink.path, mmap_mode="r")
-        features = FeatureSet(list(matrix), meta, matrix=matrix)
-        if cache_uri:
-            _save_cache(cache_uri, features)
-        return features
-    if spill_dir and world > 1 and len(dataset) and _one_node(world) and options.transform.mode != "longer":
-        matrix = _spill_shared(loaded, dataset, indices, options, os.path.join(spill_dir, f"{key}.npy"), rank)
+    shared_file = world == 1 or (_one_node(world) and options.transform.mode != "longer")
+    if spill_dir and len(dataset) and shared_file:
+        matrix = _spill(loaded, dataset, indices, options, os.path.join(spill_dir, f"{key}.npy"), rank, world)
         features = FeatureSet(list(matrix), meta, matrix=matrix)
         if cache_uri and rank == 0:
             _save_cache(cache_uri, features)
-        dist.barrier()
+        if world > 1:
+            dist.barrier()
         return features
     mine: dict[int, np.ndarray] = {}
     _run_trunk(loaded, dataset, indices, options, rank == 0, lambda i, a: mine.update(zip(i, a, strict=True)))
