@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seer.checkpoints.classifier import load_any_classifier
-from seer.checkpoints.load import load_trunk
 from seer.eval.features import FeatureSet, TransformSpec
 from seer.eval.linear import classification_result
 from seer.eval.setup import (
@@ -23,7 +22,6 @@ from seer.eval.setup import (
     evaluate,
     load_model,
     prepare,
-    resolve_device,
 )
 
 
@@ -41,14 +39,8 @@ def run(val_uri: str, checkpoint: str, **kwargs: Any) -> dict:
     classifier = load_any_classifier(checkpoint, run_settings.preset)
     val = run_settings.load(val_uri, "classification", classes=classifier.classes)
     # the trunk: in the classifier file, or the sharded checkpoint it references (loaded sharded again)
-    trunk_settings = replace(
-        run_settings, checkpoint=classifier.trunk_uri or checkpoint, preset=classifier.preset
-    )
-    loaded = (
-        load_model(trunk_settings)
-        if classifier.trunk_uri
-        else load_trunk(checkpoint, classifier.preset, resolve_device(run_settings.device))
-    )
+    trunk_uri = classifier.trunk_uri or checkpoint
+    loaded = load_model(replace(run_settings, checkpoint=trunk_uri, preset=classifier.preset))
     size = config.resolution
     options = replace(
         options,
