@@ -48,19 +48,21 @@ class LoadedTrunk:
         return {"uri": self.uri, "sha256": self.sha256, "preset": self.preset}
 
 
-def _is_sliced(uri: str) -> bool:
+def _seer_index(uri: str) -> str | None:
+    """The index of a seer sliced checkpoint given as its `.json` or the folder holding it (no file is
+    opened), else None."""
     if uri.endswith(".json"):
-        return True
-    return not storage.exists(uri) and storage.exists(storage.join(uri, INDEX_NAME))
+        return uri
+    index = storage.join(uri, INDEX_NAME)
+    return index if not storage.exists(uri) and storage.exists(index) else None
 
 
 def sliced_index_uri(uri: str) -> str | None:
     """The index of the sliced checkpoint at `uri` (an index `.json`, a folder holding one, a VISSL
     `slice_list` file), or None for any other checkpoint."""
-    if uri.endswith(".json"):
-        return uri
-    if not storage.exists(uri):
-        return storage.join(uri, INDEX_NAME) if storage.exists(storage.join(uri, INDEX_NAME)) else None
+    index = _seer_index(uri)
+    if index is not None or not storage.exists(uri):
+        return index
     with open_archive(uri) as reader:
         return uri if isinstance(reader.obj, dict) and reader.obj.get("type") == "slice_list" else None
 
@@ -166,12 +168,13 @@ def load_trunk(
         trunk = build_trunk(get_preset(preset).name, device=device, seed=seed)
         digest = hashlib.sha256(f"random:{preset}:{seed}".encode()).hexdigest()
         return LoadedTrunk(trunk.eval().requires_grad_(False), preset, digest, f"random:{preset}:{seed}")
-    if _is_sliced(checkpoint):
-        index_uri = checkpoint if checkpoint.endswith(".json") else storage.join(checkpoint, INDEX_NAME)
-        state, named = _read_sliced_trunk(checkpoint)
+    # a VISSL slice_list file is recognised inside the archive (no second open of every other file)
+    index = _seer_index(checkpoint)
+    if index is not None:
+        state, named = _read_sliced_trunk(index)
     else:
-        index_uri = checkpoint
         state, named = _read_archive_trunk(checkpoint, preset)
+    index_uri = index or checkpoint
     name = checked_preset(checkpoint, preset, named)
     trunk = build_trunk(get_preset(name).name, device=device, seed=None)
     expected = trunk.state_dict()
