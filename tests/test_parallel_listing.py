@@ -45,6 +45,7 @@ class FakeBucket:
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
         self.threads: set[int] = set()
+        self.levels: list[str] = []  # prefixes listed level-wise, in call order
 
     def recursive(self, prefix: str) -> Iterator[tuple[str, str]]:
         self.threads.add(threading.get_ident())
@@ -53,6 +54,7 @@ class FakeBucket:
                 yield k, f"{len(k)}:etag"
 
     def level(self, prefix: str) -> Iterator[tuple[str, str | None]]:
+        self.levels.append(prefix)
         seen: set[str] = set()
         for k in self.keys:
             if not k.startswith(prefix):
@@ -86,6 +88,7 @@ def test_ranges_split_folders_keep_flat_ones_whole_and_cover_everything_in_order
     names = [r.name for r in ranges]
     assert names == sorted(names, key=str.encode)
     assert "flat/" in names  # 60 direct objects > 4: listed as one range, not expanded
+    assert bucket.levels.count("flat/") == 1  # and its level is not read again at the next depth
     assert [r.name for r in ranges if r.name.startswith("tree/")] == [f"tree/{i:02d}/" for i in range(12)]
     covered = [
         k for r in ranges for k in ([r.name] if not r.is_prefix else [k for k, _ in bucket.recursive(r.name)])

@@ -36,6 +36,7 @@ class _Range:
 
     name: str
     version: str | None = None  # set for an object
+    flat: bool = False  # a sub-prefix too flat to split: listed as one range, never read level-wise again
 
     @property
     def is_prefix(self) -> bool:
@@ -81,9 +82,12 @@ def key_ranges(prefix: str, list_level: LevelLister, split: Split = Split()) -> 
         expanded: list[_Range] = []
         changed = False
         for r in ranges:
-            below = _expand(r.name, list_level, split.max_level_objects) if r.is_prefix else None
-            if below is None:
+            if not r.is_prefix or r.flat:
                 expanded.append(r)
+                continue
+            below = _expand(r.name, list_level, split.max_level_objects)
+            if below is None:
+                expanded.append(_Range(r.name, flat=True))
             else:
                 expanded.extend(below)
                 changed = True
