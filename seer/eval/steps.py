@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import replace
@@ -115,25 +114,18 @@ def run_step(
 
 
 def _torchrun(ranks: int, call: dict[str, Any]) -> dict:
-    """Run `run_step(**call)` as `torchrun --nproc-per-node ranks`; the metrics document rank 0 wrote."""
+    """Run `run_step(**call)` on `ranks` local ranks (`seer.launch.run_local`, no restarts: an evaluation
+    starts over anyway); the metrics document rank 0 wrote."""
+    from seer.launch import run_local
+
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(call, f)
     try:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(ranks),
-        ]
-        done = subprocess.run([*command, "-m", "seer.eval.steps", f.name], check=False)
+        failed = run_local([f.name], nproc_per_node=ranks, max_restarts=0, module="seer.eval.steps")
     finally:
         os.unlink(f.name)
-    if done.returncode != 0:
-        raise ConfigError(
-            f"evaluation {call['name']} failed on {ranks} ranks (exit {done.returncode}); see the log above"
-        )
+    if failed:
+        raise ConfigError(f"evaluation {call['name']} failed on {ranks} ranks; see the rank logs above")
     return storage.read_json(storage.join(call["output"], "metrics.json"))
 
 
