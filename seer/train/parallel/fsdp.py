@@ -61,20 +61,26 @@ def fsdp_units(model: SwAVModel) -> list[Unit]:
     return units
 
 
+def _shard_units(
+    root: nn.Module, units: list[Unit], mesh: DeviceMesh, param_dtype: torch.dtype, reshard: bool
+) -> list[Unit]:
+    """`fully_shard` each unit (prototypes and classifier heads gather and reduce in fp32), then `root`."""
+    main, fp32 = fsdp_policies(param_dtype)
+    if param_dtype != torch.float32:
+        apply_fp32_norms(root)
+    for unit in units:
+        policy = fp32 if unit.kind in ("prototypes", "classifier") else main
+        fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(root, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
+    return units
+
+
 def apply_fsdp(model: SwAVModel, mesh: DeviceMesh, param_dtype: torch.dtype) -> list[Unit]:
     """`fully_shard` every unit of `fsdp_units`, then the root; returns the units.
 
     On one rank nothing is sharded, so parameters stay gathered between forward and backward.
     """
-    main, fp32 = fsdp_policies(param_dtype)
-    if param_dtype != torch.float32:
-        apply_fp32_norms(model)
-    reshard = mesh.size() > 1
-    units = fsdp_units(model)
-    for unit in units:
-        policy = fp32 if unit.kind in ("prototypes", "classifier") else main
-        fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, mp_policy=main, reshard_after_forward=reshard)
+    units = _shard_units(model, fsdp_units(model), mesh, param_dtype, reshard=mesh.size() > 1)
     if hasattr(model, "padded_forward"):
         register_fsdp_forward_method(model, "padded_forward")  # the SEER 10B single-pass forward
     return units
@@ -85,14 +91,7 @@ def shard_trunk(trunk: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) ->
 
     Parameters are gathered per unit for its forward and freed after it (`reshard_after_forward`),
     so a rank holds its shards plus one gathered unit at a time."""
-    policy, _ = fsdp_policies(param_dtype)  # inference: nothing is reduced
-    if param_dtype != torch.float32:
-        apply_fp32_norms(trunk)
-    units = trunk_units(trunk, prefix="")
-    for unit in units:
-        fully_shard(unit.module, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
-    fully_shard(trunk, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
-    return units
+    return _shard_units(trunk, trunk_units(trunk, prefix=""), mesh, param_dtype, reshard=True)
 
 
 def materialize_sharded_(model: nn.Module, device: torch.device, seed: int) -> None:
