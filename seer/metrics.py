@@ -26,60 +26,49 @@ class TrainMetrics:
     """Prometheus gauges and counters for one training process."""
 
     def __init__(self, port: int = 0, addr: str = "0.0.0.0") -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.iteration = Gauge(f"{PREFIX}_iteration", "Last completed training iteration.", registry=r)
-        self.images_per_second = Gauge(
-            f"{PREFIX}_images_per_second", "Global training throughput (images/s, all ranks).", registry=r
+        self.registry = r = CollectorRegistry()
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"{PREFIX}_{name}", doc, registry=r)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, registry=r)
+
+        self.iteration = gauge("iteration", "Last completed training iteration.")
+        self.images_per_second = gauge(
+            "images_per_second", "Global training throughput (images/s, all ranks)."
         )
-        self.step_seconds = Gauge(f"{PREFIX}_step_seconds", "Wall time of the last iteration.", registry=r)
-        self.data_wait_seconds = Gauge(
-            f"{PREFIX}_data_wait_seconds", "Time the last iteration waited for its batch.", registry=r
+        self.step_seconds = gauge("step_seconds", "Wall time of the last iteration.")
+        self.data_wait_seconds = gauge("data_wait_seconds", "Time the last iteration waited for its batch.")
+        self.loss = gauge("loss", "SwAV loss of the last iteration (mean over ranks).")
+        self.learning_rate = gauge("learning_rate", "Learning rate of the last iteration.")
+        self.gpu_memory_bytes = gauge(
+            "gpu_memory_bytes", "Peak GPU memory allocated by this process (0 on CPU)."
         )
-        self.loss = Gauge(f"{PREFIX}_loss", "SwAV loss of the last iteration (mean over ranks).", registry=r)
-        self.learning_rate = Gauge(
-            f"{PREFIX}_learning_rate", "Learning rate of the last iteration.", registry=r
-        )
-        self.gpu_memory_bytes = Gauge(
-            f"{PREFIX}_gpu_memory_bytes", "Peak GPU memory allocated by this process (0 on CPU).", registry=r
-        )
-        self.checkpoint_seconds = Gauge(
-            f"{PREFIX}_checkpoint_seconds", "Wall time of the last checkpoint save.", registry=r
-        )
-        self.embedding_cosine = Gauge(
-            f"{PREFIX}_embedding_cosine",
+        self.checkpoint_seconds = gauge("checkpoint_seconds", "Wall time of the last checkpoint save.")
+        self.embedding_cosine = gauge(
+            "embedding_cosine",
             "Mean pairwise cosine of one crop's embeddings at the last logged step (mean over ranks); "
             "near 1 means collapse.",
-            registry=r,
         )
-        self.code_entropy = Gauge(
-            f"{PREFIX}_code_entropy_ratio",
+        self.code_entropy = gauge(
+            "code_entropy_ratio",
             "Mean per-sample entropy of the SwAV codes / ln K at the last logged step (mean over ranks); "
             "near 1 means uniform codes (collapse).",
-            registry=r,
         )
-        self.images = Counter(f"{PREFIX}_images", "Images trained on (all ranks).", registry=r)
-        self.collapse_warnings = Counter(
-            f"{PREFIX}_collapse_warnings",
-            "Logged steps whose collapse statistics crossed a threshold.",
-            registry=r,
+        self.images = counter("images", "Images trained on (all ranks).")
+        self.collapse_warnings = counter(
+            "collapse_warnings", "Logged steps whose collapse statistics crossed a threshold."
         )
-        self.checkpoints = Counter(f"{PREFIX}_checkpoints", "Checkpoints saved.", registry=r)
+        self.checkpoints = counter("checkpoints", "Checkpoints saved.")
         # Faults: totals over the whole run (earlier attempts read back from train_log.jsonl).
-        self.restarts = Counter(f"{PREFIX}_restarts", "Times the run was restarted.", registry=r)
-        self.faults = Counter(
-            f"{PREFIX}_faults", "Restarts after a failure (not after a preemption save).", registry=r
-        )
-        self.preemption_saves = Counter(
-            f"{PREFIX}_preemption_saves", "Checkpoints written on SIGTERM before exiting.", registry=r
-        )
-        self.failed_saves = Counter(
-            f"{PREFIX}_failed_saves", "Checkpoint saves that failed (training went on).", registry=r
-        )
-        self.time_lost_seconds = Counter(
-            f"{PREFIX}_time_lost_seconds",
+        self.restarts = counter("restarts", "Times the run was restarted.")
+        self.faults = counter("faults", "Restarts after a failure (not after a preemption save).")
+        self.preemption_saves = counter("preemption_saves", "Checkpoints written on SIGTERM before exiting.")
+        self.failed_saves = counter("failed_saves", "Checkpoint saves that failed (training went on).")
+        self.time_lost_seconds = counter(
+            "time_lost_seconds",
             "Wall time lost to restarts: downtime plus work redone since the resumed checkpoint.",
-            registry=r,
         )
         self._server = None
         if port < 0 or port > 65535:
