@@ -37,6 +37,29 @@ def dockerignore() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+def excluded(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` out of the build context, as the Dockerfile reference's
+    ".dockerignore file" section (moby patternmatcher) says: a pattern excludes a path when it matches
+    the path or one of its parent folders, `!` makes an exception, and the last matching line decides.
+    (fnmatch's `*` also crosses `/`, unlike Go's filepath.Match; none of our patterns depends on that.)"""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    out = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        if any(fnmatch.fnmatch(p, pattern.lstrip("!").strip("/")) for p in prefixes):
+            out = not negated
+    return out
+
+
+def test_excluded_follows_dockers_last_match_rule() -> None:
+    patterns = ["images", "!images/common/add-user.sh", "**/*.pyc"]
+    assert excluded("images/trainer/Dockerfile", patterns)
+    assert not excluded("images/common/add-user.sh", patterns)
+    assert excluded("seer/x/y.pyc", patterns) and not excluded("seer/x/y.py", patterns)
+    assert excluded("images/common/add-user.sh", [*patterns, "images/common"])
+
+
 def test_both_images_exist() -> None:
     assert [p.parent.name for p in DOCKERFILES] == ["component", "trainer"]
 
@@ -60,9 +83,7 @@ def test_every_copied_file_exists_and_is_in_the_build_context(dockerfile: Path) 
         sources = [p for p in parts[:-1] if not p.startswith("--")]
         for src in sources:
             assert (ROOT / src).exists(), f"{dockerfile.parent.name}: COPY {src} does not exist"
-            assert not any(fnmatch.fnmatch(src, pat) for pat in ignored), (
-                f"{src} is excluded by .dockerignore"
-            )
+            assert not excluded(src, ignored), f"{src} is excluded by .dockerignore"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -177,7 +198,17 @@ elif cmd == "groupdel":
 
 
 def _user_setup(dockerfile: Path) -> str:
-    (script,) = [args for word, args in instructions(dockerfile) if word == "RUN" and "useradd" in args]
+    """The shell that creates the image's user: the script a RUN runs after COPYing it from the repo
+    (images/common/add-user.sh), or a RUN that calls useradd itself."""
+    steps = instructions(dockerfile)
+    copied = {shlex.split(a)[-1]: ROOT / shlex.split(a)[0] for word, a in steps if word == "COPY"}
+    scripts = []
+    for word, args in steps:
+        if word == "RUN":
+            tokens = dict.fromkeys(shlex.split(args))  # a script named twice (run, then rm) runs once
+            ran = [copied[t].read_text() for t in tokens if t in copied and copied[t].is_file()]
+            scripts += [text for text in [args, *ran] if "useradd" in text]
+    (script,) = scripts
     return script
 
 
