@@ -31,7 +31,15 @@ import pytest
 
 from seer.metrics import read_jsonl
 from seer.train import checkpoint
-from seer.train.faults import RESUMABLE_EXIT_CODE, RETRYABLE_EXIT_CODES, FaultHistory, group_exit_code
+from seer.train.faults import (
+    RESUMABLE_EXIT_CODE,
+    RETRYABLE_EXIT_CODES,
+    FaultBudgetExceeded,
+    FaultHistory,
+    Preempted,
+    exit_code,
+    group_exit_code,
+)
 from tests.pretrain_runs import env, events, losses, make_shards, process_tree, records, run, run_args
 
 ITERATIONS = 9
@@ -101,6 +109,24 @@ def test_exit_codes_are_what_the_operator_retries() -> None:
     )  # a lost rank; its peer's error follows
     assert group_exit_code([2, 2]) == 2  # a SeerError (bad config) on every rank: permanent
     assert group_exit_code([1]) == 1
+
+
+def test_a_preempted_training_command_exits_resumable_and_others_pass_through(capsys) -> None:
+    """`seer pretrain` / `seer finetune` turn a Preempted stop into RESUMABLE_EXIT_CODE (with a line on
+    stderr), a finished run into 0; any other error is not theirs to hide."""
+
+    def preempted() -> None:
+        raise Preempted(7, "s3://b/run/checkpoints/iter-00000007")
+
+    def over_budget() -> None:
+        raise FaultBudgetExceeded("failed 3 times")
+
+    assert exit_code("pretrain", preempted) == RESUMABLE_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("seer pretrain: stopped by SIGTERM at iteration 7") and "(exit 200)" in err
+    assert exit_code("finetune", lambda: None) == 0 and capsys.readouterr().err == ""
+    with pytest.raises(FaultBudgetExceeded):
+        exit_code("finetune", over_budget)
 
 
 def test_fault_history_counts_restarts_and_faults_from_the_log() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from seer.config_cli import add_config_arguments
 from seer.finetune.config import list_recipes, load_finetune_config
@@ -58,11 +57,6 @@ def _finetune(args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError("--output URI is required to fine-tune (or pass --plan)")
     from seer.finetune.run import run_finetune
-    from seer.train.faults import RESUMABLE_EXIT_CODE, Preempted
+    from seer.train.faults import exit_code
 
-    try:
-        run_finetune(cfg, args.output, args.data)
-    except Preempted as stop:  # not an error: exit so that torchrun / the operator restart us
-        print(f"seer finetune: {stop} (exit {RESUMABLE_EXIT_CODE})", file=sys.stderr)
-        return RESUMABLE_EXIT_CODE
-    return 0
+    return exit_code("finetune", lambda: run_finetune(cfg, args.output, args.data))

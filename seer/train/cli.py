@@ -76,18 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    import sys
-
     from seer.train.engine import run_pretraining
-    from seer.train.faults import RESUMABLE_EXIT_CODE, Preempted
+    from seer.train.faults import exit_code
 
     cfg = load_config(args.recipe, args.overrides)
-    try:
-        run_pretraining(cfg, args.output, data_uri=args.data)
-    except Preempted as stop:  # not an error: exit so that torchrun / the operator restart us
-        print(f"seer pretrain: {stop} (exit {RESUMABLE_EXIT_CODE})", file=sys.stderr)
-        return RESUMABLE_EXIT_CODE
-    return 0
+    return exit_code("pretrain", lambda: run_pretraining(cfg, args.output, data_uri=args.data))
 
 
 def _plan(args: argparse.Namespace) -> int:

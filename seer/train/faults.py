@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,18 @@ class Preempted(SeerError):
         where = f"checkpoint {checkpoint_uri}" if checkpoint_uri else "the previous complete checkpoint"
         super().__init__(f"stopped by SIGTERM at iteration {iteration}; a rerun resumes from {where}")
         self.iteration, self.checkpoint_uri = iteration, checkpoint_uri
+
+
+def exit_code(command: str, run: Callable[[], object]) -> int:
+    """The exit code of a training command (`seer pretrain`, `seer finetune`): 0 when `run` finishes;
+    a `Preempted` stop is not an error: report it on stderr and return RESUMABLE_EXIT_CODE, so that
+    torchrun / the job's restart policy restart the process, which resumes."""
+    try:
+        run()
+    except Preempted as stop:
+        print(f"seer {command}: {stop} (exit {RESUMABLE_EXIT_CODE})", file=sys.stderr)
+        return RESUMABLE_EXIT_CODE
+    return 0
 
 
 class FaultBudgetExceeded(SeerError):
