@@ -175,6 +175,31 @@ def test_cli_records_command(tmp_path: Path) -> None:
     assert manifest["command"] == sys.argv  # the process's own command line, as typed
 
 
+def test_cli_settings_flags_default_to_shard_settings_and_turn_booleans_off(tmp_path: Path) -> None:
+    """`seer shard` takes every ShardSettings field from a flag whose default is the field's, and the
+    --no-… flags switch dedup, the JSON sidecars and pass-through off (what the manifest records)."""
+    import dataclasses
+
+    from seer.cli import build_parser
+
+    def settings(*flags: str) -> dict:
+        args = build_parser().parse_args(["shard", "in", "--output", str(tmp_path), *flags])
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(ShardSettings)}
+
+    assert settings() == dataclasses.asdict(ShardSettings())
+    changed = settings(
+        "--no-dedup", "--no-json", "--no-pass-through", "--quality", "80", "--shard-size-mb", "0.5"
+    )
+    assert changed == {
+        **dataclasses.asdict(ShardSettings()),
+        "dedup": False,
+        "write_json": False,
+        "pass_through": False,
+        "quality": 80,
+        "shard_size_mb": 0.5,
+    }
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_uninterrupted_shard_set(tmp_path: Path) -> None:
     generate_corpus(tmp_path / "in", 160, seed=5, min_size=96, max_size=256)

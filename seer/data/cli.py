@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from seer import storage
 from seer.errors import ConfigError
 
 _ACTIONS = ("list", "merge")
+
+# ShardSettings field → (flag, help); the default is the field's. A boolean setting (on by default)
+# gets a --no-… flag that turns it off.
+_SETTING_FLAGS = {
+    "shard_size_mb": ("--shard-size-mb", "close a shard before it exceeds this size"),
+    "max_samples_per_shard": ("--max-samples-per-shard", "close a shard at this many samples"),
+    "max_short_side": (
+        "--max-short-side",
+        "downscale so the short side is at most N pixels (default: keep size)",
+    ),
+    "quality": ("--quality", "JPEG quality of the re-encoded samples, 1-100"),
+    "max_pixels": ("--max-pixels", "reject images with more pixels as decompression bombs"),
+    "dedup": ("--no-dedup", "keep exact duplicates (default: drop them, first one wins)"),
+    "write_json": ("--no-json", "do not write the <key>.json sidecar with source and size info"),
+    "pass_through": (
+        "--no-pass-through",
+        "re-encode every image (default: valid baseline RGB JPEGs within limits keep their coded bytes)",
+    ),
+}
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """The `_SETTING_FLAGS` of `seer shard`, typed and defaulted by `ShardSettings`."""
+    from seer.data.shard import ShardSettings
+
+    for f in dataclasses.fields(ShardSettings):
+        flag, help_text = _SETTING_FLAGS[f.name]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action="store_false", help=help_text)
+        elif f.default is None:
+            p.add_argument(flag, dest=f.name, type=int, help=help_text)
+        else:
+            kind = type(f.default)
+            p.add_argument(
+                flag, dest=f.name, type=kind, default=f.default, help=f"{help_text} (default {f.default})"
+            )
 
 
 def _shard(args: argparse.Namespace) -> int:
@@ -22,16 +59,7 @@ def _shard(args: argparse.Namespace) -> int:
         return _list(args, inputs)
     if action == "merge":
         return _merge(args, inputs)
-    settings = ShardSettings(
-        shard_size_mb=args.shard_size_mb,
-        max_samples_per_shard=args.max_samples_per_shard,
-        max_short_side=args.max_short_side,
-        quality=args.quality,
-        max_pixels=args.max_pixels,
-        dedup=not args.no_dedup,
-        write_json=not args.no_json,
-        pass_through=not args.no_pass_through,
-    )
+    settings = ShardSettings(**{name: getattr(args, name) for name in _SETTING_FLAGS})
     if args.output is None:
         raise ConfigError("--output is required: the prefix for shards and manifest.json")
     if args.partition:
@@ -105,8 +133,6 @@ def _synth(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `shard` and `synth` to the `seer` command."""
-    from seer.data.images import DEFAULT_MAX_PIXELS
-
     p = subparsers.add_parser(
         "shard",
         help="turn images (folders, lists, tars, s3 prefixes) into tar shards + manifest.json",
@@ -135,11 +161,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--partitions", type=int, help="N for `seer shard list` and `seer shard merge`")
     p.add_argument(
-        "--no-pass-through",
-        action="store_true",
-        help="re-encode every image (default: valid baseline RGB JPEGs within limits keep their coded bytes)",
-    )
-    p.add_argument(
         "--plan",
         action="store_true",
         help="print the wall time and pod count to shard --images N at --pods x --cores (no sharding)",
@@ -162,39 +183,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="--plan: wall time to size the pod count for (default 24)",
     )
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPU cores)")
-    p.add_argument(
-        "--shard-size-mb",
-        type=float,
-        default=256.0,
-        help="close a shard before it exceeds this size (default 256)",
-    )
-    p.add_argument(
-        "--max-samples-per-shard",
-        type=int,
-        default=10_000,
-        help="close a shard at this many samples (default 10000)",
-    )
-    p.add_argument(
-        "--max-short-side",
-        type=int,
-        default=None,
-        help="downscale so the short side is at most N pixels (default: keep size)",
-    )
-    p.add_argument(
-        "--quality", type=int, default=90, help="JPEG quality of the re-encoded samples, 1-100 (default 90)"
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"reject images with more pixels as decompression bombs (default {DEFAULT_MAX_PIXELS})",
-    )
-    p.add_argument(
-        "--no-dedup", action="store_true", help="keep exact duplicates (default: drop them, first one wins)"
-    )
-    p.add_argument(
-        "--no-json", action="store_true", help="do not write the <key>.json sidecar with source and size info"
-    )
+    _add_setting_flags(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
