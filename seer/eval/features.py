@@ -37,6 +37,7 @@ from tqdm import tqdm
 from seer import storage
 from seer.errors import ConfigError
 from seer.eval.datasets import EvalDataset, read_image
+from seer.models.presets import AVGPOOL_FEATURE, PRESETS
 
 if TYPE_CHECKING:  # the options are defined with the harness, which runs this extraction
     from seer.checkpoints.load import LoadedTrunk
@@ -48,22 +49,12 @@ TAPS = ("res2", "res3", "res4", "res5", "avgpool")
 PUBLISHED = "published"  # tap and pool value: the feature SEER published for the model
 CACHE_VERSION = 1
 
-# Linear-probe feature per model as published [VISSL MODEL_ZOO.md; benchmark/linear_image_classification/
-# imagenet1k/models/regnet{32Gf,64Gf_3,128Gf,256Gf_1,10B}.yaml; seer_spec §5.1]: 32Gf "res5" = res5
-# AdaptiveAvgPool (3, 1) → 11136; 64–256Gf "res5avg" = avgpool; 10B "res4" = res4 AdaptiveAvgPool (2, 1).
-PUBLISHED_LINEAR_FEATURES = {
-    "rg32gf": ("res5", "adaptive:3x1"),
-    "rg64gf": ("avgpool", "avg"),
-    "rg128gf": ("avgpool", "avg"),
-    "rg256gf": ("avgpool", "avg"),
-    "rg10b": ("res4", "adaptive:2x1"),
-}
-UNPUBLISHED_FEATURES = ("avgpool", "avg")  # models SEER did not publish (rg-tiny, rg-small)
-
 
 def published_features(preset: str) -> tuple[str, str]:
-    """(tap, pool) of SEER's published linear-probe result for `preset`; avgpool / avg for the others."""
-    return PUBLISHED_LINEAR_FEATURES.get(preset, UNPUBLISHED_FEATURES)
+    """(tap, pool) of SEER's published linear-probe result for `preset` (`ModelPreset.linear_feature`);
+    avgpool / avg for the other models."""
+    found = PRESETS.get(preset)
+    return found.linear_feature if found is not None else AVGPOOL_FEATURE
 
 
 # ---------------------------------------------------------------------------------------------

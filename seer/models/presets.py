@@ -20,6 +20,7 @@ from seer.errors import ConfigError
 #   "trunk+vissl_default_head" trunk + VISSL's default SwAV head [W, W, 128] (no BN) + 3000 prototypes
 #   None                       no module combination we know reproduces the number
 PublishedBasis = Literal["trunk", "trunk+head", "trunk+vissl_default_head"]
+AVGPOOL_FEATURE = ("avgpool", "avg")  # (tap, pool): the globally average-pooled last stage
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class ModelPreset:
     # Activation-checkpoint groups: per stage, the exclusive end indices of consecutive block
     # groups; an empty list leaves that stage unchecked (VISSL `stage_checkpoints`).
     stage_checkpoints: tuple[tuple[int, ...], ...] = ()
+    # Linear-probe feature (tap, pool) SEER published for the model [VISSL MODEL_ZOO.md; benchmark/
+    # linear_image_classification/imagenet1k/models/regnet{32Gf,64Gf_3,128Gf,256Gf_1,10B}.yaml; seer_spec
+    # §5.1]: 32Gf "res5" = res5 AdaptiveAvgPool (3, 1) → 11136; 64–256Gf "res5avg" = avgpool; 10B "res4" =
+    # res4 AdaptiveAvgPool (2, 1). Models SEER did not publish (rg-tiny, rg-small) take avgpool too.
+    linear_feature: tuple[str, str] = AVGPOOL_FEATURE
     published_params: str | None = None
     published_basis: PublishedBasis | None = None
     published_note: str = ""
@@ -134,8 +140,8 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
                 notes="Not a SEER model; head is VISSL's ResNet-50 SwAV default shape (BN, 128-d, 3000 prototypes)."),
     ModelPreset("rg32gf", "SEER 2021 RegNetY-32GF (= torchvision regnet_y_32gf, timm regnety_320).",
                 20, 232, 115.89, 2.53, 232, head_dims=(3712, 4096, 4096, 256), head_use_bn=True,
-                stage_checkpoints=((2,), (5,), (6, 12), ()), published_params="156M", **_DEFAULT_HEAD,
-                notes=_OURS_2021),
+                stage_checkpoints=((2,), (5,), (6, 12), ()), linear_feature=("res5", "adaptive:3x1"),
+                published_params="156M", **_DEFAULT_HEAD, notes=_OURS_2021),
     ModelPreset("rg64gf", "SEER 2021 RegNetY-64GF (= timm regnety_640).",
                 20, 352, 147.48, 2.4, 328, head_dims=(4920, 8192, 8192, 256), head_use_bn=False,
                 stage_checkpoints=((2,), (5,), (6, 12), ()), published_params="250M", notes=_OURS_2021),
@@ -151,7 +157,8 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in (
                 "(fine-tuned one does); inspect tensor shapes before loading it (seer_spec §7.2). " + _FROM_10B),
     ModelPreset("rg10b", "SEER 2022 RegNetY-10B (VISSL regnet10B.yaml; = HF regnet-y-10b-seer).",
                 27, 1744, 620.83, 2.52, 1010, head_dims=(28280, 8192, 8192, 256), head_use_bn=False,
-                stage_checkpoints=((2,), (7,), (9, 17), ()), published_params="10B", published_basis="trunk+head",
+                stage_checkpoints=((2,), (7,), (9, 17), ()), linear_feature=("res4", "adaptive:2x1"),
+                published_params="10B", published_basis="trunk+head",
                 published_note="36 GiB in fp32, as the README's 36 GB checkpoint"),
 )}
 # fmt: on
