@@ -86,6 +86,17 @@ def _write_split(
     return rows
 
 
+def _write_labelled_split(
+    out_uri: str, split: str, items: list[tuple[str, Image.Image, list[object]]], header: list[str]
+) -> str:
+    """Write a split's images and its manifest `<split>.csv` (`header` row first, manifest last); return
+    the manifest URI."""
+    rows = _write_split(out_uri, split, items)
+    uri = storage.join(out_uri, f"{split}.csv")
+    storage.write_bytes(uri, _csv([header, *rows]))
+    return uri
+
+
 def make_counting_set(
     out_uri: str, *, n_train: int = 240, n_val: int = 120, max_count: int = 4, size: int = 64, seed: int = 0
 ) -> dict[str, str]:
@@ -109,9 +120,7 @@ def make_counting_set(
                 r = radius * rng.uniform(0.7, 1.0)
                 _draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], cx, cy, r, _colour(rng, 140, 256))
             items.append((f"{count}/{i:05d}.jpg", image, [count]))
-        rows = _write_split(out_uri, split, items)
-        out[split] = storage.join(out_uri, f"{split}.csv")
-        storage.write_bytes(out[split], _csv([["path", "label"], *rows]))
+        out[split] = _write_labelled_split(out_uri, split, items, ["path", "label"])
     return out
 
 
@@ -248,9 +257,7 @@ def make_geo_set(
             items.append(
                 (f"{i:05d}.jpg", _city_image(rng, city, size), [f"{lat + dlat:.5f}", f"{lon + dlon:.5f}"])
             )
-        rows = _write_split(out_uri, split, items)
-        out[split] = storage.join(out_uri, f"{split}.csv")
-        storage.write_bytes(out[split], _csv([["path", "lat", "lon"], *rows]))
+        out[split] = _write_labelled_split(out_uri, split, items, ["path", "lat", "lon"])
     out["cells"] = storage.join(out_uri, "cells.csv")
     storage.write_bytes(out["cells"], _csv([["cell", "lat", "lon"], *[list(c) for c in CITIES]]))
     return out
@@ -283,9 +290,7 @@ def make_fairness_set(
             r = rng.uniform(size / 6, size / 3.5)
             _draw_shape(draw, shape, *rng.uniform(r, size - r, 2), r, _colour(rng, 60, 200))
             items.append((f"{i:05d}.jpg", image, [shape, group]))
-        rows = _write_split(out_uri, split, items)
-        out[split] = storage.join(out_uri, f"{split}.csv")
-        storage.write_bytes(out[split], _csv([["path", "label", "group"], *rows]))
+        out[split] = _write_labelled_split(out_uri, split, items, ["path", "label", "group"])
     return out
 
 
