@@ -63,8 +63,6 @@ class DataConfig:
     # Augmentation strength (SEER: colour jitter 0.8/0.8/0.8/0.2 → strength 1.0, Gaussian blur p 0.5).
     jitter_strength: float = 1.0
     blur_p: float = 0.5
-    # Not in SEER (0 = off): probability of a random RGB channel permutation per crop, after jitter.
-    channel_shuffle_p: float = 0.0
 
 
 @dataclass
@@ -389,10 +387,6 @@ def validate(cfg: SeerConfig, world_size: int | None = None) -> None:
         cfg.data.jitter_strength >= 0, f"data.jitter_strength: must be >= 0, got {cfg.data.jitter_strength}"
     )
     require(0 <= cfg.data.blur_p <= 1, f"data.blur_p: must be a probability in [0, 1], got {cfg.data.blur_p}")
-    require(
-        0 <= cfg.data.channel_shuffle_p <= 1,
-        f"data.channel_shuffle_p: must be a probability in [0, 1], got {cfg.data.channel_shuffle_p}",
-    )
     require(cfg.data.num_workers >= 0, f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
     require(cfg.data.shuffle_buffer >= 0, f"data.shuffle_buffer: must be >= 0, got {cfg.data.shuffle_buffer}")
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from seer.cli import main
+from seer.config import load_config
 from seer.data.shard import ShardSettings, shard
 from seer.data.synthetic import generate_corpus
 from seer.models.swav_model import build_swav_model
@@ -69,7 +70,8 @@ def test_training_engine_checkpoint_round_trip_into_two_rank_sharded_model(tmp_p
     )
     assert main(["ckpt", "slice", str(tmp_path / "m.pt"), "--output", str(tmp_path / "sliced")]) == 0
 
-    meta = build_swav_model("rg-tiny", "meta").state_dict()
+    prototypes = load_config("rg-tiny").model.num_prototypes  # the recipe's head, not the preset's default
+    meta = build_swav_model("rg-tiny", "meta", num_prototypes=prototypes).state_dict()
     expected = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in meta.items()}
     dcp.load({"model": expected}, checkpoint_id=str(ckpt), no_dist=True)
     torch.save(expected, tmp_path / "reference.pt")

@@ -68,7 +68,6 @@ def test_round_trip_through_dict() -> None:
         ("data.crops=[{size: 64, count: 2, scale: [0.5, 0.2]}]", ["data.crops[0].scale", "low <= high"]),
         ("swav.crops_for_assign=[0, 9]", ["swav.crops_for_assign", "0..3"]),
         ("swav.epsilon=0", ["swav.epsilon", "> 0"]),
-        ("data.channel_shuffle_p=1.5", ["data.channel_shuffle_p", "probability in [0, 1]", "1.5"]),
         ("model.preset=rg999", ["model.preset", "rg999", "rg10b"]),
         ("train.iterations", ["section.key=value"]),
     ],

@@ -60,7 +60,7 @@ def shape_images(n: int, size: int = 64, seed: int = 0) -> list[torch.Tensor]:
 @pytest.mark.slow
 def test_tiny_regnet_swav_learns_without_collapse() -> None:
     """The rg-tiny preset's recipe (seer issue 11: ε, hard-code warm-up, LARC LR and schedule, prototypes
-    trainable after `freeze_prototypes_iters`, channel shuffle) with SEER's full augmentation (colour
+    trainable after `freeze_prototypes_iters`, prototypes per corpus image) with SEER's full augmentation (colour
     jitter strength 1.0, Gaussian blur p 0.5: VISSL's `ImgPilColorDistortion` / `ImgPilGaussianBlur`
     defaults). The loss must fall well below ln K *and* the collapse statistics must stay clear of
     collapse (the loss alone can sit below ln K on a collapsed run)."""
@@ -79,9 +79,9 @@ def test_tiny_regnet_swav_learns_without_collapse() -> None:
     assert end < start - 0.5, (start, end)
     assert end < math.log(num_prototypes) - 0.3, (end, math.log(num_prototypes))
     assert cosine < COSINE_WARN - 0.1, cosine  # collapsed runs sit at 0.95-1.0
-    # Collapsed runs: uniform codes, 0.95-1.0. Channel shuffle + full jitter and blur keep the codes
-    # softer (seed 0: 0.80), still well clear of it.
-    assert entropy < ENTROPY_WARN - 0.1, entropy
+    # Collapsed runs: uniform codes, 0.95-1.0. Here 0.67-0.72 (seeds 0-4): 256 prototypes over a batch of
+    # 32 spread each sample's code over >= 8 of them (Sinkhorn's equipartition), so never near 0.
+    assert entropy < ENTROPY_WARN - 0.15, entropy
 
 
 def train(seed: int) -> tuple[list[float], list[dict[str, float]], int]:
@@ -92,10 +92,9 @@ def train(seed: int) -> tuple[list[float], list[dict[str, float]], int]:
         seed=seed,
         jitter_strength=1.0,
         blur_p=0.5,
-        channel_shuffle_p=cfg.data.channel_shuffle_p,
     )
     torch.manual_seed(seed)
-    model = build_swav_model(cfg.model.preset, seed=seed)
+    model = build_swav_model(cfg.model.preset, seed=seed, num_prototypes=cfg.model.num_prototypes)
     normalize_prototypes_(model)
     proto = model.head.prototypes[0].weight
     schedule = LRSchedule.from_config(cfg.optim, global_batch=BATCH, total_steps=STEPS)

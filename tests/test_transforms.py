@@ -94,8 +94,6 @@ def reference_crop(img: torch.Tensor, p: CropParams, size: int) -> torch.Tensor:
         ops = [tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation, tvf.adjust_hue]
         for op in p.jitter_order:
             x = ops[op](x, p.jitter[op])
-    if p.channel_order is not None:
-        x = x[list(p.channel_order)]
     if p.gray:
         x = tvf.rgb_to_grayscale(x, num_output_channels=3)
     if p.blur_sigma is not None:
@@ -148,29 +146,6 @@ def test_random_choices_follow_the_seer_probabilities_and_ranges() -> None:
     assert len({p.jitter_order for p in ps if p.jitter}) == 24  # every op order occurs
     sig = [p.blur_sigma for p in ps if p.blur_sigma is not None]
     assert min(sig) >= 0.1 and max(sig) <= 2.0
-
-
-def test_channel_shuffle_is_off_by_default_and_permutes_rgb_after_the_jitter_when_asked() -> None:
-    """`channel_shuffle_p` is not in SEER: off, no crop is permuted and the draws are SEER's; on, a crop's
-    channels are permuted (after jitter, before grayscale) with that probability, all 6 orders occur."""
-    assert all(
-        p.channel_order is None for key in range(200) for p in MultiCropTransform("tiny").params(96, 96, key)
-    )
-    t = MultiCropTransform("tiny", seed=3, channel_shuffle_p=0.6)
-    ps = [p for key in range(400) for p in t.params(96, 96, key)]
-    assert abs(sum(p.channel_order is not None for p in ps) / len(ps) - 0.6) < 0.04
-    assert {p.channel_order for p in ps if p.channel_order is not None} == {
-        (0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)
-    }  # fmt: skip
-    img = photo(96, 96, seed=4)
-    img_cl = img.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-    sizes = [s.size for s in t.specs for _ in range(s.count)]
-    shuffled = 0
-    for key in range(4):
-        for crop, p, size in zip(t(img, key), t.params(96, 96, key), sizes, strict=True):
-            torch.testing.assert_close(crop, reference_crop(img_cl, p, size), atol=2e-4, rtol=0)
-            shuffled += p.channel_order not in (None, (0, 1, 2))
-    assert shuffled > 0
 
 
 def test_bytes_pil_and_tensor_inputs_give_the_same_crops() -> None:

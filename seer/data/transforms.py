@@ -6,10 +6,6 @@ grayscale p 0.2, Gaussian blur p 0.5 with sigma ~ U(0.1, 2), ImageNet normalisat
 on PIL images (uint8 after every op, PIL's box-approximated blur); here they run in float, so values
 differ by rounding, not by distribution.
 
-Not in SEER: ``channel_shuffle_p`` (default 0) randomly permutes a crop's RGB channels after the colour
-jitter, a stronger colour change than jitter's hue ±0.2 for small-scale runs (the rg-tiny recipe); at 0
-no random number is drawn for it, so SEER's crops are unchanged.
-
 Speed: a JPEG is decoded once, at a reduced DCT scale (PIL ``draft``) when every crop still gets at
 least its output resolution; crops are cut from one channels-last uint8 tensor and resized there
 (torch's fast uint8 antialiased path); the photometric ops then run in place on float crops, with
@@ -150,8 +146,7 @@ def _crop_box(
 @dataclass(frozen=True)
 class CropParams:
     """Everything random about one crop: box (top, left, h, w) in full-resolution pixels, flip, colour
-    jitter factors (brightness, contrast, saturation, hue) and their order, the RGB channel order after
-    jitter (None: unchanged), grayscale, blur sigma."""
+    jitter factors (brightness, contrast, saturation, hue) and their order, grayscale, blur sigma."""
 
     box: tuple[int, int, int, int]
     flip: bool
@@ -159,7 +154,6 @@ class CropParams:
     jitter_order: tuple[int, ...]
     gray: bool
     blur_sigma: float | None
-    channel_order: tuple[int, ...] | None = None
 
 
 class MultiCropTransform:
@@ -181,7 +175,6 @@ class MultiCropTransform:
         grayscale_p: float = 0.2,
         blur_p: float = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
-        channel_shuffle_p: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         reduced_decode: bool = True,
@@ -192,7 +185,6 @@ class MultiCropTransform:
         s = jitter_strength
         self.jitter = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
         self.blur_sigma = blur_sigma
-        self.channel_shuffle_p = channel_shuffle_p
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.reduced_decode = reduced_decode
@@ -297,13 +289,10 @@ class MultiCropTransform:
             order = tuple(rng.permutation(4))
         gray = rng() < self.grayscale_p
         sigma = rng.uniform(*self.blur_sigma) if rng() < self.blur_p else None
-        channels = None
-        if self.channel_shuffle_p > 0 and rng() < self.channel_shuffle_p:  # no draw at 0: SEER's stream
-            channels = tuple(rng.permutation(3))
-        return CropParams(box, flip, jitter, order, gray, sigma, channels)
+        return CropParams(box, flip, jitter, order, gray, sigma)
 
     def _photometric(self, x: torch.Tensor, params: list[CropParams]) -> torch.Tensor:
-        """Flip, jitter, channel shuffle, grayscale, blur and normalise a float batch (N×3×S×S in [0, 1]) of same-size
+        """Flip, jitter, grayscale, blur and normalise a float batch (N×3×S×S in [0, 1]) of same-size
         crops. Per-crop steps work in place on views of the batch; normalisation is batched."""
         for img, p in zip(x, params, strict=True):
             if p.flip:
@@ -311,8 +300,6 @@ class MultiCropTransform:
             if p.jitter is not None:
                 for op in p.jitter_order:
                     _JITTER_OPS[op](img, p.jitter[op])
-            if p.channel_order is not None:
-                img.copy_(img[list(p.channel_order)])
             if p.gray:
                 img.copy_(_luma(img).expand_as(img))
             if p.blur_sigma is not None:

@@ -73,7 +73,6 @@ def build_data(cfg: SeerConfig, data_uri: str, env: DistEnv) -> ShardLoader:
         seed=cfg.train.seed,
         jitter_strength=cfg.data.jitter_strength,
         blur_p=cfg.data.blur_p,
-        channel_shuffle_p=cfg.data.channel_shuffle_p,
     )
     stream = ShardStream(
         manifest_uri(data_uri),
