@@ -1,16 +1,16 @@
 """Demo recipe quality: does SwAV pretraining of rg-tiny beat a random-init rg-tiny on the demo's evaluations?
 
 Builds the demo's inputs once (the generated corpus → shards, the generated counting and copy-detection
-benchmarks), then for each recipe (a list of `--set` overrides of the rg-tiny preset) trains with
-`seer pretrain` (one process), consolidates, and runs the demo's linear probe, kNN and copy detection
-with exactly the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS, components/evaluate.py).
-The random-init baseline (same seed as the demo's) is evaluated once per work folder. Without
-`--recipe`, the rg-tiny preset as the demo trains it (`preset`, batch 32) is the one recipe. Each recipe is
-trained with `--seeds` training seeds (`train.seed`); prints one row per run, then per recipe the mean
-and range over seeds and whether every seed beat random-init on all three metrics; appends rows to
-bench/results/demo_quality.json. One process with batch 32 stands in for the demo's 2 ranks x 16.
+benchmarks at the demo's sizes), then for each recipe (a list of `--set` overrides of the rg-tiny recipe)
+trains with `seer pretrain` (one process), consolidates, and runs the demo's linear probe, kNN and copy
+detection with the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS). The random-init
+baseline (same seed as the demo's) is evaluated once per benchmark set. Without `--recipe`, the rg-tiny
+recipe as the demo trains it (batch 32) is the one recipe. Each recipe is trained with `--seeds` training
+seeds (`train.seed`); prints one row per run, then per recipe the mean and range over seeds and whether
+every seed beat random-init on every metric (linear top-1, kNN top-1, copy mAP and strong.mAP); appends
+rows to bench/results/demo_quality.json. One process with batch 32 stands in for the demo's 2 ranks x 16.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3   # the preset
+    OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3   # the recipe
     OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3 \
         --recipe soft-codes="train.batch_per_gpu=32 swav.epsilon=0.05"
 """
@@ -18,9 +18,11 @@ bench/results/demo_quality.json. One process with batch 32 stands in for the dem
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -30,8 +32,9 @@ RESULTS = Path(__file__).parent / "results" / "demo_quality.json"
 DEMO_RECIPE = "preset=train.batch_per_gpu=32"  # the demo's 2 ranks x 16 as one process
 
 
-def prepare(work: Path, images: int, max_size: int) -> tuple[str, dict[str, str]]:
-    """Corpus → shards (as the generate-corpus / shard-images steps do) and the generated benchmarks."""
+def prepare(work: Path, images: int, max_size: int, sizes: dict) -> tuple[str, dict[str, str]]:
+    """Corpus → shards (as the generate-corpus / shard-images steps do) and the generated benchmarks
+    (`sizes`: generator keyword arguments per benchmark, as the pipeline's `benchmark_sizes`)."""
     from seer.data.shard import ShardSettings, shard
     from seer.data.synthetic import generate_corpus
     from seer.data.synthetic_benchmarks import make_copy_detection_set, make_counting_set
@@ -41,10 +44,12 @@ def prepare(work: Path, images: int, max_size: int) -> tuple[str, dict[str, str]
         corpus = work / f"corpus-{images}-{max_size}"
         generate_corpus(corpus, images, 0, min_size=min(48, max_size), max_size=max_size)
         shard([str(corpus)], str(shards), ShardSettings(), workers=1)
-    bench = work / "benchmarks"
+    bench = work / (
+        "benchmarks-" + hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
+    )
     if not (bench / "done.json").exists():
-        counting = make_counting_set(str(bench / "counting"))
-        copy = make_copy_detection_set(str(bench / "copy"))
+        counting = make_counting_set(str(bench / "counting"), **sizes.get("counting", {}))
+        copy = make_copy_detection_set(str(bench / "copy"), **sizes.get("copy-detection", {}))
         (bench / "done.json").write_text(json.dumps({"counting": counting, "copy": copy}))
     sets = json.loads((bench / "done.json").read_text())
     return str(shards), sets
@@ -55,6 +60,7 @@ def train(work: Path, name: str, overrides: list[str], shards: str, nproc: int) 
     from seer.checkpoints.consolidate import consolidate
 
     out = work / "runs" / name
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: an old one of this name would be resumed
     cmd = [sys.executable, "-m", "seer", "pretrain", "--recipe", "rg-tiny"]
     if nproc > 1:
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc-per-node={nproc}"]
@@ -72,41 +78,33 @@ def train(work: Path, name: str, overrides: list[str], shards: str, nproc: int) 
 
 
 def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str, float]:
-    """The demo's linear (28 epochs, fast protocol), kNN and copy-detection evaluations: linear / knn top-1, copy mAP."""
+    """The demo's linear, kNN and copy-detection evaluations: linear / knn top-1, copy mAP and strong.mAP."""
+    from pipelines.run.local_run import DEMO_ARGUMENTS as demo
     from seer.eval import copy_detection, knn, linear
     from seer.eval.features import parse_pool, parse_transform
     from seer.eval.linear import LinearConfig
     from seer.eval.setup import FeatureOptions
 
-    cls = FeatureOptions(transform=parse_transform("shorter:64:64"))
-    cp = FeatureOptions(tap="res4", pool=parse_pool("rmac:3"), transform=parse_transform("longer:96"))
-    c = sets["counting"]
-    docs = {
-        "linear": linear.run(
-            c["train"],
-            c["val"],
-            checkpoint,
-            options=cls,
-            config=LinearConfig.for_epochs(28),
-            protocol="fast",
-            preset=preset,
-            device="cpu",
-        ),
-        "knn": knn.run(c["train"], c["val"], checkpoint, options=cls, preset=preset, device="cpu"),
-        "copy": copy_detection.run(
-            sets["copy"]["queries"],
-            checkpoint,
-            database_uri=sets["copy"]["database"],
-            whitening_uri=sets["copy"]["train"],
-            options=cp,
-            preset=preset,
-            device="cpu",
-        ),
+    cls = FeatureOptions(transform=parse_transform(demo["eval_transform"]))
+    cp = FeatureOptions(
+        tap="res4", pool=parse_pool("rmac:3"), transform=parse_transform(demo["copy_transform"])
+    )
+    c, q = sets["counting"], sets["copy"]
+    config = LinearConfig.for_epochs(demo["linear_epochs"])
+    common = {"checkpoint": checkpoint, "preset": preset, "device": "cpu"}
+    lin = linear.run(
+        c["train"], c["val"], options=cls, config=config, protocol=demo["linear_protocol"], **common
+    )
+    near = knn.run(c["train"], c["val"], options=cls, **common)
+    copy = copy_detection.run(
+        q["queries"], database_uri=q["database"], whitening_uri=q["train"], options=cp, **common
+    )["metrics"]
+    return {
+        "linear": lin["metrics"]["top1"],
+        "knn": near["metrics"]["top1"],
+        "copy": copy["mAP"],
+        "copy_strong": copy["strong.mAP"],
     }
-    picks = {"linear": "top1", "knn": "top1", "copy": "mAP"}
-    out = {ev: doc["metrics"][picks[ev]] for ev, doc in docs.items()}
-    out["copy_strong"] = docs["copy"]["metrics"].get("strong.mAP", 0.0)
-    return out
 
 
 def main() -> int:
@@ -122,6 +120,7 @@ def main() -> int:
         metavar="NAME=OVERRIDES",
         help=f"a recipe: name=space-separated --set overrides of rg-tiny (repeatable; default {DEMO_RECIPE})",
     )
+    parser.add_argument("--sizes", help="benchmark sizes as JSON (default: the demo's DEMO_BENCHMARK_SIZES)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per recipe")
     parser.add_argument("--first-seed", type=int, default=0, help="the first training seed")
     parser.add_argument("--results", default=str(RESULTS), help="JSON file the rows are appended to")
@@ -133,13 +132,16 @@ def main() -> int:
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    shards, sets = prepare(work, args.images, args.max_size)
+    from pipelines.run.local_run import DEMO_BENCHMARK_SIZES
+
+    sizes = json.loads(args.sizes) if args.sizes else DEMO_BENCHMARK_SIZES
+    shards, sets = prepare(work, args.images, args.max_size, sizes)
     rows = []
     results = Path(args.results)
     if results.exists():
         rows = json.loads(results.read_text()).get("rows", [])
     baseline = None
-    cached = work / "random-init.json"
+    cached = Path(sets["counting"]["train"]).parent.parent / "random-init.json"
     if not args.no_baseline:
         if not cached.exists():
             cached.write_text(json.dumps(evaluate("random", sets, preset="rg-tiny")))
@@ -156,24 +158,19 @@ def main() -> int:
             new_rows.append(row)
             print(json.dumps(row), flush=True)
     rows += new_rows
-    print(f"{'run':<18} {'linear':>7} {'knn':>7} {'copy':>7} {'strong':>7} {'train s':>8}")
-    if baseline:
-        print(
-            f"{'random-init':<18} {baseline['linear']:>7.3f} {baseline['knn']:>7.3f} {baseline['copy']:>7.3f} "
-            f"{baseline.get('copy_strong', 0):>7.3f}"
-        )
-    for r in new_rows:
-        print(
-            f"{r['name'] + ' s' + str(r['seed']):<18} {r['linear']:>7.3f} {r['knn']:>7.3f} {r['copy']:>7.3f} "
-            f"{r.get('copy_strong', 0):>7.3f} {r['train_seconds']:>8.1f}"
-        )
+    metrics = ("linear", "knn", "copy", "copy_strong")
+    print(f"{'run':<18}" + "".join(f" {m:>11}" for m in metrics) + f" {'train s':>8}")
+    for r in ([{"name": "random-init", **baseline}] if baseline else []) + new_rows:
+        label = r["name"] + (f" s{r['seed']}" if "seed" in r else "")
+        seconds = f" {r['train_seconds']:>8.1f}" if "train_seconds" in r else ""
+        print(f"{label:<18}" + "".join(f" {r[m]:>11.3f}" for m in metrics) + seconds)
     for name in dict.fromkeys(r["name"] for r in new_rows):
         runs = [r for r in new_rows if r["name"] == name]
         cells = []
-        for metric in ("linear", "knn", "copy"):
+        for metric in metrics:
             values = [r[metric] for r in runs]
             cells.append(f"{metric} {sum(values) / len(values):.3f} [{min(values):.3f}-{max(values):.3f}]")
-        beats = baseline and all(r[m] > baseline[m] for r in runs for m in ("linear", "knn", "copy"))
+        beats = baseline is not None and all(r[m] > baseline[m] for r in runs for m in metrics)
         print(
             f"{name}: {len(runs)} seeds, " + ", ".join(cells) + f"; beats random-init in every seed: {beats}"
         )

@@ -22,6 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# The demo's generated benchmarks: large enough that trained-vs-random-init differences exceed the
+# sampling noise (600 counting images for linear/kNN, 300 copies against 400 database images).
+DEMO_BENCHMARK_SIZES: dict[str, dict[str, int]] = {
+    "counting": {"n_train": 1000, "n_val": 600},
+    "copy-detection": {"n_originals": 100, "n_distractors": 300, "n_train": 200},
+}
 # The embedded default: small enough for 2 CPU cores in well under 15 minutes.
 DEMO_ARGUMENTS: dict[str, Any] = {
     "synth_images": 256,
@@ -29,7 +35,7 @@ DEMO_ARGUMENTS: dict[str, Any] = {
     "recipe": "rg-tiny",
     "backend": "local",
     "nproc_per_node": 2,
-    "benchmark_sizes": {},
+    "benchmark_sizes": DEMO_BENCHMARK_SIZES,
     "run_linear": True,
     "run_knn": True,
     "run_copy_detection": True,
