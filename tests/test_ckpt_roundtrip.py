@@ -187,6 +187,11 @@ def test_run_with_overridden_prototype_count_consolidates(tmp_path):
         128,
         spec.head_dims[-1],
     )
+    # Loading the slices into the preset's default head names the fix: the run's prototype counts.
+    with pytest.raises(ArchitectureMismatchError, match=r"prototype counts.*model\.num_prototypes") as err:
+        load_sliced_into_(build_swav_model(PRESET, "cpu"), str(tmp_path / "s"))
+    assert "\n" not in str(err.value)
+    load_sliced_into_(build_swav_model(PRESET, "cpu", num_prototypes=[128]), str(tmp_path / "s"))
     # Without the override in its config, the same tensors are a mismatch, named in one line.
     other = tmp_path / "iter2"
     write_dcp(model, other)

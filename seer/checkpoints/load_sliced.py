@@ -62,6 +62,16 @@ def _shard_rows(tensor: torch.Tensor) -> tuple[int, int] | None:
     return (start, stop) if tensor.to_local().shape[0] == stop - start else None
 
 
+def _rebuild_hint(fqn: str, preset: str | None) -> str:
+    """How to build a model that matches the checkpoint, for a tensor of the wrong shape."""
+    if ".prototypes." in f".{fqn}":
+        return (
+            f"build the model with the checkpoint's prototype counts (its run's model.num_prototypes, "
+            f"e.g. build_swav_model({preset!r}, num_prototypes=...))"
+        )
+    return f"build the model from the checkpoint's preset ({preset})"
+
+
 @torch.no_grad()
 def load_sliced_into_(
     model: nn.Module, index_uri: str, strict: bool = True, optional: Callable[[str], bool] | None = None
@@ -103,7 +113,7 @@ def load_sliced_into_(
             ):
                 raise ArchitectureMismatchError(
                     f"{fqn}: slice {entry.uri} holds {entry.dtype} {list(entry.shape)}, the model has "
-                    f"{tensor.dtype} {list(tensor.shape)}; build the model from the checkpoint's preset ({index.preset})"
+                    f"{tensor.dtype} {list(tensor.shape)}; {_rebuild_hint(fqn, index.preset)}"
                 )
             rows = _shard_rows(tensor)
             data = read_slice(entry, rows)
@@ -111,7 +121,7 @@ def load_sliced_into_(
             if tuple(data.shape) != expected or data.dtype != tensor.dtype:
                 raise ArchitectureMismatchError(
                     f"{fqn}: slice {entry.uri} gives {data.dtype} {list(data.shape)}, the model needs "
-                    f"{tensor.dtype} {list(expected)}; build the model from the checkpoint's preset ({index.preset})"
+                    f"{tensor.dtype} {list(expected)}; {_rebuild_hint(fqn, index.preset)}"
                 )
             if rows is not None:
                 tensor.to_local().copy_(data)

@@ -33,8 +33,8 @@ from seer.models.swav_model import build_swav_model
 PRESET = "rg-tiny"
 
 
-def sharded_model(seed: int) -> torch.nn.Module:
-    model = build_swav_model(PRESET, "cpu", seed=seed)
+def sharded_model(seed: int, num_prototypes: tuple[int, ...] | None = None) -> torch.nn.Module:
+    model = build_swav_model(PRESET, "cpu", seed=seed, num_prototypes=num_prototypes)
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     for stage in model.trunk.trunk_output.children():
         for block in stage.children():
@@ -57,8 +57,10 @@ def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_and_compare(indexes: list[str], trained: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Load each sliced checkpoint into a fresh sharded model; what was sharded and what differs."""
     results = {}
+    # The head the checkpoint was trained with (a recipe may override the preset's prototype counts).
+    prototypes = tuple(v.shape[0] for k, v in sorted(trained.items()) if k.startswith("head.prototypes."))
     for index in indexes:
-        fresh = sharded_model(seed=123)
+        fresh = sharded_model(seed=123, num_prototypes=prototypes)
         units = sum(isinstance(m, FSDPModule) for m in fresh.modules())
         sharded = [
             p for p in fresh.parameters() if isinstance(p, DTensor) and p.to_local().numel() < p.numel()
