@@ -29,6 +29,7 @@ def run_args(iterations: int) -> list[str]:
         "--set", "optim.base_batch=16",
         "--set", "optim.warmup_iters=3",
         "--set", "swav.freeze_prototypes_iters=2",
+        "--set", "model.num_prototypes=[64]",  # one per image of the 64-image corpus (make_shards), as rg-tiny sizes K
     ]  # fmt: skip
 
 

@@ -39,7 +39,9 @@ def main(preset: str) -> None:
 def _tiny_init_matches(env: DistEnv) -> bool:
     cfg = load_config("rg-tiny")
     sharded, _ = parallelize(build_model(cfg), cfg, env)
-    whole = build_swav_model("rg-tiny", "cpu", seed=cfg.train.seed).state_dict()
+    whole = build_swav_model(
+        "rg-tiny", "cpu", seed=cfg.train.seed, num_prototypes=cfg.model.num_prototypes
+    ).state_dict()
     for name, param in sharded.named_parameters():
         expected = whole[name].chunk(env.world_size, dim=0)[env.rank]
         if not torch.equal(param.to_local(), expected):
