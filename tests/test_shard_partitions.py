@@ -43,7 +43,7 @@ QUIET = {"log": lambda _: None}
 
 
 def make_corpus(root: Path) -> Path:
-    """Nasty cases + small images + copies of a few files under names that hash to other partitions."""
+    """Nasty cases + small images + copies of a few files at neighbouring listing indices (other partitions)."""
     folder = root / "in"
     generate_nasty_corpus(folder)
     paths = generate_corpus(folder / "gen", 14, seed=3, min_size=40, max_size=80, formats=("jpg", "png"))
@@ -134,6 +134,22 @@ def test_one_two_four_partitions_same_samples_and_accounting(tmp_path: Path) -> 
     }
 
 
+def test_the_same_corpus_stored_elsewhere_gives_the_same_shards(tmp_path: Path) -> None:
+    """The training order follows the shards, so a corpus copied to another folder (another clone's
+    demo-output, another bucket) must give the same images under the same keys in the same shards,
+    or the same recipe and seed train a different model there. Partitions used to hash the input's
+    full URI: the two copies below then split differently. (The sidecars still name each source.)"""
+    first = make_corpus(tmp_path / "a")
+    second = tmp_path / "elsewhere" / "b"
+    shutil.copytree(first, second)
+    layouts = []
+    for corpus, out in ((first, tmp_path / "out-a"), (second, tmp_path / "out-b")):
+        manifest_uri = fan_out([str(corpus)], str(out), 2, listed=True)
+        names = [(s["name"], s["samples"]) for s in read_manifest(manifest_uri)["shards"]]
+        layouts.append((names, readable_samples(manifest_uri)))  # samples in manifest, then tar, order
+    assert len(layouts[0][0]) > 2 and layouts[0] == layouts[1]
+
+
 def test_listing_streams_every_input_into_exactly_one_partition(tmp_path: Path, storage_root: str) -> None:
     paths = generate_corpus(tmp_path / "imgs", 12, seed=4, max_size=48, formats=("jpg",))
     source = storage.join(storage_root, "in")
@@ -148,7 +164,7 @@ def test_listing_streams_every_input_into_exactly_one_partition(tmp_path: Path, 
     everything = []
     for partition in range(3):
         refs, ignored = read_listing(output, [source], partition, 3)
-        assert all(partition_of(ref.source, 3) == partition for _, ref in refs)
+        assert all(partition_of(i, 3) == partition for i, _ in refs)
         assert [i for i, _ in refs] == sorted(i for i, _ in refs)
         assert (refs, ignored) == partition_inputs([source], partition, 3)  # listing = streaming filter
         everything += refs

@@ -156,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--partition",
         metavar="I/N",
-        help="fan-out: shard only partition I of N (a stable hash of each input's URI decides), into "
+        help="fan-out: shard only partition I of N (inputs dealt round robin in listing order), into "
         "OUTPUT/pIIIII-of-NNNNN/; inputs may be omitted after `seer shard list`; then `seer shard merge`",
     )
     p.add_argument("--partitions", type=int, help="N for `seer shard list` and `seer shard merge`")

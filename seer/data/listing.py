@@ -5,9 +5,10 @@ listing returns, and what a sorted local walk gives); a list file or tar in its 
 position of an input in this order is its *listing index*: the sample key (``%010d``) and the
 global "first one wins" order of deduplication, whatever the number of partitions.
 
-Partitions: input ``source`` belongs to partition ``partition_of(source, N)`` — a stable hash of
-the source string, so every input lands in exactly one of N partitions, a re-run puts it in the
-same one, and no input is lost or doubled for any N. Nothing here holds the whole listing: S3
+Partitions: the input at listing index ``i`` belongs to partition ``partition_of(i, N)`` (round
+robin), so every input lands in exactly one of N partitions, a re-run puts it in the same one, no
+input is lost or doubled for any N, and the split depends on the listing order alone: the same
+corpus copied to another folder or bucket gives the same partitions, shards and training order. Nothing here holds the whole listing: S3
 prefixes are read page by page and local folders walked lazily.
 
 ``list_inputs`` writes the listing once as N compressed JSON-lines files that the partitions read
@@ -67,9 +68,10 @@ class Ignored:
     reason: str = "not_an_image_name"
 
 
-def partition_of(source: str, partitions: int) -> int:
-    """The partition (0..partitions-1) that owns ``source``: a stable hash, independent of order."""
-    return int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big") % partitions
+def partition_of(index: int, partitions: int) -> int:
+    """The partition (0..partitions-1) that owns listing index ``index`` (an ignored file's index
+    counts ignored files): round robin, independent of where the inputs are stored."""
+    return index % partitions
 
 
 def parse_partition(spec: str) -> tuple[int, int]:
@@ -255,17 +257,19 @@ def partition_inputs(
     """(listing index, ref) of the inputs partition ``partition`` owns, and its ignored counts.
 
     Streams the listing and keeps one partition's share; ignored files are counted by the
-    partition their URI hashes to, so the partitions' counts add up to the whole listing's.
+    partition ``partition_of`` gives their own running count, so the partitions' counts add up to the
+    whole listing's.
     """
     refs: list[tuple[int, InputRef]] = []
     ignored: Counter = Counter()
-    index = 0
+    index = ignored_index = 0
     for item in iter_inputs(inputs):
         if isinstance(item, Ignored):
-            if partition_of(item.uri, partitions) == partition:
+            if partition_of(ignored_index, partitions) == partition:
                 ignored[item.reason] += 1
+            ignored_index += 1
             continue
-        if partition_of(item.source, partitions) == partition:
+        if partition_of(index, partitions) == partition:
             refs.append((index, item))
         index += 1
     return refs, dict(ignored)
@@ -300,13 +304,14 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
     counts = [0] * partitions
     ignored: list[Counter] = [Counter() for _ in range(partitions)]
     digest = hashlib.sha256(json.dumps([[[i, _version_of(i)] for i in inputs], partitions]).encode())
-    index = 0
+    index = ignored_index = 0
     try:
         for item in iter_inputs(inputs):
             if isinstance(item, Ignored):
-                ignored[partition_of(item.uri, partitions)][item.reason] += 1
+                ignored[partition_of(ignored_index, partitions)][item.reason] += 1
+                ignored_index += 1
                 continue
-            owner = partition_of(item.source, partitions)
+            owner = partition_of(index, partitions)
             record = {"i": index, "uri": item.uri, "member": item.member, "v": item.version}
             line = (json.dumps(record) + "\n").encode()
             digest.update(line)
@@ -342,7 +347,7 @@ def read_listing(
     """The partition's share from a `seer shard list` listing under ``output``; None when there is none.
 
     ``inputs`` empty means "whatever was listed"; otherwise the listing must be of the same inputs.
-    Ignored files are counted by the partition their URI hashes to, as ``partition_inputs`` does.
+    Ignored files are counted by partition as ``partition_inputs`` counts them.
     """
     listing_uri = storage.join(output.rstrip("/"), LISTS_DIR, LISTING_NAME)
     if not storage.exists(listing_uri):
