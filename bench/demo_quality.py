@@ -2,17 +2,18 @@
 
 Builds the demo's inputs once (the generated corpus → shards, the generated counting and copy-detection
 benchmarks at the demo's sizes), then for each recipe (a list of `--set` overrides of the rg-tiny recipe)
-trains with `seer pretrain` (one process), consolidates, and runs the demo's linear probe, kNN and copy
+trains with `seer pretrain` (`--nproc` ranks under torchrun), consolidates, and runs the demo's linear probe, kNN and copy
 detection with the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS). The random-init
 baseline (same seed as the demo's) is evaluated once per benchmark set. Without `--recipe`, the rg-tiny
-recipe as the demo trains it (batch 32) is the one recipe. Each recipe is trained with `--seeds` training
-seeds (`train.seed`); prints one row per run, then per recipe the mean and range over seeds and whether
-every seed beat random-init on every metric (linear top-1, kNN top-1, copy mAP and strong.mAP); appends
-rows to bench/results/demo_quality.json. One process with batch 32 stands in for the demo's 2 ranks x 16.
+recipe as the demo trains it is the one recipe. Each recipe is trained with `--seeds` training seeds
+(`train.seed`); prints one row per run, then per recipe the mean and range over seeds and whether every
+seed beat random-init on every metric (linear top-1, kNN top-1, copy mAP and strong.mAP); appends rows to
+bench/results/demo_quality.json. The defaults are the demo's set-up (DEMO_ARGUMENTS: the corpus sharded in
+`shard_parallelism` partitions, `nproc_per_node` ranks): seed 0 of the plain recipe is what `make demo` trains.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3   # the recipe
     OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3 \
-        --recipe soft-codes="train.batch_per_gpu=32 swav.epsilon=0.05"
+        --recipe soft-codes="swav.epsilon=0.05"
 """
 
 from __future__ import annotations
@@ -29,21 +30,30 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "demo_quality.json"
-DEMO_RECIPE = "preset=train.batch_per_gpu=32"  # the demo's 2 ranks x 16 as one process
+DEMO_RECIPE = "demo="  # rg-tiny as the demo trains it
 
 
-def prepare(work: Path, images: int, max_size: int, sizes: dict) -> tuple[str, dict[str, str]]:
-    """Corpus → shards (as the generate-corpus / shard-images steps do) and the generated benchmarks
-    (`sizes`: generator keyword arguments per benchmark, as the pipeline's `benchmark_sizes`)."""
-    from seer.data.shard import ShardSettings, shard
+def prepare(
+    work: Path, images: int, max_size: int, partitions: int, sizes: dict
+) -> tuple[str, dict[str, str]]:
+    """Corpus → shards in `partitions` partitions (as the generate-corpus, list-images, shard-partition and
+    merge-shards steps do) and the generated benchmarks (`sizes`: generator keyword arguments per
+    benchmark, as the pipeline's `benchmark_sizes`)."""
+    from seer.data.listing import list_inputs
+    from seer.data.merge import merge_partitions
+    from seer.data.shard import ShardSettings, shard_partition
     from seer.data.synthetic import generate_corpus
     from seer.data.synthetic_benchmarks import make_copy_detection_set, make_counting_set
 
-    shards = work / f"shards-{images}-{max_size}"
+    shards = work / f"shards-{images}-{max_size}-p{partitions}"
     if not (shards / "manifest.json").exists():
         corpus = work / f"corpus-{images}-{max_size}"
-        generate_corpus(corpus, images, 0, min_size=min(48, max_size), max_size=max_size)
-        shard([str(corpus)], str(shards), ShardSettings(), workers=1)
+        if not corpus.exists():
+            generate_corpus(corpus, images, 0, min_size=min(48, max_size), max_size=max_size)
+        list_inputs([str(corpus)], str(shards), partitions)
+        for partition in range(partitions):
+            shard_partition([], str(shards), partition, partitions, ShardSettings(), workers=1)
+        merge_partitions(str(shards), partitions)
     bench = work / (
         "benchmarks-" + hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:8]
     )
@@ -108,11 +118,21 @@ def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str
 
 
 def main() -> int:
+    from pipelines.run.local_run import DEMO_ARGUMENTS as demo
+    from pipelines.run.local_run import DEMO_BENCHMARK_SIZES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/demo-quality", help="folder for corpus, shards, runs")
-    parser.add_argument("--images", type=int, default=256, help="images in the generated corpus")
+    parser.add_argument(
+        "--images", type=int, default=demo["synth_images"], help="images in the generated corpus"
+    )
     parser.add_argument("--max-size", type=int, default=128, help="largest side of the generated images")
-    parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun when > 1)")
+    parser.add_argument(
+        "--nproc", type=int, default=demo["nproc_per_node"], help="training processes (torchrun when > 1)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=demo["shard_parallelism"], help="shard partitions of the corpus"
+    )
     parser.add_argument(
         "--recipe",
         action="append",
@@ -132,10 +152,8 @@ def main() -> int:
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from pipelines.run.local_run import DEMO_BENCHMARK_SIZES
-
     sizes = json.loads(args.sizes) if args.sizes else DEMO_BENCHMARK_SIZES
-    shards, sets = prepare(work, args.images, args.max_size, sizes)
+    shards, sets = prepare(work, args.images, args.max_size, args.partitions, sizes)
     rows = []
     results = Path(args.results)
     if results.exists():
@@ -154,7 +172,7 @@ def main() -> int:
             overrides = [*shlex.split(text), f"train.seed={seed}"]
             ckpt, seconds = train(work, f"{name}-s{seed}", overrides, shards, args.nproc)
             row = {"name": name, "seed": seed, "overrides": overrides, "images": args.images,
-                   "nproc": args.nproc, "train_seconds": round(seconds, 1), **evaluate(ckpt, sets)}  # fmt: skip
+                   "nproc": args.nproc, "partitions": args.partitions, "train_seconds": round(seconds, 1), **evaluate(ckpt, sets)}  # fmt: skip
             new_rows.append(row)
             print(json.dumps(row), flush=True)
     rows += new_rows
