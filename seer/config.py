@@ -165,6 +165,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _one_item_hint(value: Any) -> str:
+    """The fix for a scalar given where a list belongs (`--set model.num_prototypes=256`)."""
+    return f"; write [{value!r}] for a list of one" if isinstance(value, (int, float, str)) else ""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` converted to type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -175,7 +180,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(err)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        lists = any(typing.get_origin(option) is list for option in typing.get_args(tp))
+        hint = _one_item_hint(value) if lists else ""
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
     if tp is type(None):
         if value is None:
             return None
@@ -188,7 +195,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{_one_item_hint(value)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

@@ -69,6 +69,7 @@ def test_round_trip_through_dict() -> None:
         ("swav.crops_for_assign=[0, 9]", ["swav.crops_for_assign", "0..3"]),
         ("swav.epsilon=0", ["swav.epsilon", "> 0"]),
         ("model.preset=rg999", ["model.preset", "rg999", "rg10b"]),
+        ("model.num_prototypes=256", ["model.num_prototypes", "got 256", "write [256] for a list of one"]),
         ("train.iterations", ["section.key=value"]),
     ],
 )
