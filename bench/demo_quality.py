@@ -95,9 +95,13 @@ def evaluate(checkpoint: str, sets: dict, preset: str | None = None) -> dict[str
     from seer.eval.linear import LinearConfig
     from seer.eval.setup import FeatureOptions
 
-    cls = FeatureOptions(transform=parse_transform(demo["eval_transform"]))
+    workers = demo["eval_workers"]
+    cls = FeatureOptions(transform=parse_transform(demo["eval_transform"]), num_workers=workers)
     cp = FeatureOptions(
-        tap="res4", pool=parse_pool("rmac:3"), transform=parse_transform(demo["copy_transform"])
+        tap="res4",
+        pool=parse_pool("rmac:3"),
+        transform=parse_transform(demo["copy_transform"]),
+        num_workers=workers,
     )
     c, q = sets["counting"], sets["copy"]
     config = LinearConfig.for_epochs(demo["linear_epochs"])
