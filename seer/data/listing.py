@@ -16,8 +16,9 @@ prefixes are read page by page and local folders walked lazily.
 per line), and ``_lists/listing.json`` last (inputs, counts per partition, ignored files by reason,
 and ``digest``). An input's *version* is ``size:etag`` of the object it is read from (S3: the
 listing page's ETag; local: mtime and size; a tar member: its tar's), so the listing's ``digest``
-changes when any listed image changes, is added or is removed. Entries of list files and URLs are
-not stat-ed (that would cost one request each): for them the list file's own version counts.
+changes when any listed image changes, is added or is removed, or lands in another partition. Entries
+of list files and URLs are not stat-ed (that would cost one request each): for them the list file's own
+version counts.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
             owner = partition_of(index, partitions)
             record = {"i": index, "uri": item.uri, "member": item.member, "v": item.version}
             line = (json.dumps(record) + "\n").encode()
-            digest.update(line)
+            digest.update(f"{owner} ".encode() + line)  # the split is part of what the shards hold
             writers[owner].write(line)
             counts[owner] += 1
             index += 1
