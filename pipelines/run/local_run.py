@@ -1,6 +1,10 @@
 """Run seer-pretrain on this machine through kfp.local (`make demo`).
 
-    python -m pipelines.run.local_run [--output demo-output] [--set NAME=JSON ...]
+    python -m pipelines.run.local_run [--output demo-output] [--set NAME=JSON ...] [--verbose]
+
+The terminal shows one line per step (name, outcome, seconds) and ends in the summary; every step's full
+output goes to OUTPUT/local_run.log (`--verbose` streams it instead). A failed run prints the `error:`
+lines of that log and its last lines.
 
 Every step runs as a subprocess of this interpreter (`SubprocessRunner(use_venv=False)`; the
 components are built with `install_kfp_package=False`, so nothing is pip-installed), artifacts go to
@@ -13,6 +17,7 @@ tasks (pipelines/pretrain.py).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +26,8 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pipelines.run.quiet_console import failure_report, plain, quiet_console
 
 # The demo's generated benchmarks: large enough that trained-vs-random-init differences exceed the
 # sampling noise (600 counting images for linear/kNN, 300 copies against 400 database images).
@@ -197,12 +204,27 @@ def main(argv: list[str] | None = None) -> int:
         help="override a seer-pretrain parameter; VALUE is JSON or a plain string, e.g. --set synth_images=64 "
         "--set overrides='[\"train.iterations=20\"]' (repeatable)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream every step's output here (default: one line per step; all output goes to OUTPUT/local_run.log)",
+    )
     args = parser.parse_args(argv)
+    arguments = _parse_set(args.set)
+    log = Path(args.output).resolve() / "local_run.log"
+    if not args.verbose:
+        print(f"seer-pretrain on kfp.local, one line per step (every step's output: {log})")
     try:
-        result = run_local_pipeline(args.output, _parse_set(args.set))
+        with contextlib.nullcontext() if args.verbose else quiet_console(log):
+            result = run_local_pipeline(args.output, arguments)
     except ValueError as err:
         print(f"local_run: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if args.verbose:
+            raise
+        print(f"{failure_report(log)}\nlocal_run: error: {plain(str(err))}", file=sys.stderr)
+        return 1
     entry = result["entry"]
     print()
     print(f"seer-pretrain finished in {result['seconds'] / 60:.1f} min ({result['status']['state']})")
