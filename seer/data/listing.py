@@ -8,8 +8,9 @@ global "first one wins" order of deduplication, whatever the number of partition
 Partitions: the input at listing index ``i`` belongs to partition ``partition_of(i, N)`` (round
 robin), so every input lands in exactly one of N partitions, a re-run puts it in the same one, no
 input is lost or doubled for any N, and the split depends on the listing order alone: the same
-corpus copied to another folder or bucket gives the same partitions, shards and training order. Nothing here holds the whole listing: S3
-prefixes are read page by page and local folders walked lazily.
+corpus copied to another folder or bucket gives the same partitions, shards and training order.
+Nothing here holds the whole listing: S3 prefixes are read page by page and local folders walked
+lazily.
 
 ``list_inputs`` writes the listing once as N compressed JSON-lines files that the partitions read
 (``_lists/list-00003-of-00008.jsonl.gz``: ``{"i": index, "uri": ..., "member": ..., "v": version}``
