@@ -2,14 +2,15 @@
 
 Builds the demo's inputs once (the generated corpus → shards, the generated counting and copy-detection
 benchmarks at the demo's sizes), then for each recipe (a list of `--set` overrides of the rg-tiny recipe)
-trains with `seer pretrain` (`--nproc` ranks under torchrun), consolidates, and runs the demo's linear probe, kNN and copy
-detection with the demo's evaluation settings (pipelines/run/local_run.py DEMO_ARGUMENTS). The random-init
-baseline (same seed as the demo's) is evaluated once per benchmark set. Without `--recipe`, the rg-tiny
+trains with `seer pretrain` (`--nproc` ranks under torchrun), consolidates, and runs the demo's linear
+probe, kNN and copy detection with the demo's evaluation settings (pipelines/run/local_run.py
+DEMO_ARGUMENTS). The random-init baseline (same seed as the demo's) is evaluated once per benchmark set. Without `--recipe`, the rg-tiny
 recipe as the demo trains it is the one recipe. Each recipe is trained with `--seeds` training seeds
 (`train.seed`); prints one row per run, then per recipe the mean and range over seeds and whether every
 seed beat random-init on every metric (linear top-1, kNN top-1, copy mAP and strong.mAP); appends rows to
-bench/results/demo_quality.json. The defaults are the demo's set-up (DEMO_ARGUMENTS: the corpus sharded in
-`shard_parallelism` partitions, `nproc_per_node` ranks): seed 0 of the plain recipe is what `make demo` trains.
+bench/results/demo_quality.json. The defaults are the demo's set-up (DEMO_ARGUMENTS: the corpus sharded
+in `shard_parallelism` partitions, `nproc_per_node` ranks): seed 0 of the plain recipe is what `make demo`
+trains, and reproduces its numbers.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3   # the recipe
     OMP_NUM_THREADS=1 .venv/bin/python bench/demo_quality.py --work /tmp/dq --seeds 3 \

@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="stream every step's output here (default: one line per step; all output goes to OUTPUT/local_run.log)",
+        help="stream every step's output here (default: one line per step here, "
+        "all output to OUTPUT/local_run.log)",
     )
     args = parser.parse_args(argv)
     arguments = _parse_set(args.set)
