@@ -253,27 +253,36 @@ def enumerate_inputs(inputs: Sequence[str]) -> tuple[list[InputRef], dict[str, i
     return refs, dict(ignored)
 
 
+def _dealt_inputs(inputs: Sequence[str], partitions: int) -> Iterator[tuple[int, int, InputRef | Ignored]]:
+    """(owner partition, index, item) for every input image and ignored file in listing order. An
+    image's index is its listing index; an ignored file's counts ignored files only (``partition_of``
+    deals both round robin, so the partitions' ignored counts add up to the whole listing's)."""
+    index = ignored_index = 0
+    for item in iter_inputs(inputs):
+        if isinstance(item, Ignored):
+            yield partition_of(ignored_index, partitions), ignored_index, item
+            ignored_index += 1
+        else:
+            yield partition_of(index, partitions), index, item
+            index += 1
+
+
 def partition_inputs(
     inputs: Sequence[str], partition: int, partitions: int
 ) -> tuple[list[tuple[int, InputRef]], dict[str, int]]:
     """(listing index, ref) of the inputs partition ``partition`` owns, and its ignored counts.
 
-    Streams the listing and keeps one partition's share; ignored files are counted by the
-    partition ``partition_of`` gives their own running count, so the partitions' counts add up to the
-    whole listing's.
+    Streams the listing (``_dealt_inputs``) and keeps one partition's share.
     """
     refs: list[tuple[int, InputRef]] = []
     ignored: Counter = Counter()
-    index = ignored_index = 0
-    for item in iter_inputs(inputs):
-        if isinstance(item, Ignored):
-            if partition_of(ignored_index, partitions) == partition:
-                ignored[item.reason] += 1
-            ignored_index += 1
+    for owner, index, item in _dealt_inputs(inputs, partitions):
+        if owner != partition:
             continue
-        if partition_of(index, partitions) == partition:
+        if isinstance(item, Ignored):
+            ignored[item.reason] += 1
+        else:
             refs.append((index, item))
-        index += 1
     return refs, dict(ignored)
 
 
@@ -306,20 +315,16 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
     counts = [0] * partitions
     ignored: list[Counter] = [Counter() for _ in range(partitions)]
     digest = hashlib.sha256(json.dumps([[[i, _version_of(i)] for i in inputs], partitions]).encode())
-    index = ignored_index = 0
     try:
-        for item in iter_inputs(inputs):
+        for owner, index, item in _dealt_inputs(inputs, partitions):
             if isinstance(item, Ignored):
-                ignored[partition_of(ignored_index, partitions)][item.reason] += 1
-                ignored_index += 1
+                ignored[owner][item.reason] += 1
                 continue
-            owner = partition_of(index, partitions)
             record = {"i": index, "uri": item.uri, "member": item.member, "v": item.version}
             line = (json.dumps(record) + "\n").encode()
             digest.update(f"{owner} ".encode() + line)  # the split is part of what the shards hold
             writers[owner].write(line)
             counts[owner] += 1
-            index += 1
     except BaseException:
         for sink in sinks:
             sink.discard()
@@ -331,7 +336,7 @@ def list_inputs(inputs: Sequence[str], output: str, partitions: int) -> dict:
         "format": LISTING_FORMAT,
         "inputs": list(inputs),
         "partitions": partitions,
-        "total": index,
+        "total": sum(counts),
         "counts": counts,
         "ignored_by_reason": dict(sorted(sum(ignored, Counter()).items())),
         "ignored_by_partition": [dict(sorted(counts.items())) for counts in ignored],
